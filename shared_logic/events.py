@@ -1,0 +1,196 @@
+"""The wire contract of events: frozen, slotted types and ``parse_event``.
+
+The types are plain dataclasses, so building one from trusted data (a Parquet
+row in Spark, a Redis record) costs nothing. Untrusted input goes through
+``parse_event``, which validates with one pydantic ``TypeAdapter`` (JSON is
+parsed and checked in pydantic-core, not in Python) and turns the first problem
+into an ``InvalidEvent`` naming the field, the value and the rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+
+from shared_logic.errors import InvalidEvent
+from shared_logic.money import currency_exponent
+from shared_logic.timeutil import to_epoch_ms
+
+MAX_PAYLOAD_BYTES: Final = 16 * 1024
+MAX_ID_LENGTH: Final = 128
+MAX_PROMO_CODES: Final = 16
+# Orders above a trillion major units are a bug upstream, not a sale.
+MAX_AMOUNT_MINOR: Final = 10**15
+
+EVENT_TYPES: Final = ("impression", "click", "promo_view", "order", "order_cancel")
+
+
+def _check_currency(code: str) -> str:
+    currency_exponent(code)
+    return code
+
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, strict=True)]
+EpochMs = Annotated[int, BeforeValidator(to_epoch_ms)]
+AmountMinor = Annotated[int, Field(ge=0, lt=MAX_AMOUNT_MINOR, strict=True)]
+CurrencyCode = Annotated[str, Field(strict=True), AfterValidator(_check_currency)]
+PromoCodes = Annotated[tuple[Id, ...], Field(max_length=MAX_PROMO_CODES)]
+
+# Unknown keys are ignored so producers can add fields without breaking workers.
+_CONFIG = ConfigDict(extra="ignore", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Impression:
+    """An ad was shown to a user."""
+
+    __pydantic_config__ = _CONFIG
+    event_id: Id
+    event_time: EpochMs
+    user_id: Id
+    campaign_id: Id
+    placement: Id | None = None
+    creative_id: Id | None = None
+    event_type: Literal["impression"] = "impression"
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    """A user clicked an ad."""
+
+    __pydantic_config__ = _CONFIG
+    event_id: Id
+    event_time: EpochMs
+    user_id: Id
+    campaign_id: Id
+    placement: Id | None = None
+    creative_id: Id | None = None
+    impression_id: Id | None = None
+    event_type: Literal["click"] = "click"
+
+
+@dataclass(frozen=True, slots=True)
+class PromoView:
+    """A user saw a promo (a promo campaign), possibly with its code."""
+
+    __pydantic_config__ = _CONFIG
+    event_id: Id
+    event_time: EpochMs
+    user_id: Id
+    campaign_id: Id
+    promo_code: Id | None = None
+    event_type: Literal["promo_view"] = "promo_view"
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A purchase: the conversion that campaigns compete to be credited for."""
+
+    __pydantic_config__ = _CONFIG
+    event_id: Id
+    event_time: EpochMs
+    user_id: Id
+    order_id: Id
+    merchant_id: Id
+    amount_minor: AmountMinor
+    currency: CurrencyCode
+    promo_codes: PromoCodes = field(default=())
+    event_type: Literal["order"] = "order"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCancel:
+    """An order was cancelled: its charge, if any, is refunded."""
+
+    __pydantic_config__ = _CONFIG
+    event_id: Id
+    event_time: EpochMs
+    user_id: Id
+    order_id: Id
+    event_type: Literal["order_cancel"] = "order_cancel"
+
+
+Event = Impression | Click | PromoView | Order | OrderCancel
+
+_ADAPTER: Final[TypeAdapter[Event]] = TypeAdapter(Annotated[Event, Field(discriminator="event_type")])
+
+_RULES = {
+    "missing": "is required",
+    "union_tag_not_found": "is required",
+    "union_tag_invalid": f"must be one of {', '.join(EVENT_TYPES)}",
+    "string_type": "must be a string",
+    "int_type": "must be an integer (minor units), not a float or string",
+    "string_too_short": "must not be empty",
+    "string_too_long": f"must be at most {MAX_ID_LENGTH} characters",
+    "greater_than_equal": "must not be negative",
+    "less_than": f"must be below {MAX_AMOUNT_MINOR}",
+    "too_long": f"must hold at most {MAX_PROMO_CODES} items",
+    "tuple_type": "must be a list",
+    "model_type": "payload must be a JSON object",
+    "dataclass_type": "payload must be a JSON object",
+    "model_attributes_type": "payload must be a JSON object",
+}
+
+
+def _to_invalid_event(exc: ValidationError, payload: Any) -> InvalidEvent:
+    err = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in err["loc"]]
+    if loc and loc[0] in EVENT_TYPES:  # the discriminator branch, not a field
+        loc = loc[1:]
+    etype = err["type"]
+    if etype in ("union_tag_not_found", "union_tag_invalid"):
+        name = "event_type"
+        value = payload.get("event_type") if isinstance(payload, dict) else err.get("input")
+    else:
+        name = ".".join(loc) or "<payload>"
+        value = err.get("input")
+    if etype == "value_error":
+        rule = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+    elif etype == "json_invalid":
+        name, rule = "<payload>", "is not valid JSON"
+    elif not loc and etype.endswith("_type"):
+        rule = "payload must be a JSON object"
+    else:
+        rule = _RULES.get(etype, err["msg"])
+    if etype == "missing":
+        value = None
+    return InvalidEvent(name, value, rule)
+
+
+def parse_event(raw: bytes | bytearray | str | dict[str, Any]) -> Event:
+    """Validate one event from JSON (bytes or str) or a decoded dict.
+
+    Returns the typed event; raises ``InvalidEvent`` (and nothing else) for any
+    input that breaks the contract.
+    """
+    try:
+        if isinstance(raw, dict):
+            return _ADAPTER.validate_python(raw)
+        if isinstance(raw, bytes | bytearray | str):
+            size = len(raw.encode() if isinstance(raw, str) else raw)
+            if size > MAX_PAYLOAD_BYTES:
+                raise InvalidEvent("<payload>", f"{size} bytes", f"exceeds {MAX_PAYLOAD_BYTES} bytes")
+            return _ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        payload: Any = raw
+        if not isinstance(raw, dict):
+            import json
+
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = None
+        raise _to_invalid_event(exc, payload) from None
+    except RecursionError:
+        raise InvalidEvent("<payload>", "<deeply nested>", "is nested too deeply") from None
+    raise InvalidEvent("<payload>", type(raw).__name__, "must be JSON bytes, a JSON string or a dict")
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The wire form of an event (JSON-ready; promo codes as a list)."""
+    out: dict[str, Any] = {name: getattr(event, name) for name in event.__dataclass_fields__}
+    if isinstance(event, Order):
+        out["promo_codes"] = list(event.promo_codes)
+    return out

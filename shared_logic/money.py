@@ -1,0 +1,36 @@
+"""Money is an integer of minor units with an ISO 4217 currency, never a float."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from iso4217 import Currency
+
+
+@lru_cache(maxsize=512)
+def currency_exponent(code: str) -> int:
+    """Number of decimal places of the currency's minor unit (USD 2, JPY 0, BHD 3).
+
+    Raises ``ValueError`` for a code that is not ISO 4217 or has no minor unit
+    (gold, SDR, testing codes), since money can't be counted in those here.
+    """
+    if not isinstance(code, str) or len(code) != 3 or not code.isupper():
+        raise ValueError("must be a three-letter upper-case ISO 4217 code")
+    try:
+        currency = Currency(code)
+    except ValueError:
+        raise ValueError("is not an ISO 4217 currency code") from None
+    exponent = currency.exponent
+    if exponent is None:
+        raise ValueError("is an ISO 4217 code without a minor unit")
+    return int(exponent)
+
+
+def format_minor(amount_minor: int, currency: str) -> str:
+    """Human form of an amount, e.g. ``format_minor(12345, "USD") == "123.45 USD"``."""
+    exponent = currency_exponent(currency)
+    sign = "-" if amount_minor < 0 else ""
+    whole, frac = divmod(abs(amount_minor), 10**exponent)
+    if exponent == 0:
+        return f"{sign}{whole:,} {currency}"
+    return f"{sign}{whole:,}.{frac:0{exponent}d} {currency}"

@@ -1,0 +1,143 @@
+"""The billing rule: which campaign, if any, earned an order.
+
+This one function decides for both layers. It is deterministic and does not
+depend on the order in which touches are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+
+from shared_logic.campaigns import Campaign, Catalog, Lever
+from shared_logic.events import Click, Event, Impression, Order, PromoView
+from shared_logic.policy import AttributionPolicy
+from shared_logic.pricing import price_order
+
+
+class TouchKind(IntEnum):
+    """Strength of a touch; the greater wins."""
+
+    VIEW = 1
+    CLICK = 2
+    REDEMPTION = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """A user's contact with a campaign that may earn a later order."""
+
+    event_id: str
+    user_id: str
+    campaign_id: str
+    kind: TouchKind
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The campaign an order is attributed to, and its price before caps."""
+
+    order_id: str
+    user_id: str
+    order_event_id: str
+    order_time_ms: int
+    merchant_id: str
+    amount_minor: int
+    currency: str
+    campaign_id: str
+    advertiser_id: str
+    lever: Lever
+    touch_event_id: str
+    touch_kind: TouchKind
+    touch_time_ms: int
+    price_minor: int
+
+
+def touch_from_event(event: Event) -> Touch | None:
+    """The touch an event records (impression and promo view: view; click: click)."""
+    if isinstance(event, Click):
+        kind = TouchKind.CLICK
+    elif isinstance(event, Impression | PromoView):
+        kind = TouchKind.VIEW
+    else:
+        return None
+    return Touch(event.event_id, event.user_id, event.campaign_id, kind, event.event_time)
+
+
+def eligible_campaigns(order: Order, catalog: Catalog) -> dict[str, Campaign]:
+    """Campaigns that may be credited for the order: merchant or promo code match, same currency."""
+    found: dict[str, Campaign] = {}
+    for campaign in catalog.by_merchant(order.merchant_id):
+        if campaign.currency == order.currency:
+            found[campaign.campaign_id] = campaign
+    for code in order.promo_codes:
+        owner = catalog.by_promo_code(code)
+        if owner is not None and owner.currency == order.currency:
+            found[owner.campaign_id] = owner
+    return found
+
+
+def _rank(touch: Touch) -> tuple[int, int, str]:
+    return (int(touch.kind), touch.time_ms, touch.event_id)
+
+
+def attribute_order(
+    order: Order, touches: Iterable[Touch], catalog: Catalog, policy: AttributionPolicy
+) -> Decision | None:
+    """Apply the billing rule of the design to one order.
+
+    Candidates are the user's touches on campaigns eligible for the order that
+    were active at the touch, with ``order time - window(kind) <= touch time <=
+    order time``; a promo code on the order belonging to an eligible promo
+    campaign is a redemption touch at the order time. The winner is the
+    greatest by (kind, time, event id), so exactly one campaign, ad or promo,
+    is credited. Returns ``None`` when nothing is eligible (an organic order).
+    """
+    eligible = eligible_campaigns(order, catalog)
+    if not eligible:
+        return None
+    t = order.event_time
+    best: Touch | None = None
+    for code in order.promo_codes:
+        owner = catalog.by_promo_code(code)
+        if owner is not None and owner.campaign_id in eligible and owner.active_at(t):
+            # The order's own event id, suffixed by the code, is the redemption's id:
+            # stable across replays and unique per code.
+            touch = Touch(
+                f"{order.event_id}#{code}", order.user_id, owner.campaign_id, TouchKind.REDEMPTION, t
+            )
+            if best is None or _rank(touch) > _rank(best):
+                best = touch
+    for touch in touches:
+        if touch.user_id != order.user_id or touch.time_ms > t:
+            continue
+        campaign = eligible.get(touch.campaign_id)
+        if campaign is None or not campaign.active_at(touch.time_ms):
+            continue
+        windows = policy.windows_for(campaign)
+        window = windows.click_ms if touch.kind is TouchKind.CLICK else windows.view_ms
+        if touch.kind is not TouchKind.REDEMPTION and t - window > touch.time_ms:
+            continue
+        if best is None or _rank(touch) > _rank(best):
+            best = touch
+    if best is None:
+        return None
+    winner = eligible[best.campaign_id]
+    return Decision(
+        order_id=order.order_id,
+        user_id=order.user_id,
+        order_event_id=order.event_id,
+        order_time_ms=t,
+        merchant_id=order.merchant_id,
+        amount_minor=order.amount_minor,
+        currency=order.currency,
+        campaign_id=winner.campaign_id,
+        advertiser_id=winner.advertiser_id,
+        lever=winner.lever,
+        touch_event_id=best.event_id,
+        touch_kind=best.kind,
+        touch_time_ms=best.time_ms,
+        price_minor=price_order(winner.pricing, order.amount_minor),
+    )
