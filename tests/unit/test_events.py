@@ -1,3 +1,4 @@
+import contextlib
 import json
 from typing import Any
 
@@ -94,7 +95,7 @@ def test_each_broken_rule_names_field_value_and_rule(change: dict[str, Any], fie
 def test_missing_field_and_missing_type() -> None:
     payload = dict(ORDER)
     del payload["merchant_id"]
-    with pytest.raises(InvalidEvent, match="merchant_id.*is required"):
+    with pytest.raises(InvalidEvent, match=r"merchant_id.*is required"):
         parse_event(payload)
     with pytest.raises(InvalidEvent) as info:
         parse_event({"event_id": "e"})
@@ -148,7 +149,6 @@ def test_any_mutation_raises_invalid_event_or_parses(base: dict[str, Any], key: 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300) | st.text(max_size=300))
 def test_arbitrary_bytes_only_ever_raise_invalid_event(raw: bytes | str) -> None:
-    try:
+    # Any exception other than InvalidEvent escapes and fails the test.
+    with contextlib.suppress(InvalidEvent):
         parse_event(raw)
-    except InvalidEvent:
-        pass

@@ -1,3 +1,4 @@
+import itertools
 from collections import Counter
 
 import pytest
@@ -32,7 +33,7 @@ def test_traffic_has_every_feature_and_arrives_in_order() -> None:
     assert late
     # Out of order: some event arrives before an event with an earlier event time.
     times = [p["event_time"] for p in t.valid_payloads()]
-    assert any(x > y for x, y in zip(times, times[1:], strict=False))
+    assert any(x > y for x, y in itertools.pairwise(times))
 
 
 def test_every_valid_payload_parses_and_campaigns_exist() -> None:
