@@ -344,3 +344,49 @@ def generate(config: SyntheticConfig | None = None) -> Traffic:
             events.append(SyntheticEvent(arrival + rng.randint(0, 30_000), payload, duplicate=True))
     events.sort(key=lambda e: e.arrival_ms)
     return Traffic(cfg, catalog, events)
+
+
+def random_path_records(
+    n_paths: int, channels: int = 8, max_length: int = 6, seed: int = 0, distinct: bool = False
+) -> list[dict[str, Any]]:
+    """ChannelAttribution-style path aggregates for model tests and benchmarks.
+
+    Channels are ``c0..c{channels-1}``; later channels convert more often and some
+    paths repeat a channel, so models have something to tell apart. With
+    ``distinct`` the paths are deduplicated (counts summed), as an aggregate is.
+    """
+    rng = random.Random(seed)
+    names = [f"c{i}" for i in range(channels)]
+    weights = [1.0 + i for i in range(channels)]
+    acc: dict[str, list[float]] = {}
+    out: list[dict[str, Any]] = []
+    for _ in range(n_paths):
+        length = rng.randint(1, max_length)
+        path = rng.choices(names, weights=weights, k=length)
+        if length > 1 and rng.random() < 0.2:
+            path.insert(rng.randrange(length), path[rng.randrange(length)])
+        strength = sum(int(ch[1:]) + 1 for ch in set(path)) / (channels * 2.0)
+        trials = rng.randint(1, 20)
+        conv = sum(rng.random() < strength * 0.3 for _ in range(trials))
+        value = round(sum(rng.uniform(5, 50) for _ in range(conv)), 2)
+        key = " > ".join(path)
+        if distinct:
+            slot = acc.setdefault(key, [0.0, 0.0, 0.0])
+            slot[0] += conv
+            slot[1] += value
+            slot[2] += trials - conv
+        else:
+            out.append(
+                {
+                    "path": key,
+                    "total_conversions": conv,
+                    "total_conversion_value": value,
+                    "total_null": trials - conv,
+                }
+            )
+    if distinct:
+        out = [
+            {"path": k, "total_conversions": c, "total_conversion_value": v, "total_null": n}
+            for k, (c, v, n) in acc.items()
+        ]
+    return out

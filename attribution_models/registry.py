@@ -1,0 +1,35 @@
+"""Models by name: ``get_model("markov", order=2)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from attribution_models.base import AttributionModel
+from attribution_models.heuristic import FirstTouch, LastTouch, Linear, PositionBased, TimeDecay
+from attribution_models.markov import Markov
+from attribution_models.shapley import Shapley
+from attribution_models.types import ModelError
+
+_FACTORIES: Final[dict[str, Callable[..., AttributionModel]]] = {
+    "first_touch": FirstTouch,
+    "last_touch": LastTouch,
+    "linear": Linear,
+    "position_based": PositionBased,
+    "time_decay": TimeDecay,
+    "markov": Markov,
+    "shapley": Shapley,
+}
+
+MODEL_NAMES: Final = tuple(_FACTORIES)
+
+
+def get_model(name: str, **params: Any) -> AttributionModel:
+    """A fresh model instance; raises ``ModelError`` naming a bad name or parameter."""
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise ModelError(f"model = {name!r}: must be one of {', '.join(MODEL_NAMES)}")
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise ModelError(f"model {name!r}: bad parameters {params!r}: {exc}") from None

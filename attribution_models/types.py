@@ -1,0 +1,109 @@
+"""Journeys, path aggregates and model results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PATH_SEPARATOR = ">"
+
+
+class ModelError(ValueError):
+    """A model was asked for something it does not define, or given bad input."""
+
+
+@dataclass(frozen=True, slots=True)
+class TouchPoint:
+    """One touch of a journey: its channel and when it happened (epoch ms)."""
+
+    channel: str
+    time_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Journey:
+    """A user's touches before a conversion (or before giving up), oldest first."""
+
+    touches: tuple[TouchPoint, ...]
+    converted: bool
+    value: float = 0.0
+    conversion_time_ms: int | None = None
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return tuple(t.channel for t in self.touches)
+
+
+@dataclass(frozen=True, slots=True)
+class PathStats:
+    """ChannelAttribution's path aggregate: one distinct path and its outcomes."""
+
+    path: tuple[str, ...]
+    conversions: float
+    value: float = 0.0
+    nulls: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("conversions", "value", "nulls"):
+            v = getattr(self, name)
+            if not v >= 0:  # also catches NaN
+                raise ModelError(f"{name} = {v!r} on path {' > '.join(self.path)!r}: must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResult:
+    """Credited conversions and value per channel."""
+
+    model: str
+    conversions: Mapping[str, float]
+    value: Mapping[str, float]
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def channels(self) -> list[str]:
+        return sorted(self.conversions)
+
+
+def split_path(text: str, sep: str = PATH_SEPARATOR) -> tuple[str, ...]:
+    """``"a > b > c"`` -> ``("a", "b", "c")``; an empty string is the empty path."""
+    return tuple(part.strip() for part in text.split(sep) if part.strip())
+
+
+def paths_from_records(
+    records: Iterable[Mapping[str, Any]],
+    path: str = "path",
+    conversions: str = "total_conversions",
+    value: str | None = "total_conversion_value",
+    nulls: str | None = "total_null",
+    sep: str = PATH_SEPARATOR,
+) -> list[PathStats]:
+    """Path aggregates from ChannelAttribution-style records (column names configurable)."""
+    return [
+        PathStats(
+            split_path(str(rec[path]), sep),
+            float(rec[conversions]),
+            float(rec[value]) if value and rec.get(value) is not None else 0.0,
+            float(rec[nulls]) if nulls and rec.get(nulls) is not None else 0.0,
+        )
+        for rec in records
+    ]
+
+
+def aggregate_journeys(journeys: Iterable[Journey]) -> list[PathStats]:
+    """Group journeys by path into aggregates (conversions, value, nulls per path)."""
+    acc: dict[tuple[str, ...], list[float]] = {}
+    for j in journeys:
+        slot = acc.setdefault(j.path, [0.0, 0.0, 0.0])
+        if j.converted:
+            slot[0] += 1
+            slot[1] += j.value
+        else:
+            slot[2] += 1
+    return [PathStats(p, c, v, n) for p, (c, v, n) in acc.items()]
+
+
+def totals(paths: Sequence[PathStats]) -> tuple[float, float]:
+    """Total conversions and total value over aggregates with a non-empty path."""
+    conv = sum(p.conversions for p in paths if p.path)
+    val = sum(p.value for p in paths if p.path)
+    return conv, val
