@@ -47,7 +47,7 @@ typecheck: setup ## mypy strict on the packages
 	$(VENV)/bin/mypy
 
 bench: setup ## run the benchmarks; each prints its figure and a ratio against a baseline
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH)
 
 lock: ## refreeze constraints.txt from the current environment
 	$(UV) pip freeze --python $(PY) --exclude-editable | grep -v '^attribution-engine' > constraints.txt
