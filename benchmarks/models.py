@@ -45,11 +45,11 @@ def run() -> list[Row]:
         console.print(f"[dim]models: generating {n:,} path aggregates[/dim]")
         frame = pd.DataFrame(random_path_records(n, channels=12, seed=n))
         for order in (1, 2):
-            ours, _ = best_of(lambda o=order: _ours(frame, "markov", order=o))
-            peer, _ = best_of(lambda o=order: _peer_markov(frame, o))
+            ours, _ = best_of(lambda f=frame, o=order: _ours(f, "markov", order=o))
+            peer, _ = best_of(lambda f=frame, o=order: _peer_markov(f, o))
             rows.append(Row(f"markov k={order}, {n:,} paths", ours, peer, note="exact vs simulated"))
-        ours, _ = best_of(lambda: _ours(frame, "shapley"))
-        peer, _ = best_of(lambda: _peer_markov(frame, 1))
+        ours, _ = best_of(lambda f=frame: _ours(f, "shapley"))
+        peer, _ = best_of(lambda f=frame: _peer_markov(f, 1))
         rows.append(Row(f"shapley, {n:,} paths", ours, peer, note="baseline: CA markov k=1"))
     print_table("Attribution models: ours vs ChannelAttribution", rows, baseline="ChannelAttribution")
     return rows
