@@ -19,7 +19,9 @@ from typing import Literal
 
 from shared_logic.budget import apply_caps, budget_day
 from shared_logic.campaigns import Catalog
-from shared_logic.rules import Decision
+from shared_logic.events import Event, Order, OrderCancel
+from shared_logic.policy import AttributionPolicy
+from shared_logic.rules import Decision, Touch, attribute_order, touch_from_event
 
 ActionKind = Literal["decide", "cancel"]
 LedgerKind = Literal["charge", "cancelled", "refund"]
@@ -160,3 +162,40 @@ class ChargeBook:
 
     def net_spend(self) -> dict[str, int]:
         return dict(self.spend_lifetime)
+
+
+def settle_events(
+    events: Iterable[Event], catalog: Catalog, policy: AttributionPolicy
+) -> tuple[ChargeBook, dict[str, Decision | None]]:
+    """Decide and settle a whole set of events in one process, with every touch known.
+
+    The reference both layers must agree with: each order (the first event of
+    its order id) is decided by ``attribute_order`` over all of its user's
+    touches, then decisions and cancels are settled in ``action_key`` order.
+    Returns the book and the decision of every order (``None``: organic).
+    """
+    touches: dict[str, list[Touch]] = {}
+    orders: dict[str, Order] = {}
+    cancels: dict[str, OrderCancel] = {}
+    seen_touch: set[str] = set()
+    for event in events:
+        if isinstance(event, Order):
+            orders.setdefault(event.order_id, event)
+        elif isinstance(event, OrderCancel):
+            cancels.setdefault(event.order_id, event)
+        else:
+            touch = touch_from_event(event)
+            if touch is not None and touch.event_id not in seen_touch:
+                seen_touch.add(touch.event_id)
+                touches.setdefault(touch.user_id, []).append(touch)
+    lateness = policy.allowed_lateness_ms
+    decisions: dict[str, Decision | None] = {}
+    actions: list[SettlementAction] = []
+    for order in orders.values():
+        decision = attribute_order(order, touches.get(order.user_id, ()), catalog, policy)
+        decisions[order.order_id] = decision
+        actions.append(SettlementAction(order.event_time + lateness, "decide", order.order_id, decision))
+    actions.extend(SettlementAction(c.event_time + lateness, "cancel", c.order_id) for c in cancels.values())
+    book = ChargeBook(catalog)
+    book.settle(actions)
+    return book, decisions
