@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -151,6 +151,8 @@ class SpeedLayer:
         self._heap: list[_Action] = []
         self._queued: set[tuple[int, int, str]] = set()
         self._scripts: dict[str, AsyncScript] = {}
+        # Recent decision latencies (seconds), for benchmarks and the CLI's summary.
+        self.latencies: deque[float] = deque(maxlen=200_000)
 
     async def start(self) -> None:
         """Load the scripts and take back the orders and cancels left pending in Redis."""
@@ -431,6 +433,7 @@ class SpeedLayer:
                 out.decided += 1
                 self.metrics.decisions.labels("attributed").inc()
                 out.latencies_s.append(elapsed)
+                self.latencies.append(elapsed)
                 self.metrics.latency.observe(elapsed)
                 if res[0] == 1:
                     out.charged += 1

@@ -1,0 +1,97 @@
+"""Real-time budget state for the ad server, read straight from Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from realtime.keys import Keys
+from shared_logic import Catalog, budget_day, day_bounds_ms
+from shared_logic.errors import AttributionError
+
+
+class UnknownCampaign(AttributionError, KeyError):
+    """A campaign id that is not in the catalog."""
+
+    def __init__(self, campaign_id: str) -> None:
+        self.campaign_id = campaign_id
+        super().__init__(f"campaign_id = {campaign_id!r}: not a campaign of the catalog")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """What an ad server needs before serving a campaign.
+
+    ``pacing`` is the share of the daily cap spent divided by the share of the
+    budget day elapsed: 1.0 is on schedule, above it ahead of schedule (None
+    without a daily cap).
+    """
+
+    campaign_id: str
+    advertiser_id: str
+    currency: str
+    budget_day: str
+    spend_day_minor: int
+    spend_lifetime_minor: int
+    daily_cap_minor: int | None
+    lifetime_cap_minor: int | None
+    remaining_minor: int | None
+    exhausted: bool
+    day_elapsed: float
+    pacing: float | None
+
+
+class BudgetReader:
+    """Reads spend for many campaigns in one pipelined round trip."""
+
+    def __init__(self, redis: Redis, catalog: Catalog, keys: Keys) -> None:
+        self.redis, self.catalog, self.keys = redis, catalog, keys
+
+    async def states(self, campaign_ids: Sequence[str], now_ms: int) -> list[BudgetState]:
+        campaigns = []
+        for cid in campaign_ids:
+            c = self.catalog.get(cid)
+            if c is None:
+                raise UnknownCampaign(cid)
+            campaigns.append(c)
+        days = [budget_day(now_ms, c.budget.timezone) for c in campaigns]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for c, day in zip(campaigns, days, strict=True):
+                pipe.get(self.keys.spend_day(c.campaign_id, day.isoformat()))
+                pipe.get(self.keys.spend_lifetime(c.campaign_id))
+            raw = await pipe.execute()
+        out = []
+        for i, (c, day) in enumerate(zip(campaigns, days, strict=True)):
+            spent_day = int(raw[2 * i] or 0)
+            spent_life = int(raw[2 * i + 1] or 0)
+            b = c.budget
+            left = [
+                cap - spent
+                for cap, spent in ((b.daily_minor, spent_day), (b.lifetime_minor, spent_life))
+                if cap is not None
+            ]
+            remaining = max(min(left), 0) if left else None
+            start, end = day_bounds_ms(day, b.timezone)
+            elapsed = min(max((now_ms - start) / (end - start), 0.0), 1.0)
+            pacing = None
+            if b.daily_minor is not None and elapsed > 0:
+                pacing = (spent_day / b.daily_minor) / elapsed
+            out.append(
+                BudgetState(
+                    c.campaign_id,
+                    c.advertiser_id,
+                    c.currency,
+                    day.isoformat(),
+                    spent_day,
+                    spent_life,
+                    b.daily_minor,
+                    b.lifetime_minor,
+                    remaining,
+                    remaining == 0,
+                    round(elapsed, 6),
+                    None if pacing is None else round(pacing, 6),
+                )
+            )
+        return out
