@@ -12,7 +12,7 @@ from shared_logic import Catalog, budget_day, day_bounds_ms
 from shared_logic.errors import AttributionError
 
 
-class UnknownCampaign(AttributionError, KeyError):
+class UnknownCampaign(AttributionError):
     """A campaign id that is not in the catalog."""
 
     def __init__(self, campaign_id: str) -> None:
