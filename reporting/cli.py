@@ -250,10 +250,6 @@ def _money(value: int | None, currency: str) -> str:
     return "-" if value is None else format_minor(value, currency)
 
 
-def _money(value: int | None, currency: str) -> str:
-    return "-" if value is None else format_minor(value, currency)
-
-
 async def _budget_states(settings: Any, cat: Catalog, ids: list[str], now_ms: int) -> list[Any]:
     from redis.asyncio import Redis
 
