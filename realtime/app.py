@@ -28,6 +28,9 @@ from shared_logic.events import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
+# Events per value on the in-memory channel (a "fetch" of records).
+CHANNEL_CHUNK = 500
+
 
 class MissingExtra(AttributionError):
     """An optional dependency group is not installed."""
@@ -70,7 +73,7 @@ class Worker:
         )
         self.redis = redis or Redis.from_url(settings.redis_url)
         if self.in_memory:
-            self.source: Any = self.app.channel(maxsize=64)
+            self.source: Any = self.app.channel(maxsize=16)
             self.dead_letter_topic = None
         else:
             self.source = self.app.topic(
@@ -109,7 +112,11 @@ class Worker:
 
     async def _consume(self, stream: Any) -> AsyncIterator[int]:
         await self._ready.wait()
-        async for values in stream.take(self.settings.batch_size, within=self.settings.batch_within_s):
+        # On the channel every value is a chunk of events: take as many chunks as make a batch.
+        take = (
+            max(1, self.settings.batch_size // CHANNEL_CHUNK) if self.in_memory else self.settings.batch_size
+        )
+        async for values in stream.take(take, within=self.settings.batch_within_s):
             flat: list[Any] = []
             for v in values:
                 if isinstance(v, list):

@@ -13,11 +13,11 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from realtime.app import Worker
+from realtime.app import CHANNEL_CHUNK, Worker
 from realtime.settings import RealtimeSettings
 from shared_logic import Catalog
 
-CHUNK = 500
+CHUNK = CHANNEL_CHUNK
 
 
 def jsonl_source(path: str | Path) -> list[bytes]:

@@ -1,0 +1,35 @@
+"""Fixtures shared by every suite: a private redis-server, settings, traffic."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+# Spark's Python workers must run this interpreter, not the system python3.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[object]:
+    """One redis-server on a free port for the whole run (never the machine's shared one)."""
+    from realtime.localredis import LocalRedis
+
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: object) -> str:
+    """The test server's URL, emptied before each test."""
+    import redis
+
+    url: str = redis_server.url  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    client.close()
+    return url

@@ -1,0 +1,522 @@
+"""The speed layer against a real redis-server: parity, idempotence, caps, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import astuple
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from realtime.app import Worker
+from realtime.budget import BudgetReader, UnknownCampaign
+from realtime.engine import SpeedLayer
+from realtime.keys import Keys
+from realtime.ledger import read_stream
+from realtime.replay import replay
+from realtime.settings import RealtimeSettings
+from realtime.sinks import MemoryDeadLetters, RedisDeadLetters
+from shared_logic import AttributionPolicy, Catalog, parse_event
+from shared_logic.settlement import LedgerEntry, settle_events
+from shared_logic.synthetic import SyntheticConfig, generate
+from tests.factories import HOUR, MIN, T0, campaign, promo
+
+pytestmark = pytest.mark.integration
+
+TRAFFIC = SyntheticConfig(users=1_500, days=3, duplicate_rate=0.03, malformed_rate=0.005, cancel_rate=0.15)
+
+
+def _settings(url: str, **over: Any) -> RealtimeSettings:
+    return RealtimeSettings(redis_url=url, user_buckets=64, **over)
+
+
+def _ledger_key(e: LedgerEntry) -> tuple[Any, ...]:
+    return astuple(e)
+
+
+async def _engine(url: str, catalog: Catalog, **over: Any) -> SpeedLayer:
+    engine = SpeedLayer(Redis.from_url(url), catalog, _settings(url, **over), MemoryDeadLetters())
+    await engine.start()
+    return engine
+
+
+async def _feed(engine: SpeedLayer, values: list[Any], chunk: int = 700) -> None:
+    for i in range(0, len(values), chunk):
+        await engine.process(values[i : i + chunk])
+    await engine.drain()
+
+
+async def _snapshot(url: str) -> dict[str, Any]:
+    """Every spend, stats and claim key with its value, and the ledger without stream ids."""
+    r = Redis.from_url(url)
+    out: dict[str, Any] = {}
+    async for key in r.scan_iter(match="attr:*"):
+        k = key.decode()
+        kind = await r.type(key)
+        if kind == b"string":
+            out[k] = await r.get(key)
+        elif kind == b"hash":
+            out[k] = await r.hgetall(key)
+        elif kind == b"zset":
+            out[k] = await r.zrange(key, 0, -1, withscores=True)
+        elif kind == b"stream":
+            out[k] = [fields for _, fields in await r.xrange(key)]
+    await r.aclose()
+    return out
+
+
+def test_same_decisions_and_charges_as_the_reference(redis_url: str) -> None:
+    """Traffic that arrives within the allowed lateness: the speed layer equals the one-process reference."""
+    traffic = generate(TRAFFIC)
+    values = [e.payload for e in traffic.events]
+
+    async def run() -> list[LedgerEntry]:
+        engine = await _engine(redis_url, traffic.catalog)
+        await _feed(engine, values)
+        entries = await read_stream(engine.redis, engine.keys)
+        await engine.redis.aclose()
+        return entries
+
+    ledger = asyncio.run(run())
+    events = [parse_event(p) for p in traffic.valid_payloads()]
+    book, decisions = settle_events(events, traffic.catalog, AttributionPolicy())
+    assert sorted(map(_ledger_key, ledger)) == sorted(map(_ledger_key, book.ledger))
+    kinds = Counter(e.kind for e in ledger)
+    assert kinds["charge"] > 100
+    assert kinds["refund"] > 5
+    assert any(e.capped for e in ledger)
+    assert sum(d is None for d in decisions.values()) > 10  # organic orders exist and are not charged
+
+
+def test_replaying_everything_or_a_prefix_again_changes_nothing(redis_url: str) -> None:
+    traffic = generate(SyntheticConfig(users=600, days=2, cancel_rate=0.2))
+    values = [e.payload for e in traffic.events]
+
+    async def run() -> None:
+        engine = await _engine(redis_url, traffic.catalog)
+        await _feed(engine, values)
+        first = await _snapshot(redis_url)
+        assert any(k.endswith(":ledger") for k in first)
+        # A fresh worker (empty memory) sees the whole stream again, then a prefix again.
+        for again in (values, values[: len(values) // 3]):
+            other = await _engine(redis_url, traffic.catalog)
+            await _feed(other, again, chunk=311)
+            assert await _snapshot(redis_url) == first
+            await other.redis.aclose()
+        await engine.redis.aclose()
+
+    asyncio.run(run())
+
+
+def _tight_catalog() -> Catalog:
+    return Catalog(
+        [
+            campaign("ad1", merchant_ids=["m1"], budget={"daily_minor": 250, "lifetime_minor": 400}),
+            campaign("ad3", merchant_ids=["m1"], budget={"daily_minor": 150}),
+            campaign(
+                "ad2",
+                merchant_ids=["m1", "m2"],
+                pricing={"model": "bps", "bps": 900},
+                budget={"daily_minor": 700, "timezone": "America/New_York"},
+            ),
+            promo("pr1", codes=("SAVE",), merchant_ids=["m2"], budget={"lifetime_minor": 300}),
+        ]
+    )
+
+
+def _event_strategy() -> st.SearchStrategy[list[dict[str, Any]]]:
+    # Touches come mostly before orders and campaigns share merchants, so caps bind often.
+    user = st.sampled_from(["u1", "u2"])
+    touch = st.builds(
+        lambda kind, cid, u, t: {"event_type": kind, "campaign_id": cid, "user_id": u, "event_time": t},
+        st.sampled_from(["impression", "click"]),
+        st.sampled_from(["ad1", "ad2", "ad3"]),
+        user,
+        st.integers(T0, T0 + 4 * HOUR),
+    )
+    time = st.integers(T0 + HOUR, T0 + 30 * HOUR)
+    order = st.builds(
+        lambda u, t, m, amount, codes, cancel: {
+            "event_type": "order",
+            "user_id": u,
+            "event_time": t,
+            "merchant_id": m,
+            "amount_minor": amount,
+            "currency": "USD",
+            "promo_codes": codes,
+            "_cancel": cancel,
+        },
+        user,
+        time,
+        st.sampled_from(["m1", "m2"]),
+        st.integers(0, 5_000),
+        st.sampled_from([[], [], ["SAVE"]]),
+        st.one_of(st.none(), st.integers(0, 3 * HOUR)),
+    )
+    return st.lists(st.one_of(touch, order), min_size=1, max_size=50)
+
+
+def _materialise(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give events ids, turn ``_cancel`` offsets into cancel events; sort by event time (arrival)."""
+    out = []
+    for i, e in enumerate(raw):
+        e = dict(e)
+        cancel = e.pop("_cancel", None)
+        e["event_id"] = f"e{i}"
+        if e["event_type"] == "order":
+            e["order_id"] = f"o{i}"
+            if cancel is not None:
+                out.append(
+                    {
+                        "event_type": "order_cancel",
+                        "event_id": f"x{i}",
+                        "user_id": e["user_id"],
+                        "order_id": f"o{i}",
+                        "event_time": e["event_time"] + cancel,
+                    }
+                )
+        out.append(e)
+    return sorted(out, key=lambda e: (e["event_time"], e["event_id"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=_event_strategy(), split=st.randoms(use_true_random=False), chunk=st.integers(1, 9))
+def test_two_workers_on_interleaved_events_never_pass_a_cap_or_charge_twice(
+    redis_url: str, raw: list[dict[str, Any]], split: random.Random, chunk: int
+) -> None:
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushall()
+    catalog = _tight_catalog()
+    values = _materialise(raw)
+    a_vals = [v for v in values if split.random() < 0.5]
+    b_vals = [v for v in values if v not in a_vals]
+
+    # Both workers see every event eventually (a redelivery after a rebalance), in their own chunks.
+    async def run() -> list[LedgerEntry]:
+        a = await _engine(redis_url, catalog)
+        b = await _engine(redis_url, catalog)
+        for i in range(0, max(len(a_vals), len(b_vals)), chunk):
+            await asyncio.gather(a.process(a_vals[i : i + chunk]), b.process(b_vals[i : i + chunk]))
+        await asyncio.gather(a.process(b_vals), b.process(a_vals))
+        await asyncio.gather(a.drain(), b.drain())
+        entries = await read_stream(a.redis, a.keys)
+        await a.redis.aclose()
+        await b.redis.aclose()
+        return entries
+
+    ledger = asyncio.run(run())
+    charges = Counter(e.order_id for e in ledger if e.kind in ("charge", "cancelled"))
+    assert all(n == 1 for n in charges.values()), charges
+    refunds = Counter(e.order_id for e in ledger if e.kind == "refund")
+    assert all(n == 1 for n in refunds.values())
+    day_spend: Counter[tuple[str, str]] = Counter()
+    life_spend: Counter[str] = Counter()
+    for e in ledger:
+        day_spend[(e.campaign_id, e.budget_day)] += e.charge_minor
+        life_spend[e.campaign_id] += e.charge_minor
+    for (cid, _), spent in day_spend.items():
+        cap = catalog.get(cid).budget.daily_minor  # type: ignore[union-attr]
+        assert cap is None or 0 <= spent <= cap
+    for cid, spent in life_spend.items():
+        cap = catalog.get(cid).budget.lifetime_minor  # type: ignore[union-attr]
+        assert cap is None or 0 <= spent <= cap
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=_event_strategy(), chunk=st.integers(1, 12))
+def test_lua_settlement_equals_the_python_specification(
+    redis_url: str, raw: list[dict[str, Any]], chunk: int
+) -> None:
+    """Random orders, cancels and tight caps, any batching: Redis ledger == ChargeBook ledger."""
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushall()
+    catalog = _tight_catalog()
+    values = _materialise(raw)
+
+    async def run() -> list[LedgerEntry]:
+        engine = await _engine(redis_url, catalog)
+        await _feed(engine, values, chunk=chunk)
+        entries = await read_stream(engine.redis, engine.keys)
+        await engine.redis.aclose()
+        return entries
+
+    ledger = asyncio.run(run())
+    book, _ = settle_events([parse_event(v) for v in values], catalog, AttributionPolicy())
+    assert list(map(_ledger_key, ledger)) == list(map(_ledger_key, book.ledger))
+
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    hostile=st.lists(
+        st.one_of(
+            st.binary(max_size=200),
+            st.text(max_size=200),
+            st.dictionaries(
+                st.sampled_from(
+                    [
+                        "event_id",
+                        "event_type",
+                        "event_time",
+                        "user_id",
+                        "campaign_id",
+                        "amount_minor",
+                        "currency",
+                        "order_id",
+                        "merchant_id",
+                    ]
+                ),
+                json_scalars,
+                max_size=9,
+            ),
+        ),
+        max_size=60,
+    )
+)
+def test_hostile_events_are_dead_lettered_and_none_is_lost(redis_url: str, hostile: list[Any]) -> None:
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushall()
+    traffic = generate(SyntheticConfig(users=40, days=1, malformed_rate=0.05))
+    values: list[Any] = [e.payload for e in traffic.events] + hostile
+    random.Random(len(hostile)).shuffle(values)
+
+    async def run() -> tuple[int, int, int]:
+        redis = Redis.from_url(redis_url)
+        sink = RedisDeadLetters(redis, "attr:dead-letters")
+        engine = SpeedLayer(redis, traffic.catalog, _settings(redis_url), sink)
+        await engine.start()
+        await _feed(engine, values, chunk=50)
+        m = engine.metrics
+        accepted = sum(
+            m.value("attribution_events_total", type=t)
+            for t in ("impression", "click", "promo_view", "order", "order_cancel")
+        )
+        dead = len(await sink.read(count=100_000))
+        counted = sum(
+            s.value
+            for f in m.registry.collect()
+            for s in f.samples
+            if s.name == "attribution_dead_letters_total"
+        )
+        await redis.aclose()
+        assert dead == counted
+        return int(accepted), dead, len(values)
+
+    accepted, dead, sent = asyncio.run(run())
+    assert accepted + dead == sent
+    assert dead >= sum(e.malformed for e in traffic.events)
+
+
+def test_dead_letters_carry_payload_and_reason(redis_url: str) -> None:
+    catalog = _tight_catalog()
+    bad = [
+        b'{"event_type":"click"}',
+        {"event_id": "e1", "event_type": "click", "event_time": T0, "user_id": "u", "campaign_id": "nope"},
+        {
+            "event_id": "e2",
+            "event_type": "promo_view",
+            "event_time": T0,
+            "user_id": "u",
+            "campaign_id": "ad1",
+        },
+        "not json at all",
+    ]
+
+    async def run() -> list[dict[str, str]]:
+        redis = Redis.from_url(redis_url)
+        sink = RedisDeadLetters(redis, "attr:dead-letters")
+        engine = SpeedLayer(redis, catalog, _settings(redis_url), sink)
+        await engine.start()
+        await engine.process(bad)
+        letters = await sink.read()
+        await redis.aclose()
+        return letters
+
+    letters = asyncio.run(run())
+    assert [(x["field"], x["rule"]) for x in letters] == [
+        ("event_id", "is required"),
+        ("campaign_id", "is not a campaign of the catalog"),
+        ("campaign_id", "is a ad campaign, which a promo_view cannot touch"),
+        ("<payload>", "is not valid JSON"),
+    ]
+    assert letters[1]["raw"].startswith("{")
+    assert "nope" in letters[1]["raw"]
+
+
+def test_every_script_call_keeps_its_keys_in_one_cluster_slot(redis_url: str, monkeypatch) -> None:
+    from redis.commands.core import AsyncScript
+
+    seen: list[list[str]] = []
+    original = AsyncScript.__call__
+
+    async def spy(self, keys=None, args=None, client=None):  # type: ignore[no-untyped-def]
+        seen.append([k if isinstance(k, str) else k.decode() for k in keys or []])
+        return await original(self, keys=keys, args=args, client=client)
+
+    monkeypatch.setattr(AsyncScript, "__call__", spy)
+    traffic = generate(SyntheticConfig(users=300, days=2, cancel_rate=0.3))
+
+    async def run() -> None:
+        engine = await _engine(redis_url, traffic.catalog, budget_shards=4)
+        await _feed(engine, [e.payload for e in traffic.events])
+        await engine.redis.aclose()
+
+    asyncio.run(run())
+    assert len(seen) > 100
+    assert {len(k) for k in seen} - {0}
+    for keys in seen:
+        slots = {key_slot(k.encode()) for k in keys}
+        assert len(slots) == 1, keys
+    prefixes = {k.split(":")[1] for keys in seen for k in keys}
+    assert any(p.startswith("{b") for p in prefixes)
+    assert any(p.startswith("{u") for p in prefixes)
+
+
+def test_budget_reader_reports_spend_caps_remaining_and_pacing(redis_url: str) -> None:
+    catalog = _tight_catalog()
+    orders = [
+        {
+            "event_id": f"c{i}",
+            "event_type": "click",
+            "user_id": "u1",
+            "campaign_id": "ad1",
+            "event_time": T0 + i,
+        }
+        for i in range(3)
+    ] + [
+        {
+            "event_id": f"o{i}",
+            "event_type": "order",
+            "user_id": "u1",
+            "order_id": f"o{i}",
+            "merchant_id": "m1",
+            "amount_minor": 1000,
+            "currency": "USD",
+            "event_time": T0 + MIN + i,
+        }
+        for i in range(3)
+    ]
+
+    async def run() -> list[Any]:
+        engine = await _engine(redis_url, catalog)
+        await _feed(engine, orders)
+        reader = BudgetReader(engine.redis, catalog, engine.keys)
+        states = await reader.states(["ad1", "ad2", "pr1"], T0 + HOUR)
+        with pytest.raises(UnknownCampaign, match="nope"):
+            await reader.states(["nope"], T0)
+        await engine.redis.aclose()
+        return states
+
+    ad1, ad2, pr1 = asyncio.run(run())
+    # Three orders at 100 each against a daily cap of 250: 100 + 100 + 50 (capped).
+    assert (ad1.spend_day_minor, ad1.spend_lifetime_minor, ad1.remaining_minor, ad1.exhausted) == (
+        250,
+        250,
+        0,
+        True,
+    )
+    assert ad1.pacing is not None
+    assert ad1.pacing == pytest.approx(1.0 / ad1.day_elapsed, rel=1e-3)
+    assert (ad2.spend_day_minor, ad2.remaining_minor, ad2.exhausted) == (0, 700, False)
+    assert ad2.budget_day == "2026-10-31"  # New York is still on the previous day at 02:06 UTC
+    assert (pr1.daily_cap_minor, pr1.pacing, pr1.remaining_minor) == (None, None, 300)
+
+
+def test_budget_events_stream_tells_the_ad_server_of_exhaustion(redis_url: str) -> None:
+    catalog = _tight_catalog()
+    events = [
+        {"event_id": "c", "event_type": "click", "user_id": "u1", "campaign_id": "ad1", "event_time": T0}
+    ]
+    events += [
+        {
+            "event_id": f"o{i}",
+            "event_type": "order",
+            "user_id": "u1",
+            "order_id": f"o{i}",
+            "merchant_id": "m1",
+            "amount_minor": 10,
+            "currency": "USD",
+            "event_time": T0 + i,
+        }
+        for i in range(5)
+    ]
+    events += [
+        {
+            "event_id": "x",
+            "event_type": "order_cancel",
+            "user_id": "u1",
+            "order_id": "o0",
+            "event_time": T0 + HOUR,
+        }
+    ]
+
+    async def run() -> list[dict[bytes, bytes]]:
+        engine = await _engine(redis_url, catalog)
+        await _feed(engine, events)
+        rows = await engine.redis.xrange(engine.keys.budget_events(engine.keys.shard("ad1")))
+        await engine.redis.aclose()
+        return [f for _, f in rows]
+
+    rows = asyncio.run(run())
+    assert [(r[b"type"], r[b"scope"], r[b"campaign_id"]) for r in rows] == [
+        (b"exhausted", b"daily", b"ad1"),
+        (b"resumed", b"refund", b"ad1"),
+    ]
+
+
+def test_agent_on_a_channel_and_through_test_context(redis_url: str) -> None:
+    traffic = generate(SyntheticConfig(users=200, days=1))
+    values = [e.payload for e in traffic.events]
+
+    async def run() -> None:
+        result = await replay(values, traffic.catalog, _settings(redis_url), show_progress=False)
+        assert result.sent == len(values)
+        assert result.accepted + result.dead_lettered == len(values)
+        assert result.decided > 0
+        # The Kafka-mode agent, driven by Faust's own test harness instead of a broker.
+        kafka = _settings(redis_url, broker_url="kafka://127.0.0.1:1", key_prefix="kt")
+        worker = Worker(kafka, traffic.catalog)
+        await worker.engine.start()
+        worker._ready.set()
+        async with worker.agent.test_context() as agent:
+            for v in values[:50]:
+                import orjson
+
+                await agent.put(orjson.dumps(v) if isinstance(v, dict) else v)
+            await asyncio.wait_for(_until(lambda: worker.processed >= 50), 10)
+        assert worker.engine.metrics.value("attribution_events_total", type="impression") > 0
+        await worker.redis.aclose()
+
+    asyncio.run(run())
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)
+
+
+def test_settings_refuse_unknown_keys_and_bad_values() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="allowed_lateness_ms"):
+        RealtimeSettings(allowed_lateness_ms=-1)
+    with pytest.raises(ValidationError, match="extra"):
+        RealtimeSettings(nonsense=1)  # type: ignore[call-arg]
+
+
+def test_keys_hash_tags() -> None:
+    keys = Keys("attr", 16, 2)
+    assert keys.touches("u1").startswith(f"attr:{{u{keys.bucket('u1')}}}:")
+    assert key_slot(keys.touches("u1").encode()) == key_slot(keys.pending(keys.bucket("u1")).encode())
+    assert key_slot(keys.charge("ad1", "o1").encode()) == key_slot(keys.ledger(keys.shard("ad1")).encode())
