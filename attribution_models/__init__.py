@@ -16,6 +16,7 @@ from attribution_models.types import (
     PathStats,
     TouchPoint,
     aggregate_journeys,
+    paths_from_columns,
     paths_from_records,
     split_path,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "TouchPoint",
     "aggregate_journeys",
     "get_model",
+    "paths_from_columns",
     "paths_from_records",
     "split_path",
 ]

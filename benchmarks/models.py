@@ -12,7 +12,7 @@ import io
 
 import pandas as pd
 
-from attribution_models import get_model, paths_from_records
+from attribution_models import get_model, paths_from_columns
 from benchmarks._harness import Row, best_of, console, print_table, quick
 from shared_logic.synthetic import random_path_records
 
@@ -34,7 +34,12 @@ def _peer_markov(frame: pd.DataFrame, order: int) -> pd.DataFrame:
 
 
 def _ours(frame: pd.DataFrame, name: str, **params: object) -> object:
-    paths = paths_from_records(frame.to_dict("records"))
+    paths = paths_from_columns(
+        frame["path"].tolist(),
+        frame["total_conversions"].to_numpy(),
+        frame["total_conversion_value"].to_numpy(),
+        frame["total_null"].to_numpy(),
+    )
     return get_model(name, **params).attribute(paths)
 
 

@@ -199,3 +199,21 @@ def test_symmetric_channels_get_equal_credit(raw) -> None:
         result = get_model(name).attribute(paths)
         if "x" in result.conversions:
             assert result.conversions["x"] == pytest.approx(result.conversions["y"], rel=1e-9, abs=1e-9), name
+
+
+def test_paths_from_columns_merges_repeats_and_validates() -> None:
+    from attribution_models import paths_from_columns
+
+    paths = paths_from_columns(["a > b", "b", "a > b", "a>b"], [1, 2, 3, 1], [10.0, 0, 5.0, 1], [0, 1, 2, 0])
+    # Equal strings merge before splitting; other spellings of a path stay separate rows (models sum them).
+    assert [(p.path, p.conversions, p.value, p.nulls) for p in paths] == [
+        (("a", "b"), 4.0, 15.0, 2.0),
+        (("b",), 2.0, 0.0, 1.0),
+        (("a", "b"), 1.0, 1.0, 0.0),
+    ]
+    with pytest.raises(ModelError, match=r"total_null = -1.0 on path 'b' \(row 1\)"):
+        paths_from_columns(["a", "b"], [1, 1], None, [0, -1])
+    with pytest.raises(ModelError, match="total_conversions = nan"):
+        paths_from_columns(["a"], [float("nan")])
+    with pytest.raises(ModelError, match="2 values for 3 paths"):
+        paths_from_columns(["a", "b", "c"], [1, 2])
