@@ -79,8 +79,10 @@ def eligible_campaigns(order: Order, catalog: Catalog) -> dict[str, Campaign]:
     return found
 
 
-def _rank(touch: Touch) -> tuple[int, int, str]:
-    return (int(touch.kind), touch.time_ms, touch.event_id)
+def _rank(touch: Touch) -> tuple[int, int, str, str]:
+    # Campaign id last: event ids should be unique, but if a producer reuses one the
+    # decision must still not depend on the order touches were given in.
+    return (int(touch.kind), touch.time_ms, touch.event_id, touch.campaign_id)
 
 
 def attribute_order(
