@@ -96,7 +96,9 @@ def paths_from_columns(
         bad = ~(np.isfinite(arr) & (arr >= 0))
         if bad.any():
             i = int(np.argmax(bad))
-            raise ModelError(f"{name} = {float(arr[i])!r} on path {paths[i]!r} (row {i}): must be finite and >= 0")
+            raise ModelError(
+                f"{name} = {float(arr[i])!r} on path {paths[i]!r} (row {i}): must be finite and >= 0"
+            )
         arrays[name] = arr
     index: dict[str, int] = {}
     inverse = np.fromiter((index.setdefault(p, len(index)) for p in paths), np.int64, n)

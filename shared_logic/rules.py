@@ -94,8 +94,8 @@ def attribute_order(
     were active at the touch, with ``order time - window(kind) <= touch time <=
     order time``; a promo code on the order belonging to an eligible promo
     campaign is a redemption touch at the order time. The winner is the
-    greatest by (kind, time, event id), so exactly one campaign, ad or promo,
-    is credited. Returns ``None`` when nothing is eligible (an organic order).
+    greatest by (kind, time, event id, campaign id), so exactly one campaign,
+    ad or promo, is credited. Returns ``None`` when nothing is eligible (an organic order).
     """
     eligible = eligible_campaigns(order, catalog)
     if not eligible:

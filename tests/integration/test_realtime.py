@@ -494,16 +494,11 @@ def test_agent_on_a_channel_and_through_test_context(redis_url: str) -> None:
                 import orjson
 
                 await agent.put(orjson.dumps(v) if isinstance(v, dict) else v)
-            await asyncio.wait_for(_until(lambda: worker.processed >= 50), 10)
+            await worker.wait_processed(50, timeout_s=10)
         assert worker.engine.metrics.value("attribution_events_total", type="impression") > 0
         await worker.redis.aclose()
 
     asyncio.run(run())
-
-
-async def _until(predicate: Any) -> None:  # noqa: ASYNC110 - polls a counter the agent moves
-    while not predicate():
-        await asyncio.sleep(0.01)
 
 
 def test_settings_refuse_unknown_keys_and_bad_values() -> None:
