@@ -47,19 +47,30 @@ class Row:
     baseline: float
     unit: str = "s"
     note: str = ""
+    higher_is_better: bool = False
 
     @property
     def ratio(self) -> float:
+        """How many times better ours is than the baseline (above 1: ours is better)."""
+        if self.higher_is_better:
+            return self.ours / self.baseline if self.baseline > 0 else float("inf")
         return self.baseline / self.ours if self.ours > 0 else float("inf")
 
 
 def print_table(title: str, rows: list[Row], ours: str = "ours", baseline: str = "baseline") -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("case")
-    table.add_column(f"{ours} ({rows[0].unit if rows else 's'})", justify="right")
-    table.add_column(f"{baseline} ({rows[0].unit if rows else 's'})", justify="right")
-    table.add_column("speed-up (baseline/ours)", justify="right")
+    table.add_column(ours, justify="right")
+    table.add_column(baseline, justify="right")
+    table.add_column("ours vs baseline", justify="right")
     table.add_column("note")
     for r in rows:
-        table.add_row(r.case, f"{r.ours:.3f}", f"{r.baseline:.3f}", f"{r.ratio:.2f}x", r.note)
+        fmt = "{:,.0f}" if abs(r.ours) >= 1000 else "{:.3f}"
+        table.add_row(
+            r.case,
+            f"{fmt.format(r.ours)} {r.unit}",
+            f"{fmt.format(r.baseline)} {r.unit}",
+            f"{r.ratio:.2f}x {'better' if r.ratio >= 1 else 'worse'}",
+            r.note,
+        )
     console.print(table)

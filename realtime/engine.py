@@ -44,7 +44,6 @@ from shared_logic import (
     InvalidEvent,
     Lever,
     Order,
-    OrderCancel,
     PromoView,
     Touch,
     TouchKind,
@@ -153,6 +152,7 @@ class SpeedLayer:
         self._scripts: dict[str, AsyncScript] = {}
         # Recent decision latencies (seconds), for benchmarks and the CLI's summary.
         self.latencies: deque[float] = deque(maxlen=200_000)
+        self._day_cache: dict[int, str] = {}
 
     async def start(self) -> None:
         """Load the scripts and take back the orders and cancels left pending in Redis."""
@@ -199,15 +199,42 @@ class SpeedLayer:
         return None
 
     async def process(self, values: Iterable[Raw]) -> Settled:
-        """Ingest one batch of raw events, then settle whatever has come due."""
+        """Ingest one batch of raw events (one Lua call per user bucket), then settle what has come due."""
         dead: list[DeadLetter] = []
         accepted: Counter[str] = Counter()
         dead_fields: Counter[str] = Counter()
+        ops, max_time = self._build(values, dead, accepted, dead_fields)
+        max_time = max(max_time, self.watermark)
+        if dead:
+            await self.dead_letters.send_many(dead)
         duplicates: Counter[str] = Counter()
-        ops: dict[int, tuple[dict[str, int], list[Any], list[tuple[str, Any]]]] = {}
-        max_time = self.watermark
-        count_floor = self.watermark - self.retention
+        ops_tags, results = await self._ingest(ops) if ops else ([], [])
+        for (bucket, tags), res in zip(ops_tags, results, strict=True):
+            for (kind, item), r in zip(tags, res, strict=True):
+                if kind == "touch":
+                    if r == 0:
+                        duplicates[item] += 1
+                elif r == 0:
+                    duplicates["order" if kind == "decide" else "order_cancel"] += 1
+                else:
+                    self._queue(bucket, kind, item)
         m = self.metrics
+        for name, n in accepted.items():
+            m.events.labels(name).inc(n)
+        for name, n in dead_fields.items():
+            m.dead_letters.labels(name).inc(n)
+        for name, n in duplicates.items():
+            m.duplicates.labels(name).inc(n)
+        return await self.advance(max_time)
+
+    def _build(
+        self, values: Iterable[Raw], dead: list[DeadLetter], accepted: Counter[str], dead_fields: Counter[str]
+    ) -> tuple[dict[int, tuple[dict[str, int], list[Any], list[tuple[str, Any]]]], int]:
+        """Parse and validate a batch into per-bucket script arguments."""
+        ops: dict[int, tuple[dict[str, int], list[Any], list[tuple[str, Any]]]] = {}
+        max_time = 0
+        keys = self.keys
+        day_cache = self._day_cache
         for raw in values:
             try:
                 event = parse_event(raw)
@@ -215,25 +242,25 @@ class SpeedLayer:
                 dead.append((raw, exc.as_dict()))
                 dead_fields[exc.field] += 1
                 continue
-            if not isinstance(event, Order | OrderCancel):
-                broken = self._check(event)
+            etype = event.event_type
+            if etype != "order" and etype != "order_cancel":
+                broken = self._check(event)  # type: ignore[arg-type]  # a touch, by its type tag
                 if broken is not None:
-                    dead.append((raw, {"field": "campaign_id", "value": event.campaign_id, "rule": broken}))
+                    dead.append((raw, {"field": "campaign_id", "value": event.campaign_id, "rule": broken}))  # type: ignore[union-attr]
                     dead_fields["campaign_id"] += 1
                     continue
-            accepted[event.event_type] += 1
+            accepted[etype] += 1
             t = event.event_time
             if t > max_time:
                 max_time = t
             user = event.user_id
-            bucket = self.keys.bucket(user)
+            bucket = keys.bucket(user)
             slot = ops.get(bucket)
             if slot is None:
                 slot = ops[bucket] = ({}, [], [])
             index, args, tags = slot
-            if isinstance(event, Order | OrderCancel):
-                kind = "decide" if isinstance(event, Order) else "cancel"
-                data: dict[str, Any] = {"order_id": event.order_id, "event_time": t, "user_id": user}
+            if etype == "order" or etype == "order_cancel":
+                data: dict[str, Any] = {"order_id": event.order_id, "event_time": t, "user_id": user}  # type: ignore[union-attr]
                 if isinstance(event, Order):
                     data.update(
                         event_id=event.event_id,
@@ -242,48 +269,41 @@ class SpeedLayer:
                         currency=event.currency,
                         promo_codes=list(event.promo_codes),
                     )
-                    claim = _idx(index, self.keys.claim(bucket, event.order_id))
+                    claim = _idx(index, keys.claim(bucket, event.order_id))
                     fld = f"o:{event.order_id}"
+                    kind = "decide"
                 else:
                     claim = 0
-                    fld = f"x:{event.order_id}"
-                pending = _idx(index, self.keys.pending(bucket))
+                    fld = f"x:{data['order_id']}"
+                    kind = "cancel"
+                pending = _idx(index, keys.pending(bucket))
                 args.append(("p", claim, pending, fld, orjson.dumps(data).decode(), ""))
                 tags.append((kind, data))
             else:
-                code = "v" if event.event_type != "click" else "c"
-                zkey = _idx(index, self.keys.touches(user))
-                ckey = _idx(index, self.keys.counts(bucket, utc_day(t)))
-                member = f"{code}|{event.campaign_id}|{event.event_id}"
+                cid = event.campaign_id  # type: ignore[union-attr]
+                day_index = t // 86_400_000
+                day = day_cache.get(day_index)
+                if day is None:
+                    day = day_cache[day_index] = utc_day(t)
+                zkey = _idx(index, keys.touches(user))
+                ckey = _idx(index, keys.counts(bucket, day))
+                code = "c" if etype == "click" else "v"
                 args.append(
-                    ("t", zkey, ckey, member, t, f"{event.campaign_id}|{_COUNT_FIELD[event.event_type]}")
+                    ("t", zkey, ckey, f"{code}|{cid}|{event.event_id}", t, f"{cid}|{_COUNT_FIELD[etype]}")
                 )
-                tags.append(("touch", event.event_type))
-        if dead:
-            await self.dead_letters.send_many(dead)
-        if ops:
-            script = self._scripts["ingest"]
-            head = [self.retention, self.settings.counts_ttl_ms, count_floor]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for index, args, _ in ops.values():
-                    await script(keys=list(index), args=[*head, orjson.dumps(args)], client=pipe)
-                results = await pipe.execute()
-            for (bucket, (_, _, tags)), res in zip(ops.items(), results, strict=True):
-                for (kind, item), r in zip(tags, res, strict=True):
-                    if kind == "touch":
-                        if r == 0:
-                            duplicates[item] += 1
-                    elif r == 0:
-                        duplicates["order" if kind == "decide" else "order_cancel"] += 1
-                    else:
-                        self._queue(bucket, kind, item)
-        for name, n in accepted.items():
-            m.events.labels(name).inc(n)
-        for name, n in dead_fields.items():
-            m.dead_letters.labels(name).inc(n)
-        for name, n in duplicates.items():
-            m.duplicates.labels(name).inc(n)
-        return await self.advance(max_time)
+                tags.append(("touch", etype))
+        return ops, max_time
+
+    async def _ingest(
+        self, ops: dict[int, tuple[dict[str, int], list[Any], list[tuple[str, Any]]]]
+    ) -> tuple[list[Any], list[Any]]:
+        script = self._scripts["ingest"]
+        head = [self.retention, self.settings.counts_ttl_ms, self.watermark - self.retention]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for index, args, _ in ops.values():
+                await script(keys=list(index), args=[*head, orjson.dumps(args)], client=pipe)
+            results = await pipe.execute()
+        return [(bucket, tags) for bucket, (_, _, tags) in ops.items()], results
 
     # settlement ------------------------------------------------------------
 

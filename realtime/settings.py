@@ -24,9 +24,14 @@ class RealtimeSettings(BaseSettings):
     topic_prefix: str = "attribution"
     topic_partitions: int = Field(12, ge=1)
     allowed_lateness_ms: int = Field(DEFAULT_ALLOWED_LATENESS_MS, ge=0)
-    user_buckets: int = Field(256, ge=1, le=16384, description="hash-tag buckets for user state")
+    user_buckets: int = Field(
+        64,
+        ge=1,
+        le=16384,
+        description="hash-tag buckets for user state (Redis Cluster slots it can spread over)",
+    )
     budget_shards: int = Field(1, ge=1, le=1024, description="hash-tag shards for budget state")
-    batch_size: int = Field(2_000, ge=1, description="events taken from the stream per batch")
+    batch_size: int = Field(4_000, ge=1, description="events taken from the stream per batch")
     batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
     decision_ttl_ms: int = Field(35 * 86_400_000, gt=0, description="how long claims and charges are kept")
     counts_ttl_ms: int = Field(10 * 86_400_000, gt=0)

@@ -11,18 +11,21 @@ local retention = tonumber(ARGV[1])
 local counts_ttl = tonumber(ARGV[2])
 local count_floor = tonumber(ARGV[3])
 local out = {}
+-- Per call, not per touch: the newest score of each touched key (trim and expire
+-- once at the end) and the sum of each counter field (one HINCRBY per field).
+local newest = {}
+local counts = {}
 for _, op in ipairs(cjson.decode(ARGV[4])) do
   if op[1] == 't' then
     local zkey = KEYS[op[2]]
-    local ckey_idx = op[3]
     local score = op[5]
     local added = redis.call('ZADD', zkey, 'NX', score, op[4])
-    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', string.format('(%d', score - retention))
-    redis.call('PEXPIRE', zkey, retention)
-    if added == 1 and ckey_idx > 0 and score >= count_floor then
-      local ckey = KEYS[ckey_idx]
-      redis.call('HINCRBY', ckey, op[6], 1)
-      redis.call('PEXPIRE', ckey, counts_ttl)
+    if newest[zkey] == nil or score > newest[zkey] then newest[zkey] = score end
+    if added == 1 and op[3] > 0 and score >= count_floor then
+      local ckey = KEYS[op[3]]
+      local fields = counts[ckey]
+      if fields == nil then fields = {}; counts[ckey] = fields end
+      fields[op[6]] = (fields[op[6]] or 0) + 1
     end
     out[#out + 1] = added
   else
@@ -36,5 +39,15 @@ for _, op in ipairs(cjson.decode(ARGV[4])) do
       out[#out + 1] = 2
     end
   end
+end
+for zkey, score in pairs(newest) do
+  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', string.format('(%d', score - retention))
+  redis.call('PEXPIRE', zkey, retention)
+end
+for ckey, fields in pairs(counts) do
+  for field, n in pairs(fields) do
+    redis.call('HINCRBY', ckey, field, n)
+  end
+  redis.call('PEXPIRE', ckey, counts_ttl)
 end
 return out
