@@ -293,10 +293,10 @@ def run_day(spark: Any, lake: Lake, catalog: Catalog, day: date, settings: Batch
     # 5. manifests: each written partition marked complete, listing its files
     for dataset in ("batch_ledger", "metrics/campaign_daily"):
         ref = partition(dataset, dt=dt)
-        lake.write_marker(ref, {"files": sorted(_parquet_names(lake, ref)), "job": "nightly"})
+        lake.write_marker(ref, {"files": lake.list_parquet(ref), "job": "nightly"})
     for model_name in ["billing", *models]:
         ref = partition("attribution", model=model_name, dt=dt)
-        lake.write_marker(ref, {"files": sorted(_parquet_names(lake, ref)), "job": "nightly"})
+        lake.write_marker(ref, {"files": lake.list_parquet(ref), "job": "nightly"})
 
     n_orders = day_rows.filter(F.col("kind") == "order").count()
     spend_by = {r["campaign_id"]: int(r["spend_minor"]) for r in spend.collect()}
@@ -314,10 +314,6 @@ def run_day(spark: Any, lake: Lake, catalog: Catalog, day: date, settings: Batch
     facts.unpersist()
     log.info("day %s: %d orders, %d attributed, %.1fs", dt, result.orders, result.attributed, result.seconds)
     return result
-
-
-def _parquet_names(lake: Lake, ref: Any) -> list[str]:
-    return [n for n in lake._list(ref.path) if n.endswith(".parquet") and not n.startswith((".", "_"))]
 
 
 def _metrics_frame(rows: pd.DataFrame, catalog: Catalog, dt: str, models: list[str]) -> pd.DataFrame:

@@ -265,6 +265,12 @@ class Lake:
 
     # reading ----------------------------------------------------------------
 
+    def list_parquet(self, ref: PartitionRef) -> list[str]:
+        """Names of the Parquet files in a partition's folder now (not the manifest's view)."""
+        return sorted(
+            n for n in self._list(ref.path) if n.endswith(".parquet") and not n.startswith((".", "_"))
+        )
+
     def files(self, ref: PartitionRef) -> list[str]:
         """Committed Parquet files of a partition, relative to the lake root."""
         manifest = self.manifest(ref)
