@@ -135,12 +135,17 @@ def reconcile_day(
     )
     rows.write.mode("overwrite").partitionBy("dt").parquet(lake.uri("reconciliation"))
     counts = {r["status"]: int(r["count"]) for r in rows.groupBy("status").count().collect()}
+    # Each layer's charges count for the campaign that layer chose.
+    rt_spend = rows.groupBy(F.col("rt_campaign").alias("campaign_id")).agg(
+        F.sum(F.coalesce("rt_charge", F.lit(0))).alias("rt")
+    )
+    bt_spend = rows.groupBy(F.col("bt_campaign").alias("campaign_id")).agg(
+        F.sum(F.coalesce("bt_charge", F.lit(0))).alias("bt")
+    )
     spend = (
-        rows.groupBy(F.coalesce("rt_campaign", "bt_campaign").alias("campaign_id"))
-        .agg(
-            F.sum(F.coalesce("rt_charge", F.lit(0))).alias("rt"),
-            F.sum(F.coalesce("bt_charge", F.lit(0))).alias("bt"),
-        )
+        rt_spend.join(bt_spend, "campaign_id", "full")
+        .filter(F.col("campaign_id").isNotNull())
+        .fillna(0, subset=["rt", "bt"])
         .collect()
     )
     diffs = {r["campaign_id"]: int(r["rt"] - r["bt"]) for r in spend if r["rt"] != r["bt"]}

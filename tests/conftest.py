@@ -33,3 +33,13 @@ def redis_url(redis_server: object) -> str:
     client.flushall()
     client.close()
     return url
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local Spark session for the whole run (local[2], UI off, UTC, few partitions)."""
+    from batch.spark import spark_session
+
+    session = spark_session("attribution-tests", **{"spark.sql.shuffle.partitions": "4"})
+    yield session
+    session.stop()
