@@ -40,6 +40,7 @@ RAW_SCHEMA = pa.schema(
         ("ingested_at_ms", pa.int64()),
     ]
 )
+LANDED = "raw/_landed"
 DEAD_SCHEMA = pa.schema(
     [
         ("raw", pa.string()),
@@ -90,7 +91,16 @@ def land_events(lake: Lake, deliveries: Iterable[tuple[Any, int]]) -> Landed:
         )
     for dt, rows in sorted(dead.items()):
         lake.write_partition(partition("dead_letters", dt=dt), pa.Table.from_pylist(rows, schema=DEAD_SCHEMA))
+    # The day is landed: the nightly DAG's sensor waits for this marker.
+    for dt in sorted({dt for _, dt, _ in groups}):
+        n = sum(len(r) for (_, d, _), r in groups.items() if d == dt)
+        lake.write_marker(partition(LANDED, dt=dt), {"events": n})
     return Landed(sum(len(r) for r in groups.values()), sum(len(r) for r in dead.values()), len(groups))
+
+
+def is_landed(lake: Lake, day: date) -> bool:
+    """Whether the raw events of ``day`` have been landed completely."""
+    return lake.is_complete(partition(LANDED, dt=day.isoformat()))
 
 
 def days_between(start: date, end: date) -> list[date]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,12 @@ import pytest
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# py4j logs from a destructor at interpreter exit, after pytest has closed its streams.
+logging.getLogger("py4j").setLevel(logging.WARNING)
+# Airflow reads its home at import: a private one per run, before anything imports airflow.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="attribution-airflow-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "airflow_dags")
 
 
 @pytest.fixture(scope="session")

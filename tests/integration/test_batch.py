@@ -27,24 +27,33 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONFIG = SyntheticConfig(users=800, days=3, cancel_rate=0.15, duplicate_rate=0.02, malformed_rate=0.003)
 
 
-def _build(tmp: Path, config: SyntheticConfig, redis_url: str, spark: Any) -> tuple[Lake, Traffic, dict[str, Any]]:
+def _build(
+    tmp: Path, config: SyntheticConfig, redis_url: str, spark: Any
+) -> tuple[Lake, Traffic, dict[str, Any]]:
     traffic = generate(config)
     url = f"file://{tmp}/lake"
     lake = Lake(url)
     land_events(lake, ((e.payload, e.arrival_ms) for e in traffic.events))
     settings = RealtimeSettings(redis_url=redis_url, user_buckets=32)
-    asyncio.run(replay([e.payload for e in traffic.events], traffic.catalog, settings, lake_url=url,
-                       show_progress=False))
+    asyncio.run(
+        replay(
+            [e.payload for e in traffic.events], traffic.catalog, settings, lake_url=url, show_progress=False
+        )
+    )
     results: dict[str, Any] = {}
     for i in range(config.days):
         day = config.start + timedelta(days=i)
-        results[day.isoformat()] = (run_day(spark, lake, traffic.catalog, day, BatchSettings()),
-                                    reconcile_day(spark, lake, day))
+        results[day.isoformat()] = (
+            run_day(spark, lake, traffic.catalog, day, BatchSettings()),
+            reconcile_day(spark, lake, day),
+        )
     return lake, traffic, results
 
 
 @pytest.fixture(scope="module")
-def week(tmp_path_factory: pytest.TempPathFactory, redis_server: Any, spark: Any) -> tuple[Lake, Traffic, dict]:
+def week(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: Any, spark: Any
+) -> tuple[Lake, Traffic, dict]:
     import redis
 
     redis.Redis.from_url(redis_server.url).flushall()
@@ -71,8 +80,11 @@ def test_batch_ledger_equals_the_one_process_reference(week) -> None:
     for day in results:
         for row in lake.read([partition("batch_ledger", dt=day)]).to_pylist():
             got[row["order_id"]] += row["charge_minor"]
-    in_days = {e.order_id for e in book.ledger
-               if CONFIG.start_ms <= e.order_time_ms < CONFIG.start_ms + CONFIG.days * 86_400_000}
+    in_days = {
+        e.order_id
+        for e in book.ledger
+        if CONFIG.start_ms <= e.order_time_ms < CONFIG.start_ms + CONFIG.days * 86_400_000
+    }
     assert {k: v for k, v in expected.items() if k in in_days} == dict(got)
 
 
@@ -144,17 +156,72 @@ def test_a_late_touch_is_a_difference_with_its_cause(tmp_path: Path, redis_url: 
 
     catalog = Catalog([campaign("ad1"), campaign("ad2", pricing={"model": "fixed", "fee_minor": 300})])
     deliveries = [  # (payload, arrival)
-        ({"event_id": "c1", "event_type": "click", "user_id": "u1", "campaign_id": "ad1", "event_time": T0}, T0),
-        ({"event_id": "o1", "event_type": "order", "user_id": "u1", "order_id": "o1", "merchant_id": "m1",
-          "amount_minor": 5_000, "currency": "USD", "event_time": T0 + 2 * MIN}, T0 + 2 * MIN),
-        ({"event_id": "i9", "event_type": "impression", "user_id": "u2", "campaign_id": "ad1",
-          "event_time": T0 + 5 * MIN}, T0 + 5 * MIN),
-        ({"event_id": "c2", "event_type": "click", "user_id": "u1", "campaign_id": "ad2",
-          "event_time": T0 + MIN}, T0 + 10 * MIN),
-        ({"event_id": "o2", "event_type": "order", "user_id": "u3", "order_id": "o2", "merchant_id": "m1",
-          "amount_minor": 900, "currency": "USD", "event_time": T0 + 3 * MIN}, T0 + 3 * MIN),
-        ({"event_id": "c3", "event_type": "click", "user_id": "u3", "campaign_id": "ad1",
-          "event_time": T0 + MIN}, T0 + MIN),
+        (
+            {
+                "event_id": "c1",
+                "event_type": "click",
+                "user_id": "u1",
+                "campaign_id": "ad1",
+                "event_time": T0,
+            },
+            T0,
+        ),
+        (
+            {
+                "event_id": "o1",
+                "event_type": "order",
+                "user_id": "u1",
+                "order_id": "o1",
+                "merchant_id": "m1",
+                "amount_minor": 5_000,
+                "currency": "USD",
+                "event_time": T0 + 2 * MIN,
+            },
+            T0 + 2 * MIN,
+        ),
+        (
+            {
+                "event_id": "i9",
+                "event_type": "impression",
+                "user_id": "u2",
+                "campaign_id": "ad1",
+                "event_time": T0 + 5 * MIN,
+            },
+            T0 + 5 * MIN,
+        ),
+        (
+            {
+                "event_id": "c2",
+                "event_type": "click",
+                "user_id": "u1",
+                "campaign_id": "ad2",
+                "event_time": T0 + MIN,
+            },
+            T0 + 10 * MIN,
+        ),
+        (
+            {
+                "event_id": "o2",
+                "event_type": "order",
+                "user_id": "u3",
+                "order_id": "o2",
+                "merchant_id": "m1",
+                "amount_minor": 900,
+                "currency": "USD",
+                "event_time": T0 + 3 * MIN,
+            },
+            T0 + 3 * MIN,
+        ),
+        (
+            {
+                "event_id": "c3",
+                "event_type": "click",
+                "user_id": "u3",
+                "campaign_id": "ad1",
+                "event_time": T0 + MIN,
+            },
+            T0 + MIN,
+        ),
     ]
     url = f"file://{tmp_path}/lake"
     lake = Lake(url)
@@ -171,8 +238,9 @@ def test_a_late_touch_is_a_difference_with_its_cause(tmp_path: Path, redis_url: 
         from realtime.sinks import MemoryDeadLetters
 
         redis = Redis.from_url(redis_url)
-        engine = SpeedLayer(redis, catalog, RealtimeSettings(redis_url=redis_url, user_buckets=4),
-                            MemoryDeadLetters())
+        engine = SpeedLayer(
+            redis, catalog, RealtimeSettings(redis_url=redis_url, user_buckets=4), MemoryDeadLetters()
+        )
         await engine.start()
         for payload in ordered:
             await engine.process([payload])
@@ -187,10 +255,15 @@ def test_a_late_touch_is_a_difference_with_its_cause(tmp_path: Path, redis_url: 
     assert (rec.orders, rec.matched, rec.causes) == (2, 1, {"late touch": 1})
     assert rec.spend_diff_minor == {"ad1": 100, "ad2": -300}
     rows = {r["order_id"]: r for r in lake.read([partition("reconciliation", dt="2026-11-01")]).to_pylist()}
-    assert (rows["o1"]["rt_campaign"], rows["o1"]["bt_campaign"], rows["o1"]["status"]) == ("ad1", "ad2", "late touch")
+    assert (rows["o1"]["rt_campaign"], rows["o1"]["bt_campaign"], rows["o1"]["status"]) == (
+        "ad1",
+        "ad2",
+        "late touch",
+    )
     assert rows["o2"]["status"] == "match"
     manifest = lake.manifest(partition("reconciliation", dt="2026-11-01"))
-    assert manifest is not None and manifest["discrepancy_pct"] == 50.0
+    assert manifest is not None
+    assert manifest["discrepancy_pct"] == 50.0
 
 
 def test_missing_day_is_a_clear_error(week, spark) -> None:
