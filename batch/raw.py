@@ -64,8 +64,12 @@ def _hour(ms: int) -> tuple[str, str]:
     return t.date().isoformat(), f"{t.hour:02d}"
 
 
-def land_events(lake: Lake, deliveries: Iterable[tuple[Any, int]]) -> Landed:
-    """Validate and write ``(raw payload, arrival ms)`` pairs, replacing their partitions whole."""
+def land_events(lake: Lake, deliveries: Iterable[tuple[Any, int]], append_as: str | None = None) -> Landed:
+    """Validate and write ``(raw payload, arrival ms)`` pairs, replacing their partitions whole.
+
+    With ``append_as``, each partition gets one more file of that name instead (for
+    landing a large data set in blocks; the partitions then have no manifest).
+    """
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     dead: dict[str, list[dict[str, Any]]] = {}
     seen: set[str] = set()

@@ -54,6 +54,8 @@ class SyntheticConfig:
     max_transport_delay_ms: int = 2_000
     allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
     malformed_rate: float = 0.001
+    user_prefix: str = "u"
+    catalog_seed: int | None = None  # blocks of one large data set share a catalog
 
     def __post_init__(self) -> None:
         for name in ("users", "merchants", "advertisers", "ad_campaigns", "days"):
@@ -113,7 +115,7 @@ class Traffic:
 
 def make_catalog(config: SyntheticConfig) -> Catalog:
     """Campaigns of the config: ad campaigns on 1-3 merchants, promo campaigns with codes."""
-    rng = random.Random(config.seed * 7919 + 1)
+    rng = random.Random((config.seed if config.catalog_seed is None else config.catalog_seed) * 7919 + 1)
     eur = {f"m{i:03d}" for i in range(config.merchants - config.eur_merchants, config.merchants)}
     merchants = [f"m{i:03d}" for i in range(config.merchants)]
     records: list[dict[str, Any]] = []
@@ -261,7 +263,7 @@ def generate(config: SyntheticConfig | None = None) -> Traffic:
         return []
 
     for u in range(cfg.users):
-        user = f"u{u:07d}"
+        user = f"{cfg.user_prefix}{u:07d}"
         for d in range(cfg.days):
             day0 = start + d * MS_PER_DAY
             for _ in range(_poisson(rng, cfg.impressions_per_user_day)):
