@@ -38,8 +38,14 @@ app = typer.Typer(
 )
 realtime_app = typer.Typer(help="Speed layer: replay events through the agents.", no_args_is_help=True)
 budget_app = typer.Typer(help="Real-time budget state (what the ad server reads).", no_args_is_help=True)
+batch_app = typer.Typer(help="Batch layer: the nightly job over the lake.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports from the analytics store.", no_args_is_help=True)
+key_app = typer.Typer(help="API keys (stored hashed).", no_args_is_help=True)
 app.add_typer(realtime_app, name="realtime")
 app.add_typer(budget_app, name="budget")
+app.add_typer(batch_app, name="batch")
+app.add_typer(report_app, name="report")
+app.add_typer(key_app, name="api-key")
 
 CatalogOpt = Annotated[
     Path, typer.Option("--catalog", help="campaign catalog (YAML or JSON)", exists=True, dir_okay=False)
@@ -262,6 +268,183 @@ async def _budget_states(settings: Any, cat: Catalog, ids: list[str], now_ms: in
         return await BudgetReader(redis, cat, keys).states(ids, now_ms)
     finally:
         await redis.aclose()
+
+
+@app.command()
+def demo(
+    folder: Annotated[
+        Path, typer.Option(help="where the demo writes its lake, catalog, keys and chart")
+    ] = Path("var/demo"),
+    users: Annotated[int, typer.Option(min=10)] = 4_000,
+    days: Annotated[int, typer.Option(min=1, max=31)] = 7,
+    redis_url: Annotated[str | None, typer.Option(help="use this Redis instead of a private one")] = None,
+) -> None:
+    """Run everything on the embedded default and print the ROAS report."""
+    from reporting.demo import run_demo
+
+    run_demo(folder, users, days, console, redis_url)
+
+
+def _dates(start: str, end: str | None) -> tuple[date, date]:
+    try:
+        first = date.fromisoformat(start)
+        last = date.fromisoformat(end) if end else first
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}: dates are YYYY-MM-DD") from None
+    if last < first:
+        raise click.BadParameter(f"end = {last} is before start = {first}")
+    return first, last
+
+
+@batch_app.command("run")
+def batch_run(
+    start: Annotated[str, typer.Option(help="first day, YYYY-MM-DD")],
+    catalog: CatalogOpt,
+    end: Annotated[str | None, typer.Option(help="last day (inclusive); default: start")] = None,
+    lake_url: Annotated[str | None, typer.Option(envvar="ATTRIBUTION_BATCH_LAKE_URL")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="models to run (repeat); default: all")] = None,
+) -> None:
+    """Run the nightly job for a day or a range, each day idempotently."""
+    from batch.job import run_range
+    from batch.lake import Lake
+    from batch.settings import BatchSettings
+    from batch.spark import spark_session
+
+    first, last = _dates(start, end)
+    overrides: dict[str, Any] = {"catalog_path": str(catalog)}
+    if lake_url:
+        overrides["lake_url"] = lake_url
+    if model:
+        overrides["models"] = tuple(model)
+    settings = BatchSettings(**overrides)
+    table = Table(title="nightly job")
+    for col in ("day", "orders", "attributed", "spend (minor)", "seconds"):
+        table.add_column(col, justify="right")
+    results = run_range(
+        spark_session(),
+        Lake(settings.lake_url),
+        load_catalog(catalog),
+        first,
+        last,
+        settings,
+        on_day=lambda r: console.print(f"  {r.day}: {r.orders:,} orders in {r.seconds:.1f}s"),
+    )
+    for r in results:
+        table.add_row(
+            r.day,
+            f"{r.orders:,}",
+            f"{r.attributed:,}",
+            f"{sum(r.spend_minor.values()):,}",
+            f"{r.seconds:.1f}",
+        )
+    console.print(table)
+
+
+@app.command()
+def reconcile(
+    start: Annotated[str, typer.Option(help="first day, YYYY-MM-DD")],
+    end: Annotated[str | None, typer.Option(help="last day (inclusive)")] = None,
+    lake_url: Annotated[str | None, typer.Option(envvar="ATTRIBUTION_BATCH_LAKE_URL")] = None,
+) -> None:
+    """Compare the speed layer's ledger with the batch billing rule, day by day."""
+    from batch.lake import Lake
+    from batch.raw import days_between
+    from batch.reconcile import reconcile_day
+    from batch.settings import BatchSettings
+    from batch.spark import spark_session
+
+    first, last = _dates(start, end)
+    settings = BatchSettings(lake_url=lake_url) if lake_url else BatchSettings()
+    table = Table(title="reconciliation")
+    for col in ("day", "orders", "matched", "differing", "discrepancy %", "causes"):
+        table.add_column(col, justify="right")
+    spark = spark_session()
+    for d in days_between(first, last):
+        r = reconcile_day(spark, Lake(settings.lake_url), d, settings.allowed_lateness_ms)
+        table.add_row(
+            r.day,
+            f"{r.orders:,}",
+            f"{r.matched:,}",
+            f"{r.differing:,}",
+            f"{r.discrepancy_pct:.3f}",
+            ", ".join(f"{k}: {v}" for k, v in sorted(r.causes.items())) or "-",
+        )
+    console.print(table)
+
+
+@app.command()
+def api(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """Serve the HTTP API (settings from ATTRIBUTION_API_*)."""
+    import uvicorn
+
+    uvicorn.run(
+        "reporting.api:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning"
+    )
+
+
+@key_app.command("create")
+def api_key_create(
+    name: Annotated[str, typer.Option(help="who the key is for")],
+    role: Annotated[str, typer.Option(help="admin, advertiser or ad_server")],
+    advertiser_id: Annotated[str | None, typer.Option(help="for an advertiser key")] = None,
+    keys_path: Annotated[Path, typer.Option(envvar="ATTRIBUTION_API_KEYS_PATH")] = Path(
+        "var/demo/api-keys.yaml"
+    ),
+) -> None:
+    """Create a key: its hash goes to the key file, the key is printed once."""
+    from reporting.auth import add_key
+
+    if role not in ("admin", "advertiser", "ad_server"):
+        raise click.BadParameter(f"role = {role!r}: must be admin, advertiser or ad_server")
+    console.print(add_key(keys_path, name, role, advertiser_id))  # type: ignore[arg-type]
+
+
+@report_app.command("roas")
+def report_roas(
+    start: Annotated[str, typer.Option(help="first day, YYYY-MM-DD")],
+    end: Annotated[str | None, typer.Option(help="last day (inclusive)")] = None,
+    advertiser_id: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[list[str] | None, typer.Option()] = None,
+    lake_url: Annotated[str | None, typer.Option(envvar="ATTRIBUTION_API_LAKE_URL")] = None,
+    store_url: Annotated[str, typer.Option(envvar="ATTRIBUTION_API_STORE_URL")] = "duckdb://",
+) -> None:
+    """ROAS per day, campaign and model from the analytics store (batch view)."""
+    from batch.lake import Lake
+    from reporting.stores import RoasQuery, open_store
+
+    first, last = _dates(start, end)
+    lake = Lake(lake_url or "file://./var/lake")
+    store = open_store(store_url, lake)
+    try:
+        rows = store.roas(
+            RoasQuery(
+                first,
+                last,
+                (advertiser_id,) if advertiser_id else None,
+                None,
+                tuple(model) if model else None,
+            )
+        )
+    finally:
+        store.close()
+    table = Table(title=f"ROAS {first}..{last}")
+    for col in ("day", "campaign", "model", "orders", "revenue", "spend", "ROAS"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["dt"]),
+            r["campaign_id"],
+            r["model"],
+            f"{r['orders']:.1f}",
+            format_minor(int(r["revenue_minor"]), r["currency"]),
+            format_minor(int(r["spend_minor"]), r["currency"]),
+            "-" if r["roas"] is None else f"{r['roas']:.2f}",
+        )
+    console.print(table)
 
 
 def main() -> None:
