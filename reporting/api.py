@@ -117,6 +117,25 @@ class State:
         self.lock = asyncio.Lock()  # the DuckDB connection is not safe for concurrent use
 
 
+def core(request: Request) -> State:
+    return request.app.state.core  # type: ignore[no-any-return]
+
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def caller(request: Request, key: Annotated[str | None, Security(_api_key_header)]) -> ApiKey:
+    """The key's owner; 401 for a missing or unknown key (every route depends on this)."""
+    found = core(request).keyring.identify(key)
+    if found is None:
+        raise HTTPException(401, "a valid X-API-Key header is required")
+    return found
+
+
+# Module level: FastAPI resolves string annotations (from __future__) in module globals.
+Caller = Annotated[ApiKey, Depends(caller)]
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
 
@@ -133,23 +152,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="ROAS per advertiser, campaign, day and model; real-time budget state.",
     )
-    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-    def core(request: Request) -> State:
-        return request.app.state.core  # type: ignore[no-any-return]
-
-    def caller(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> ApiKey:
-        found = core(request).keyring.identify(key)
-        if found is None:
-            raise HTTPException(401, "a valid X-API-Key header is required")
-        return found
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0]
-        name = str(err["loc"][-1]) if err.get("loc") else "?"
+        loc = [str(part) for part in err.get("loc", ())]
+        # ("query", "model", 0): the parameter is the part after where it came from.
+        name = (
+            loc[1] if len(loc) > 1 and loc[0] in ("query", "path", "header", "body") else ".".join(loc) or "?"
+        )
+        value = err.get("input")
         return JSONResponse(
-            status_code=422, content={"error": f"invalid parameter {name!r}: {err['msg']}", "parameter": name}
+            status_code=422,
+            content={"error": f"invalid parameter {name!r} = {value!r}: {err['msg']}", "parameter": name},
         )
 
     @app.exception_handler(AttributionError)
@@ -158,8 +173,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         if isinstance(exc, InvalidInput):
             body["parameter"] = exc.field
         return JSONResponse(status_code=400, content=body)
-
-    Caller = Annotated[ApiKey, Depends(caller)]  # noqa: N806 - a type alias, named as one
 
     @app.get("/health", response_model=Health, tags=["ops"])
     async def health(_: Caller) -> Health:

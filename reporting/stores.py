@@ -257,14 +257,17 @@ class DruidStore:
             or []
         )
 
-    def roas_druid_sql(self, query: RoasQuery) -> tuple[str, list[Any]]:
-        sql, params = roas_sql(query, "?", table=f'"{self.datasource}"')
+    def roas_druid_sql(self, query: RoasQuery) -> tuple[str, dict[str, Any]]:
+        """The ROAS query in Druid SQL, with pydruid's named (pyformat) parameters."""
+        sql, values = roas_sql(query, "?", table=f'"{self.datasource}"')
         # Druid keeps the day as __time; expose it as dt like the other stores.
         sql = sql.replace("SELECT dt,", "SELECT TIME_FORMAT(__time, 'yyyy-MM-dd') AS dt,", 1)
         sql = sql.replace(
             "WHERE dt >= ? AND dt <= ?", "WHERE __time >= TIME_PARSE(?) AND __time <= TIME_PARSE(?)"
         )
-        return sql, params
+        parts = sql.split("?")
+        named = "".join(f"{part}%(p{i})s" for i, part in enumerate(parts[:-1])) + parts[-1]
+        return named, {f"p{i}": v for i, v in enumerate(values)}
 
     def roas(self, query: RoasQuery) -> list[dict[str, Any]]:
         sql, params = self.roas_druid_sql(query)
