@@ -90,9 +90,12 @@ def land_events(lake: Lake, deliveries: Iterable[tuple[Any, int]], append_as: st
         dt, hour = _hour(event.event_time)
         groups.setdefault((event.event_type, dt, hour), []).append(row)
     for (etype, dt, hour), rows in sorted(groups.items()):
-        lake.write_partition(
-            partition(f"raw/{etype}", dt=dt, hour=hour), pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
-        )
+        ref = partition(f"raw/{etype}", dt=dt, hour=hour)
+        table = pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+        if append_as is None:
+            lake.write_partition(ref, table)
+        else:
+            lake.put_file(ref, f"{append_as}.parquet", table)
     for dt, rows in sorted(dead.items()):
         lake.write_partition(partition("dead_letters", dt=dt), pa.Table.from_pylist(rows, schema=DEAD_SCHEMA))
     # The day is landed: the nightly DAG's sensor waits for this marker.

@@ -66,6 +66,9 @@ def print_table(title: str, rows: list[Row], ours: str = "ours", baseline: str =
     table.add_column("note")
     for r in rows:
         fmt = "{:,.0f}" if abs(r.ours) >= 1000 else "{:.3f}"
+        if r.baseline != r.baseline:  # NaN: this row has no baseline
+            table.add_row(r.case, f"{fmt.format(r.ours)} {r.unit}", "-", "-", r.note)
+            continue
         table.add_row(
             r.case,
             f"{fmt.format(r.ours)} {r.unit}",
