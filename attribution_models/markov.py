@@ -180,8 +180,8 @@ class Markov(AttributionModel):
         total_conv, total_value = totals(paths)
         return ModelResult(
             self.name,
-            _share(self.removal_effects, total_conv),
-            _share(self.removal_effects_value, total_value),
+            share(self.removal_effects, total_conv),
+            share(self.removal_effects_value, total_value),
             {"removal_effects": dict(self.removal_effects), "order": self.order},
         )
 
@@ -195,7 +195,8 @@ def _clip01(x: float) -> float:
     return 0.0 if not np.isfinite(x) or x < 0 else min(x, 1.0)
 
 
-def _share(weights: dict[str, float], total: float) -> dict[str, float]:
+def share(weights: dict[str, float], total: float) -> dict[str, float]:
+    """Split ``total`` in proportion to non-negative weights (all zero: nothing to split)."""
     s = sum(weights.values())
     if s <= 0 or total <= 0:
         return dict.fromkeys(weights, 0.0)

@@ -35,7 +35,7 @@ from typing import Self
 import numpy as np
 
 from attribution_models.base import AttributionModel
-from attribution_models.markov import weighted_credits
+from attribution_models.markov import share, weighted_credits
 from attribution_models.types import Journey, ModelError, ModelResult, PathStats, totals
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ class Shapley(AttributionModel):
         total_conv, total_value = totals(paths)
         return ModelResult(
             self.name,
-            _scale(self.weights, total_conv),
-            _scale(self.weights_value, total_value),
+            share(self.weights, total_conv),
+            share(self.weights_value, total_value),
             {"method": self.method, "shapley_values": dict(self.weights)},
         )
 
@@ -163,10 +163,3 @@ def _subset_rate(
         phi[ch] = max(float(np.sum(w * (v_conv[without | b] - v_conv[without]))), 0.0)
         phi_v[ch] = max(float(np.sum(w * (v_value[without | b] - v_value[without]))), 0.0)
     return phi, phi_v
-
-
-def _scale(weights: dict[str, float], total: float) -> dict[str, float]:
-    s = sum(weights.values())
-    if s <= 0 or total <= 0:
-        return dict.fromkeys(weights, 0.0)
-    return {ch: w / s * total for ch, w in weights.items()}

@@ -54,6 +54,23 @@ FACT_COLUMNS = {
     "model": "string",
     "dt": "string",
 }
+# Columns of metrics/campaign_daily (dt first, as readers see it with the partition value).
+METRIC_COLUMNS = (
+    "dt",
+    "campaign_id",
+    "advertiser_id",
+    "lever",
+    "currency",
+    "model",
+    "impressions",
+    "clicks",
+    "promo_views",
+    "orders",
+    "revenue_minor",
+    "spend_minor",
+    "capped_orders",
+    "roas",
+)
 FACT_SCHEMA = ", ".join(f"{k} {v}" for k, v in FACT_COLUMNS.items())
 
 
@@ -365,25 +382,7 @@ def _metrics_frame(rows: pd.DataFrame, catalog: Catalog, dt: str, models: list[s
                     "dt": dt,
                 }
             )
-    return pd.DataFrame(
-        out,
-        columns=[
-            "campaign_id",
-            "advertiser_id",
-            "lever",
-            "currency",
-            "model",
-            "impressions",
-            "clicks",
-            "promo_views",
-            "orders",
-            "revenue_minor",
-            "spend_minor",
-            "capped_orders",
-            "roas",
-            "dt",
-        ],
-    )
+    return pd.DataFrame(out, columns=[*METRIC_COLUMNS[1:], "dt"])
 
 
 def run_range(

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attribution_models import MODEL_NAMES
+from realtime.budget import BudgetState
 from reporting.auth import ApiKey, KeyRing
 from shared_logic import AttributionPolicy, Catalog, load_catalog
 from shared_logic.errors import AttributionError, InvalidInput
@@ -76,21 +77,6 @@ class RoasReport(BaseModel):
     )
     start: date
     end: date
-
-
-class BudgetStateOut(BaseModel):
-    campaign_id: str
-    advertiser_id: str
-    currency: str
-    budget_day: str
-    spend_day_minor: int
-    spend_lifetime_minor: int
-    daily_cap_minor: int | None
-    lifetime_cap_minor: int | None
-    remaining_minor: int | None
-    exhausted: bool
-    day_elapsed: float
-    pacing: float | None
 
 
 class Health(BaseModel):
@@ -288,7 +274,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             roas=None if roas_value is None or roas_value != roas_value else float(roas_value),
         )
 
-    @app.get("/v1/budget", response_model=list[BudgetStateOut], tags=["budget"])
+    @app.get("/v1/budget", response_model=list[BudgetState], tags=["budget"])
     async def budget(
         request: Request,
         who: Caller,
@@ -301,9 +287,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 lt=4_102_444_800_000,
             ),
         ] = None,
-    ) -> list[BudgetStateOut]:
-        from dataclasses import asdict
-
+    ) -> list[BudgetState]:
         from realtime.budget import BudgetReader
 
         state = core(request)
@@ -313,7 +297,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 raise HTTPException(404, f"campaign_id {cid!r} not found")
         reader = BudgetReader(state.redis, state.catalog, state.keys)
         states = await reader.states(ids, at if at is not None else int(time.time() * 1000))
-        return [BudgetStateOut(**asdict(s)) for s in states]
+        return states
 
     return app
 

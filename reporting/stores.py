@@ -22,27 +22,11 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
+from batch.job import METRIC_COLUMNS
 from batch.lake import Lake, partition
 from shared_logic.errors import AttributionError
 
 log = logging.getLogger(__name__)
-
-METRIC_COLUMNS = (
-    "dt",
-    "campaign_id",
-    "advertiser_id",
-    "lever",
-    "currency",
-    "model",
-    "impressions",
-    "clicks",
-    "promo_views",
-    "orders",
-    "revenue_minor",
-    "spend_minor",
-    "capped_orders",
-    "roas",
-)
 
 
 class StoreError(AttributionError):
