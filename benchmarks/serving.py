@@ -1,0 +1,254 @@
+"""Serving: budget-state reads (HTTP and direct from Redis) under load, ROAS query latency.
+
+Budget reads are timed one at a time from this process while a second process
+on loopback keeps the same server busy (HTTP requests, or Redis reads for the
+direct case), for a fixed time. ROAS queries ask an advertiser's 30 days, all
+models, over 90 days x 100 campaigns x 8 models of metrics, on DuckDB (over the
+lake) and PostgreSQL. Ratios are against the issue's targets (p99 < 5 ms over
+HTTP, < 1 ms direct) and between the two stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import yaml
+
+from batch.job import METRIC_COLUMNS
+from batch.lake import Lake, partition
+from benchmarks._harness import Row, console, print_table, quick
+from realtime.localredis import LocalRedis, free_port
+from reporting.auth import add_key
+from reporting.stores import RoasQuery, open_store
+from shared_logic.synthetic import SyntheticConfig, make_catalog
+
+LOAD_SCRIPT = """
+import asyncio, sys, time, httpx, redis.asyncio as r
+mode, target, key, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+async def http_worker(client, stop):
+    while time.monotonic() < stop:
+        await client.get(target, headers={"X-API-Key": key})
+async def redis_worker(conn, stop):
+    while time.monotonic() < stop:
+        await conn.mget([key + str(i) for i in range(4)])
+async def main():
+    stop = time.monotonic() + seconds
+    if mode == "http":
+        async with httpx.AsyncClient() as client:
+            await asyncio.gather(*(http_worker(client, stop) for _ in range(8)))
+    else:
+        conn = r.Redis.from_url(target)
+        await asyncio.gather(*(redis_worker(conn, stop) for _ in range(8)))
+asyncio.run(main())
+"""
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def _metrics_lake(root: str, catalog: Any, days: int) -> Lake:
+    lake = Lake(f"file://{root}")
+    rng = random.Random(1)
+    models = [
+        "billing",
+        "last_touch",
+        "first_touch",
+        "linear",
+        "position_based",
+        "time_decay",
+        "markov",
+        "shapley",
+    ]
+    start = date(2026, 8, 1)
+    for d in range(days):
+        rows = []
+        for c in catalog:
+            spend = rng.randint(0, 50_000)
+            for m in models:
+                revenue = rng.uniform(0, 500_000)
+                rows.append(
+                    {
+                        "campaign_id": c.campaign_id,
+                        "advertiser_id": c.advertiser_id,
+                        "lever": str(c.lever),
+                        "currency": c.currency,
+                        "model": m,
+                        "impressions": rng.randint(0, 10_000),
+                        "clicks": rng.randint(0, 500),
+                        "promo_views": 0,
+                        "orders": rng.uniform(0, 50),
+                        "revenue_minor": revenue,
+                        "spend_minor": spend,
+                        "capped_orders": 0,
+                        "roas": revenue / spend if spend else None,
+                    }
+                )
+        table = pa.Table.from_pylist(rows).select(list(METRIC_COLUMNS[1:]))
+        lake.write_partition(
+            partition("metrics/campaign_daily", dt=(start + timedelta(days=d)).isoformat()), table
+        )
+    return lake
+
+
+async def _direct_reads(url: str, catalog: Any, n: int) -> list[float]:
+    from redis.asyncio import Redis
+
+    from realtime.budget import BudgetReader
+    from realtime.keys import Keys
+
+    redis = Redis.from_url(url)
+    reader = BudgetReader(redis, catalog, Keys("attr", 64, 1))
+    ids = [c.campaign_id for c in catalog]
+    out = []
+    now = int(time.time() * 1000)
+    for i in range(n):
+        t0 = time.perf_counter()
+        await reader.states([ids[i % len(ids)]], now)
+        out.append(time.perf_counter() - t0)
+    await redis.aclose()
+    return out
+
+
+def run() -> list[Row]:
+    seconds = 4 if quick() else 15
+    n_reads = 500 if quick() else 3_000
+    days = 20 if quick() else 90
+    catalog = make_catalog(SyntheticConfig(ad_campaigns=92, promo_campaigns=8, advertisers=10))
+    rows: list[Row] = []
+    folder = tempfile.mkdtemp(prefix="attribution-bench-serving-")
+    with LocalRedis() as server:
+        # Budget state: some spend on every campaign.
+        import redis as sync_redis
+
+        from realtime.keys import Keys
+        from shared_logic import budget_day
+
+        keys = Keys("attr", 64, 1)
+        client = sync_redis.Redis.from_url(server.url)
+        now = int(time.time() * 1000)
+        for c in catalog:
+            client.set(keys.spend_day(c.campaign_id, budget_day(now, c.budget.timezone).isoformat()), 1234)
+            client.set(keys.spend_lifetime(c.campaign_id), 5678)
+        client.close()
+        # Direct reads while a second process reads the same Redis.
+        load = subprocess.Popen(
+            [sys.executable, "-c", LOAD_SCRIPT, "redis", server.url, "attr:x", str(seconds)]
+        )
+        time.sleep(0.5)
+        direct = asyncio.run(_direct_reads(server.url, catalog, n_reads))
+        load.wait()
+        # HTTP reads while a second process sends requests to the same API.
+        lake = _metrics_lake(folder + "/lake", catalog, days)
+        cat_path = Path(folder, "catalog.yaml")
+        cat_path.write_text(yaml.safe_dump({"campaigns": catalog.to_records()}))
+        key = add_key(Path(folder, "keys.yaml"), "bench", "admin")
+        port = free_port()
+        env = {
+            **os.environ,
+            "ATTRIBUTION_API_LAKE_URL": lake.url,
+            "ATTRIBUTION_API_CATALOG_PATH": str(cat_path),
+            "ATTRIBUTION_API_KEYS_PATH": str(Path(folder, "keys.yaml")),
+            "ATTRIBUTION_API_REDIS_URL": server.url,
+        }
+        api = subprocess.Popen(
+            [str(Path(sys.executable).with_name("attribution")), "api", "--port", str(port)], env=env
+        )
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/health", headers={"X-API-Key": key}).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        target = f"{base}/v1/budget?campaign_id={catalog.to_records()[0]['campaign_id']}"
+        load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, "http", target, key, str(seconds)])
+        time.sleep(0.5)
+        http = []
+        with httpx.Client(headers={"X-API-Key": key}) as c:
+            ids = [r["campaign_id"] for r in catalog.to_records()]
+            for i in range(n_reads):
+                t0 = time.perf_counter()
+                resp = c.get(f"{base}/v1/budget", params={"campaign_id": ids[i % len(ids)]})
+                http.append(time.perf_counter() - t0)
+                assert resp.status_code == 200
+        load.wait()
+        api.terminate()
+        api.wait(10)
+    rows.append(Row("budget read p50, direct Redis", _pct(direct, 0.5) * 1e3, 1.0, "ms", "vs 1 ms target"))
+    rows.append(Row("budget read p99, direct Redis", _pct(direct, 0.99) * 1e3, 1.0, "ms", "vs 1 ms target"))
+    rows.append(Row("budget read p50, HTTP", _pct(http, 0.5) * 1e3, 5.0, "ms", "vs 5 ms target"))
+    rows.append(Row("budget read p99, HTTP", _pct(http, 0.99) * 1e3, 5.0, "ms", "vs 5 ms target"))
+
+    # ROAS queries: DuckDB over the lake vs PostgreSQL.
+    q = RoasQuery(date(2026, 9, 1), date(2026, 9, 30), ("adv03",), None, None)
+    duck = open_store("duckdb://", lake)
+    duck_t = _time_queries(duck, q, 200)
+    pg_t: list[float] = []
+    try:
+        import psycopg
+
+        name = f"attribution_bench_{uuid.uuid4().hex[:8]}"
+        admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True)
+        admin.execute(f'CREATE DATABASE "{name}"')
+        pg = open_store(f"postgresql://postgres@127.0.0.1:5432/{name}", lake)
+        for d in range(days):
+            pg.load_day(lake, (date(2026, 8, 1) + timedelta(days=d)).isoformat())
+        assert len(pg.roas(q)) == len(duck.roas(q))
+        pg_t = _time_queries(pg, q, 200)
+        pg.close()
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+    except Exception as exc:
+        console.print(f"[yellow]PostgreSQL not measured: {exc}[/yellow]")
+    duck.close()
+    n_rows = days * len(catalog) * 8
+    if pg_t:
+        rows.append(
+            Row(
+                "ROAS query p50, DuckDB vs PostgreSQL",
+                _pct(duck_t, 0.5) * 1e3,
+                _pct(pg_t, 0.5) * 1e3,
+                "ms",
+                f"{n_rows:,} metric rows, 30 days of one advertiser",
+            )
+        )
+        rows.append(
+            Row(
+                "ROAS query p99, DuckDB vs PostgreSQL", _pct(duck_t, 0.99) * 1e3, _pct(pg_t, 0.99) * 1e3, "ms"
+            )
+        )
+    print_table(
+        "Serving latency (baseline column: the target, or PostgreSQL for ROAS)",
+        rows,
+        ours="measured",
+        baseline="target / PostgreSQL",
+    )
+    return rows
+
+
+def _time_queries(store: Any, q: RoasQuery, n: int) -> list[float]:
+    out = []
+    store.roas(q)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        store.roas(q)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+if __name__ == "__main__":
+    run()
