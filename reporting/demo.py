@@ -193,31 +193,48 @@ def _roas_table(metrics: list[dict[str, Any]], console: Console) -> dict[tuple[s
 
 
 def _chart(metrics: list[dict[str, Any]], path: Path) -> Path:
+    """ROAS by day and model, one panel per lever (USD campaigns).
+
+    Summed over every campaign, all models share out the same revenue against
+    the same spend, so their totals coincide; per lever they differ, because the
+    models move credit between ads and promos.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    per: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    per: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for m in metrics:
         if m["currency"] != "USD":
             continue
-        slot = per[(m["model"], m["dt"])]
+        slot = per[(m["lever"], m["model"], m["dt"])]
         slot[0] += m["revenue_minor"]
         slot[1] += m["spend_minor"]
-    fig, ax = plt.subplots(figsize=(10, 5.5))
-    for model in sorted({k[0] for k in per}):
-        days = sorted(d for (mm, d) in per if mm == model)
-        values = [
-            per[(model, d)][0] / per[(model, d)][1] if per[(model, d)][1] else float("nan") for d in days
-        ]
-        ax.plot(days, values, marker="o", linewidth=2.5 if model == "billing" else 1.5, label=model)
-    ax.set_title("ROAS by day and attribution model (USD campaigns, revenue / spend)")
-    ax.set_xlabel("day (UTC)")
-    ax.set_ylabel("ROAS")
-    ax.grid(alpha=0.3)
-    ax.legend(ncol=4, fontsize=9)
-    fig.autofmt_xdate()
+    levers = sorted({k[0] for k in per})
+    fig, axes = plt.subplots(1, max(len(levers), 1), figsize=(13, 5.5), squeeze=False)
+    for ax, lever in zip(axes[0], levers, strict=False):
+        for model in sorted({k[1] for k in per if k[0] == lever}):
+            days = sorted(d for (lv, mm, d) in per if lv == lever and mm == model)
+            values = [
+                per[(lever, model, d)][0] / per[(lever, model, d)][1]
+                if per[(lever, model, d)][1]
+                else float("nan")
+                for d in days
+            ]
+            ax.plot(
+                [d[5:] for d in days],
+                values,
+                marker="o",
+                linewidth=2.8 if model == "billing" else 1.4,
+                label=model,
+            )
+        ax.set_title(f"{lever} campaigns")
+        ax.set_xlabel("day (UTC, 2026)")
+        ax.set_ylabel("ROAS (revenue / spend)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(ncol=2, fontsize=9)
+    fig.suptitle("ROAS by day and attribution model (USD campaigns; spend is what billing charged)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
