@@ -201,7 +201,10 @@ def run_day(spark: Any, lake: Lake, catalog: Catalog, day: date, settings: Batch
 
     # 1. decisions and journeys, per user, with the speed layer's billing rule
     events = raw.filter((F.col("event_type") != "order_cancel") & (F.col("event_time") < day_end))
-    decide = lambda batches: decide_partitions(batches, catalog, policy, day_start, day_end)  # noqa: E731
+    channel_key = settings.channel_key
+    decide = lambda batches: decide_partitions(  # noqa: E731
+        batches, catalog, policy, day_start, day_end, channel_key
+    )
     decisions = (
         events.repartition("user_id")
         .sortWithinPartitions("user_id", "event_time", "event_id")
@@ -294,8 +297,11 @@ def run_day(spark: Any, lake: Lake, catalog: Catalog, day: date, settings: Batch
     spend = ledger.groupBy("campaign_id").agg(
         F.sum("charge_minor").alias("spend_minor"), F.sum(F.col("capped").cast("int")).alias("capped_orders")
     )
+    # Per-campaign credit needs campaign channels; with another channel key the facts hold
+    # credit per lever or placement and the campaign metrics keep the billing rows only.
+    credited_facts = facts if channel_key == "campaign" else facts.filter(F.col("model") == "billing")
     credited = (
-        facts.filter(~F.col("cancelled"))
+        credited_facts.filter(~F.col("cancelled"))
         .groupBy("channel", "model")
         .agg(F.sum("credit").alias("orders"), F.sum("credited_revenue_minor").alias("revenue_minor"))
         .withColumnRenamed("channel", "campaign_id")

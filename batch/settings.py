@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +21,9 @@ class BatchSettings(BaseSettings):
     lake_url: str = "file://./var/lake"
     catalog_path: str = ""
     models: tuple[str, ...] = DEFAULT_MODELS
+    channel_key: Literal["campaign", "lever", "placement"] = Field(
+        "campaign", description="what a touch's channel is for the multi-touch models"
+    )
     markov_order: int = Field(1, ge=1, le=4)
     time_decay_half_life_ms: int = Field(7 * 86_400_000, gt=0)
     allowed_lateness_ms: int = Field(DEFAULT_ALLOWED_LATENESS_MS, ge=0)
