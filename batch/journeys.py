@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from shared_logic import AttributionPolicy, Catalog, Order, Touch, TouchKind, attribute_order
-from shared_logic.rules import eligible_campaigns
+from shared_logic.rules import eligible_campaigns, touch_counts
 from shared_logic.settlement import ChargeBook, SettlementAction
 
 DECISION_COLUMNS: dict[str, str] = {
@@ -118,11 +118,7 @@ def decide_user(
         if in_day and decision is not None:
             eligible = eligible_campaigns(order, catalog)
             for touch in window:
-                campaign = eligible.get(touch.campaign_id)
-                if campaign is None or not campaign.active_at(touch.time_ms):
-                    continue
-                w = policy.windows_for(campaign)
-                if t - (w.click_ms if touch.kind is TouchKind.CLICK else w.view_ms) <= touch.time_ms:
+                if touch_counts(touch, eligible, policy, t):
                     path.append(_channel(channel_key, touch, placements.get(touch.event_id), catalog))
                     path_times.append(touch.time_ms)
             if decision.touch_kind is TouchKind.REDEMPTION:

@@ -79,6 +79,21 @@ def eligible_campaigns(order: Order, catalog: Catalog) -> dict[str, Campaign]:
     return found
 
 
+def touch_counts(touch: Touch, eligible: dict[str, Campaign], policy: AttributionPolicy, t: int) -> bool:
+    """Whether a touch may earn an order at ``t``: an eligible campaign, active at the touch,
+    and ``t - window(kind) <= touch time <= t`` (both ends inclusive)."""
+    if touch.time_ms > t:
+        return False
+    campaign = eligible.get(touch.campaign_id)
+    if campaign is None or not campaign.active_at(touch.time_ms):
+        return False
+    if touch.kind is TouchKind.REDEMPTION:
+        return True
+    windows = policy.windows_for(campaign)
+    window = windows.click_ms if touch.kind is TouchKind.CLICK else windows.view_ms
+    return t - window <= touch.time_ms
+
+
 def _rank(touch: Touch) -> tuple[int, int, str, str]:
     # Campaign id last: event ids should be unique, but if a producer reuses one the
     # decision must still not depend on the order touches were given in.
@@ -113,14 +128,7 @@ def attribute_order(
             if best is None or _rank(touch) > _rank(best):
                 best = touch
     for touch in touches:
-        if touch.user_id != order.user_id or touch.time_ms > t:
-            continue
-        campaign = eligible.get(touch.campaign_id)
-        if campaign is None or not campaign.active_at(touch.time_ms):
-            continue
-        windows = policy.windows_for(campaign)
-        window = windows.click_ms if touch.kind is TouchKind.CLICK else windows.view_ms
-        if touch.kind is not TouchKind.REDEMPTION and t - window > touch.time_ms:
+        if touch.user_id != order.user_id or not touch_counts(touch, eligible, policy, t):
             continue
         if best is None or _rank(touch) > _rank(best):
             best = touch
