@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Self
 
-from attribution_models.types import Journey, ModelResult, PathStats, aggregate_journeys
+from attribution_models.types import Journey, ModelError, ModelResult, PathStats, aggregate_journeys, totals
 
 
 class AttributionModel(ABC):
@@ -52,3 +52,58 @@ class AttributionModel(ABC):
                 conv[t.channel] += credit
                 val[t.channel] += credit * j.value
         return ModelResult(self.name, conv, val)
+
+
+def share(weights: dict[str, float], total: float) -> dict[str, float]:
+    """Split ``total`` in proportion to non-negative weights (all zero: nothing to split)."""
+    s = sum(weights.values())
+    if s <= 0 or total <= 0:
+        return dict.fromkeys(weights, 0.0)
+    return {ch: w / s * total for ch, w in weights.items()}
+
+
+def weighted_credits(journey: Journey, weights: dict[str, float]) -> list[float]:
+    """Share one conversion among the journey's touches in proportion to channel weights.
+
+    Each touch gets its channel's weight, so a repeated channel weighs more;
+    when no touch has weight (channels unseen in fitting) the split is linear.
+    """
+    if not journey.touches:
+        return []
+    raw = [weights.get(t.channel, 0.0) for t in journey.touches]
+    total = sum(raw)
+    if total <= 0:
+        return [1.0 / len(raw)] * len(raw)
+    return [r / total for r in raw]
+
+
+class DataDrivenModel(AttributionModel):
+    """A model that learns channel weights in ``fit`` and credits by them.
+
+    Subclasses fit and say what they learned (``channel_weights``, ``details``);
+    totals are shared in proportion to the weights, and each journey's touches
+    by their channels' weights.
+    """
+
+    data_driven = True
+    _fitted = False
+
+    @abstractmethod
+    def channel_weights(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Weights for crediting conversions, and for crediting value."""
+
+    def details(self) -> dict[str, object]:
+        return {}
+
+    def attribute(self, paths: Sequence[PathStats]) -> ModelResult:
+        self.fit(paths)
+        total_conv, total_value = totals(paths)
+        conv_weights, value_weights = self.channel_weights()
+        return ModelResult(
+            self.name, share(conv_weights, total_conv), share(value_weights, total_value), self.details()
+        )
+
+    def touch_credits(self, journey: Journey) -> list[float]:
+        if not self._fitted:
+            raise ModelError(f"{self.name}: call fit() on path aggregates before touch_credits()")
+        return weighted_credits(journey, self.channel_weights()[0])

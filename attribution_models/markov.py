@@ -28,8 +28,8 @@ from typing import Self
 import numpy as np
 import numpy.typing as npt
 
-from attribution_models.base import AttributionModel
-from attribution_models.types import Journey, ModelError, ModelResult, PathStats, totals
+from attribution_models.base import DataDrivenModel
+from attribution_models.types import ModelError, PathStats
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +138,10 @@ class _Chain:
         raise ModelError(f"Markov chain of {self.size} states did not converge")
 
 
-class Markov(AttributionModel):
+class Markov(DataDrivenModel):
     """Data-driven attribution by removal effects of an order-``k`` Markov chain."""
 
     name = "markov"
-    data_driven = True
 
     def __init__(self, order: int = 1) -> None:
         if not isinstance(order, int) or order < 1:
@@ -151,7 +150,6 @@ class Markov(AttributionModel):
         self.removal_effects: dict[str, float] = {}
         self.removal_effects_value: dict[str, float] = {}
         self.conversion_probability = 0.0
-        self._fitted = False
 
     def fit(self, paths: Sequence[PathStats]) -> Self:
         chain = _Chain(paths, self.order)
@@ -175,44 +173,12 @@ class Markov(AttributionModel):
         self._fitted = True
         return self
 
-    def attribute(self, paths: Sequence[PathStats]) -> ModelResult:
-        self.fit(paths)
-        total_conv, total_value = totals(paths)
-        return ModelResult(
-            self.name,
-            share(self.removal_effects, total_conv),
-            share(self.removal_effects_value, total_value),
-            {"removal_effects": dict(self.removal_effects), "order": self.order},
-        )
+    def channel_weights(self) -> tuple[dict[str, float], dict[str, float]]:
+        return self.removal_effects, self.removal_effects_value
 
-    def touch_credits(self, journey: Journey) -> list[float]:
-        if not self._fitted:
-            raise ModelError("markov: call fit() on path aggregates before touch_credits()")
-        return weighted_credits(journey, self.removal_effects)
+    def details(self) -> dict[str, object]:
+        return {"removal_effects": dict(self.removal_effects), "order": self.order}
 
 
 def _clip01(x: float) -> float:
     return 0.0 if not np.isfinite(x) or x < 0 else min(x, 1.0)
-
-
-def share(weights: dict[str, float], total: float) -> dict[str, float]:
-    """Split ``total`` in proportion to non-negative weights (all zero: nothing to split)."""
-    s = sum(weights.values())
-    if s <= 0 or total <= 0:
-        return dict.fromkeys(weights, 0.0)
-    return {ch: w / s * total for ch, w in weights.items()}
-
-
-def weighted_credits(journey: Journey, weights: dict[str, float]) -> list[float]:
-    """Share one conversion among the journey's touches in proportion to channel weights.
-
-    Each touch gets its channel's weight, so a repeated channel weighs more;
-    when no touch has weight (channels unseen in fitting) the split is linear.
-    """
-    if not journey.touches:
-        return []
-    raw = [weights.get(t.channel, 0.0) for t in journey.touches]
-    total = sum(raw)
-    if total <= 0:
-        return [1.0 / len(raw)] * len(raw)
-    return [r / total for r in raw]

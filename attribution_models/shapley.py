@@ -34,9 +34,8 @@ from typing import Self
 
 import numpy as np
 
-from attribution_models.base import AttributionModel
-from attribution_models.markov import share, weighted_credits
-from attribution_models.types import Journey, ModelError, ModelResult, PathStats, totals
+from attribution_models.base import DataDrivenModel
+from attribution_models.types import ModelError, PathStats
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +43,10 @@ MAX_EXACT_CHANNELS = 18
 CHARACTERISTICS = ("additive", "subset_rate")
 
 
-class Shapley(AttributionModel):
+class Shapley(DataDrivenModel):
     """Exact Shapley values of channels from coalition conversion rates."""
 
     name = "shapley"
-    data_driven = True
 
     def __init__(
         self, characteristic: str = "additive", max_exact_channels: int = MAX_EXACT_CHANNELS
@@ -64,7 +62,6 @@ class Shapley(AttributionModel):
         self.weights: dict[str, float] = {}
         self.weights_value: dict[str, float] = {}
         self.method = characteristic
-        self._fitted = False
 
     def fit(self, paths: Sequence[PathStats]) -> Self:
         coalitions: dict[frozenset[str], list[float]] = {}
@@ -94,20 +91,11 @@ class Shapley(AttributionModel):
         self._fitted = True
         return self
 
-    def attribute(self, paths: Sequence[PathStats]) -> ModelResult:
-        self.fit(paths)
-        total_conv, total_value = totals(paths)
-        return ModelResult(
-            self.name,
-            share(self.weights, total_conv),
-            share(self.weights_value, total_value),
-            {"method": self.method, "shapley_values": dict(self.weights)},
-        )
+    def channel_weights(self) -> tuple[dict[str, float], dict[str, float]]:
+        return self.weights, self.weights_value
 
-    def touch_credits(self, journey: Journey) -> list[float]:
-        if not self._fitted:
-            raise ModelError("shapley: call fit() on path aggregates before touch_credits()")
-        return weighted_credits(journey, self.weights)
+    def details(self) -> dict[str, object]:
+        return {"method": self.method, "shapley_values": dict(self.weights)}
 
 
 def _rates(slot: list[float]) -> tuple[float, float]:

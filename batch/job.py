@@ -71,6 +71,8 @@ METRIC_COLUMNS = (
     "capped_orders",
     "roas",
 )
+# The columns that identify a metric row (the rest, but dt, are measures).
+METRIC_DIMENSIONS = ("campaign_id", "advertiser_id", "lever", "currency", "model")
 FACT_SCHEMA = ", ".join(f"{k} {v}" for k, v in FACT_COLUMNS.items())
 
 

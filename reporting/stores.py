@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
-from batch.job import METRIC_COLUMNS
+from batch.job import METRIC_COLUMNS, METRIC_DIMENSIONS
 from batch.lake import Lake, partition
 from shared_logic.errors import AttributionError
 
@@ -186,22 +186,7 @@ class DruidStore:
             if lake.scheme != "file"
             else {"type": "local", "files": [u.removeprefix("file://") for u in uris]}
         )
-        dims = [
-            c
-            for c in METRIC_COLUMNS
-            if c
-            not in (
-                "dt",
-                "impressions",
-                "clicks",
-                "promo_views",
-                "orders",
-                "revenue_minor",
-                "spend_minor",
-                "capped_orders",
-                "roas",
-            )
-        ]
+        dims = list(METRIC_DIMENSIONS)
         return {
             "type": "index_parallel",
             "spec": {
