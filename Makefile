@@ -6,13 +6,14 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 EXTRAS ?= all,dev
 PYTEST_ARGS ?=
+LIVE_ARGS ?=
 
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit lint format typecheck bench lock clean
+.PHONY: help setup demo live test test-unit lint format typecheck bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,15 +30,19 @@ setup: $(STAMP) ## create .venv and install the project, its extras and system p
 demo: setup ## run the end-to-end demo on the embedded default and print the ROAS report
 	$(VENV)/bin/attribution demo
 
+live: setup ## run the production loop on this machine (broker, Redis, worker, lake sink, API, live traffic); Ctrl-C stops it
+	$(VENV)/bin/attribution live $(LIVE_ARGS)
+
 test: setup ## run the whole test suite (unit, integration, peer, e2e)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup ## run the fast pure tests only
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-lint: setup ## ruff lint and format check
+lint: setup ## ruff lint and format check, and the import layers (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: setup ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .

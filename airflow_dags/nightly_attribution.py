@@ -3,8 +3,18 @@
 D is the day before the run's logical date (the run at 03:00 UTC on D+1
 processes D), so a backfill or a cleared run processes the same day again,
 idempotently.
-Configuration comes from the environment (``ATTRIBUTION_BATCH_*``,
-``ATTRIBUTION_STORE_URL``); heavy imports happen inside the tasks.
+
+The job goes on from the settlement checkpoint of D-1, so its cost does not
+grow with the lake's age. Each night it first recomputes the
+``ATTRIBUTION_BATCH_REFRESH_DAYS`` days before D (default: the cancel
+horizon), oldest first, each from the checkpoint before it: a cancel that
+landed after its order's night reaches that night's ledger, facts and metrics
+this way (its effect on later caps needs no rerun: the night of the cancel's
+own day settles it). Every recomputed day is reconciled, loaded and checked.
+Configuration is the one settings tree, read from ``ATTRIBUTION_*`` on the
+workers (``ATTRIBUTION_LAKE_URL``, ``ATTRIBUTION_CATALOG_URL``,
+``ATTRIBUTION_STORE_URL``, ``ATTRIBUTION_BATCH_*``); heavy imports happen
+inside the tasks.
 """
 
 from __future__ import annotations
@@ -38,34 +48,34 @@ def nightly_attribution() -> None:
 
     @task
     def run_job(ds: str | None = None) -> dict[str, Any]:
-        from airflow_dags.tasks import previous_day
-        from airflow_dags.tasks import run_job as job
+        from airflow_dags.tasks import previous_day, run_nightly
 
         assert ds is not None
-        return job(previous_day(ds))
+        return run_nightly(previous_day(ds))
 
     @task
-    def reconcile(ds: str | None = None) -> dict[str, Any]:
-        from airflow_dags.tasks import previous_day, run_reconcile
+    def reconcile(job: dict[str, Any]) -> list[dict[str, Any]]:
+        from airflow_dags.tasks import run_reconcile
 
-        assert ds is not None
-        return run_reconcile(previous_day(ds))
-
-    @task
-    def load_analytics(ds: str | None = None) -> int:
-        from airflow_dags.tasks import load_store, previous_day
-
-        assert ds is not None
-        return load_store(previous_day(ds))
+        return [run_reconcile(day) for day in job["days"]]
 
     @task
-    def data_quality(ds: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from airflow_dags.tasks import check_quality, previous_day
+    def load_analytics(job: dict[str, Any]) -> int:
+        from airflow_dags.tasks import load_store
 
-        assert ds is not None
-        return check_quality(previous_day(ds), float((params or {}).get("max_discrepancy_pct", 1.0)))
+        return sum(load_store(day) for day in job["days"])
 
-    wait_for_raw() >> run_job() >> reconcile() >> load_analytics() >> data_quality()
+    @task
+    def data_quality(job: dict[str, Any], params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        from airflow_dags.tasks import check_quality
+
+        limit = float((params or {}).get("max_discrepancy_pct", 1.0))
+        return [check_quality(day, limit) for day in job["days"]]
+
+    job = run_job()
+    wait_for_raw() >> job
+    # At run time Airflow hands each task the job's result (the days it recomputed).
+    reconcile(job) >> load_analytics(job) >> data_quality(job)  # type: ignore[arg-type]
 
 
 nightly_attribution()

@@ -1,5 +1,6 @@
 """What the DAGs' tasks do, as plain functions (tested without Airflow too).
 
+Every task reads the one settings tree (``ATTRIBUTION_*`` on the workers).
 Heavy imports (pyspark, pandas, duckdb) stay inside the functions: the
 scheduler parses DAG files often, and a top-level pyspark import costs about
 20x in parse time.
@@ -8,84 +9,118 @@ scheduler parses DAG files often, and a top-level pyspark import costs about
 from __future__ import annotations
 
 import logging
-import os
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
-
-from shared_logic.errors import AttributionError
 
 log = logging.getLogger(__name__)
 
 
-class DataQualityError(AttributionError):
-    """A data-quality check of a day failed."""
-
-
 def previous_day(ds: str) -> str:
     """The day a nightly run processes: the one before its run date (the 03:00 run of D+1 does D)."""
-    from datetime import timedelta
-
     return (date.fromisoformat(ds) - timedelta(days=1)).isoformat()
 
 
 def _settings(models: list[str] | None = None) -> Any:
-    from batch.settings import BatchSettings
+    from shared_logic.settings import load_settings
 
-    settings = BatchSettings()
-    return settings.model_copy(update={"models": tuple(models)}) if models else settings
+    return load_settings(batch_models=tuple(models) if models else None)
 
 
-def _catalog(settings: Any) -> Any:
-    from shared_logic import load_catalog
+def _lake(settings: Any) -> Any:
+    from storage import open_lake
 
-    if not settings.catalog_path:
-        raise AttributionError("catalog_path is empty: set ATTRIBUTION_BATCH_CATALOG_PATH")
-    return load_catalog(settings.catalog_path)
+    return open_lake(settings.lake.url, settings.s3)
 
 
 def raw_day_landed(day: str) -> bool:
-    from batch.lake import Lake
-    from batch.raw import is_landed
+    from storage.raw import is_landed
 
-    return is_landed(Lake(_settings().lake_url), date.fromisoformat(day))
+    return is_landed(_lake(_settings()), date.fromisoformat(day))
+
+
+def run_days(
+    start: str,
+    end: str,
+    models: list[str] | None = None,
+    *,
+    from_scratch: bool = False,
+    follow: bool = True,
+) -> dict[str, Any]:
+    """Run the job for ``start..end``, oldest first, then the later days whose settlement
+    checkpoints were built on state it changed (``follow``; without it, a range with later
+    checkpoints is refused, naming them). Returns the days recomputed and a summary of each."""
+    from batch.job import run_range
+    from batch.spark import spark_session
+    from storage.catalog import open_catalog
+
+    settings = _settings(models)
+    lake, catalog = _lake(settings), open_catalog(settings.catalog.url)
+    results = run_range(
+        spark_session(settings.spark),
+        lake,
+        catalog,
+        date.fromisoformat(start),
+        date.fromisoformat(end),
+        settings,
+        from_scratch=from_scratch,
+        follow=follow,
+    )
+    summaries = [
+        {
+            "day": r.day,
+            "orders": r.orders,
+            "attributed": r.attributed,
+            "spend_minor": sum(r.spend_minor.values()),
+            "models": r.models,
+            "seconds": r.seconds,
+            "started_from": r.started_from,
+        }
+        for r in results
+    ]
+    return {"days": [r.day for r in results], "results": summaries}
+
+
+def nightly_days(day: str) -> tuple[str, str]:
+    """The days the nightly run for ``day`` recomputes: the refresh window before it (late cancels
+    reach their order's day this way), from the first day with raw events, then ``day``."""
+    from batch.job import raw_days
+
+    settings = _settings()
+    d = date.fromisoformat(day)
+    window = [d - timedelta(days=n) for n in range(settings.nightly_refresh_days, 0, -1)]
+    landed = raw_days(_lake(settings))
+    first = next((x for x in window if x in landed), d)
+    return first.isoformat(), day
+
+
+def run_nightly(day: str) -> dict[str, Any]:
+    """The nightly job for ``day``: the refresh window's days again, oldest first, then ``day``."""
+    first, last = nightly_days(day)
+    return run_days(first, last)
 
 
 def run_job(day: str, models: list[str] | None = None) -> dict[str, Any]:
-    from batch.job import run_day
-    from batch.lake import Lake
-    from batch.spark import spark_session
-
-    settings = _settings(models)
-    result = run_day(
-        spark_session(), Lake(settings.lake_url), _catalog(settings), date.fromisoformat(day), settings
-    )
-    return {
-        "day": result.day,
-        "orders": result.orders,
-        "attributed": result.attributed,
-        "spend_minor": sum(result.spend_minor.values()),
-        "models": result.models,
-        "seconds": result.seconds,
-    }
+    """The job for one day (and the later days it makes stale); the summary of ``day``."""
+    done = run_days(day, day, models)
+    return next(r for r in done["results"] if r["day"] == day)
 
 
 def run_reconcile(day: str) -> dict[str, Any]:
-    from batch.lake import Lake
     from batch.reconcile import reconcile_day
     from batch.spark import spark_session
 
     settings = _settings()
     return reconcile_day(
-        spark_session(), Lake(settings.lake_url), date.fromisoformat(day), settings.allowed_lateness_ms
+        spark_session(settings.spark), _lake(settings), date.fromisoformat(day), settings
     ).summary()
 
 
 def load_store(day: str) -> int:
-    from batch.lake import Lake
     from reporting.stores import open_store
 
-    lake = Lake(_settings().lake_url)
-    store = open_store(os.environ.get("ATTRIBUTION_STORE_URL", "duckdb://"), lake)
+    settings = _settings()
+    lake = _lake(settings)
+    store = open_store(settings.store.url, lake)
     try:
         return store.load_day(lake, day)
     finally:
@@ -93,40 +128,8 @@ def load_store(day: str) -> int:
 
 
 def check_quality(day: str, max_discrepancy_pct: float = 1.0) -> dict[str, Any]:
-    """Rows exist, money is sane, spend stays within caps, credits sum to one, the layers agree."""
-    from collections import defaultdict
-
-    from batch.lake import Lake, partition
+    from batch.quality import check_day
+    from storage.catalog import open_catalog
 
     settings = _settings()
-    lake = Lake(settings.lake_url)
-    catalog = _catalog(settings)
-    problems: list[str] = []
-    metrics = lake.read([partition("metrics/campaign_daily", dt=day)]).to_pylist()
-    if not metrics:
-        problems.append("metrics/campaign_daily has no rows")
-    for m in metrics:
-        campaign = catalog.get(m["campaign_id"])
-        if campaign is None:
-            problems.append(f"campaign_id = {m['campaign_id']!r} is not in the catalog")
-            continue
-        if m["spend_minor"] < 0:
-            problems.append(f"{m['campaign_id']}: spend_minor = {m['spend_minor']} is negative")
-        cap = campaign.budget.lifetime_minor
-        if cap is not None and m["spend_minor"] > cap:
-            problems.append(
-                f"{m['campaign_id']}: spend_minor = {m['spend_minor']} passes the lifetime cap {cap}"
-            )
-    facts = lake.read([partition("attribution", model="billing", dt=day)]).to_pylist()
-    sums: dict[str, float] = defaultdict(float)
-    for f in facts:
-        sums[f["order_id"]] += f["credit"]
-    if any(abs(v - 1.0) > 1e-9 for v in sums.values()):
-        problems.append("billing credits of some order do not sum to 1")
-    recon = lake.manifest(partition("reconciliation", dt=day)) or {}
-    pct = float(recon.get("discrepancy_pct", 0.0))
-    if pct > max_discrepancy_pct:
-        problems.append(f"discrepancy_pct = {pct} exceeds {max_discrepancy_pct}")
-    if problems:
-        raise DataQualityError(f"day {day}: " + "; ".join(problems))
-    return {"day": day, "metric_rows": len(metrics), "orders": len(sums), "discrepancy_pct": pct}
+    return check_day(_lake(settings), open_catalog(settings.catalog.url), day, max_discrepancy_pct)

@@ -8,10 +8,10 @@ Heuristic: ``first_touch``, ``last_touch``, ``linear``, ``position_based``,
 """
 
 from attribution_models.base import AttributionModel
-from attribution_models.registry import MODEL_NAMES, get_model
+from attribution_models.errors import ModelError
+from attribution_models.registry import get_model
 from attribution_models.types import (
     Journey,
-    ModelError,
     ModelResult,
     PathStats,
     TouchPoint,
@@ -20,6 +20,7 @@ from attribution_models.types import (
     paths_from_records,
     split_path,
 )
+from shared_logic.contract import MODEL_NAMES
 
 __all__ = [
     "MODEL_NAMES",

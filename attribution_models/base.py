@@ -6,7 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Self
 
-from attribution_models.types import Journey, ModelError, ModelResult, PathStats, aggregate_journeys, totals
+from attribution_models.errors import ModelError
+from attribution_models.types import Journey, ModelResult, PathStats, aggregate_journeys, totals
 
 
 class AttributionModel(ABC):

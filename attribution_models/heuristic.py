@@ -11,7 +11,8 @@ import math
 from collections.abc import Sequence
 
 from attribution_models.base import AttributionModel
-from attribution_models.types import Journey, ModelError, ModelResult, PathStats
+from attribution_models.errors import ModelError
+from attribution_models.types import Journey, ModelResult, PathStats
 
 
 class PositionalModel(AttributionModel):

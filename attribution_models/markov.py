@@ -29,7 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from attribution_models.base import DataDrivenModel
-from attribution_models.types import ModelError, PathStats
+from attribution_models.errors import ModelError
+from attribution_models.types import PathStats
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Models by name: ``get_model("markov", order=2)``."""
+"""Models by name: ``get_model("markov", order=2)``; the names are the contract's ``MODEL_NAMES``."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from attribution_models.base import AttributionModel
+from attribution_models.errors import ModelError
 from attribution_models.heuristic import FirstTouch, LastTouch, Linear, PositionBased, TimeDecay
 from attribution_models.markov import Markov
 from attribution_models.shapley import Shapley
-from attribution_models.types import ModelError
+from shared_logic.contract import MODEL_NAMES
 
 _FACTORIES: Final[dict[str, Callable[..., AttributionModel]]] = {
     "first_touch": FirstTouch,
@@ -21,7 +22,9 @@ _FACTORIES: Final[dict[str, Callable[..., AttributionModel]]] = {
     "shapley": Shapley,
 }
 
-MODEL_NAMES: Final = tuple(_FACTORIES)
+# The lake's ``model`` column names the models; the registry serves exactly those.
+if set(_FACTORIES) != set(MODEL_NAMES):  # pragma: no cover - a broken release, caught by any test
+    raise ImportError(f"models {sorted(_FACTORIES)} differ from the contract's {sorted(MODEL_NAMES)}")
 
 
 def get_model(name: str, **params: Any) -> AttributionModel:

@@ -35,7 +35,8 @@ from typing import Self
 import numpy as np
 
 from attribution_models.base import DataDrivenModel
-from attribution_models.types import ModelError, PathStats
+from attribution_models.errors import ModelError
+from attribution_models.types import PathStats
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from attribution_models.errors import ModelError
+
 PATH_SEPARATOR = ">"
-
-
-class ModelError(ValueError):
-    """A model was asked for something it does not define, or given bad input."""
 
 
 @dataclass(frozen=True, slots=True)

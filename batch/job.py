@@ -1,83 +1,139 @@
-"""The nightly job for a day D: decisions, settlement, multi-touch models, metrics.
+"""The nightly job for a day D, as a Spark plan: decisions, settlement, models, metrics.
 
 Reads the lake's raw events (never "latest", never ``now()``: every bound
-comes from D and the settings), decides every order with
-``shared_logic.attribute_order`` inside ``mapInPandas``, settles charges per
-campaign with ``shared_logic.settlement.ChargeBook`` from the start of the
-history (so lifetime caps bind as they did in Redis), fits the data-driven
-models on path aggregates computed in Spark, credits every journey under every
-model, and writes, with dynamic partition overwrite so a rerun replaces exactly
-the dates it was given:
+comes from D and the settings), drops events dated further after their landing
+than ``rules.max_future_ms`` (``shared_logic.policy.in_future``, as the speed
+layer does), decides D's orders with ``shared_logic.attribute_order`` inside
+``mapInPandas`` (``batch.journeys``), settles charges per campaign with
+``shared_logic.settlement.ChargeBook`` from the checkpoint of an earlier night
+(or from the start of the history), fits the data-driven models on path
+aggregates computed in Spark, credits every journey under every model
+(``batch.reshape``), and writes, with dynamic partition overwrite so a rerun
+replaces exactly the dates it was given, then commits each written partition
+with a manifest:
 
-- ``attribution/model=…/dt=D/``: one row per (order, credited channel);
+- ``attribution/model=…/dt=D/``: one ``FactRow`` per (order, credited channel);
 - ``batch_ledger/dt=D/``: the batch billing ledger of D's orders;
-- ``metrics/campaign_daily/dt=D/``: impressions, clicks, orders, revenue,
-  spend and ROAS per campaign and model.
+- ``metrics/campaign_daily/dt=D/``: one ``MetricRow`` per campaign and model;
+- ``settlement_state/dt=D/``: the checkpoint the job for D+1 starts from, committed last.
 
 Raw events are never collected to the driver; only the distinct paths (to fit
-Markov and Shapley) and the few metric rows are.
+Markov and Shapley), the few metric rows and one row of checkpoint statistics are.
+
+Settlement checkpoints: why the cost does not grow with the lake's age
+----------------------------------------------------------------------
+A charge depends on everything settled before it: a lifetime cap binds on a
+campaign's whole history. Settlement runs in one total order,
+``action_key(due, kind, order_id)``: an order's decision is due at its time
+plus the allowed lateness L, a cancel at its own time plus L. Let
+B(D) = (start of D+1, UTC) + L.
+
+- Boundary. Every decision of an order of D or before is due before B(D), and
+  every decision of a later order at or after it. The checkpoint of D is the
+  book after exactly the actions due before B(D): the prefix a from-scratch run
+  has applied when it reaches the first action of D+1. The job for D+1 restores
+  it and settles only actions due at or after B(D) (ties at B(D) are ordered by
+  the book as in one go), so its charges, caps and refunds are the from-scratch
+  ones. D's own ledger still holds the refunds of its orders by cancels up to D
+  plus the cancel horizon H, which are due after B(D): the job settles in two
+  phases, the actions due before B(D), the snapshot, then the rest.
+- What the checkpoint keeps (``ChargeBook.snapshot``), per campaign: lifetime
+  spend; the spend of the budget days a later order can fall on (a later order
+  is at or after the start of D+1 UTC, which is D, D+1 or D+2 in the campaign's
+  zone, UTC-12 to UTC+14: every local day from that instant's on is kept, only
+  for campaigns with a daily cap); the charges a later cancel may still refund
+  (orders of D-H+1..D, refunded or not, so a second cancel stays a no-op); and
+  cancels that came before their order was decided. In this job no such cancel
+  reaches a checkpoint: a cancel is settled with its order's campaign, known
+  once the order is decided, so the job that decides the order (which reads
+  cancels back to its look-back) settles the cancel too, before the decision;
+  nothing between the two reads the mark, so the outcome is the one in one go.
+  Zero spend and closed days are dropped.
+- The cancel horizon (``shared_logic.settlement.cancel_counts``). A cancel
+  counts when dated from the order's UTC day minus the look-back (the longest
+  window plus L, in days) to the order's day plus H; the first to land (then
+  the earliest, then the lowest event id) is the order's cancel. Every run,
+  from scratch or not, reads all cancels that can count for the orders it may
+  settle and applies this rule, so all pick the same cancel. It bounds what a
+  checkpoint carries, and makes a day's figures final once D+H has landed. (It
+  is a rule of the batch layer: before it, a cancel later than the horizon
+  moved later caps but appeared in no day's ledger. The speed layer refunds
+  while it keeps the charge record, ``realtime.decision_ttl_ms``.)
+- Reads. From the checkpoint of S (normally S = D-1): touches and orders from
+  S+1 minus the look-back to D, deciding only orders from S+1 on (older ones
+  are settled); cancels from S+1 minus the look-back and H, to D+H: all that
+  can count for an order the checkpoint may refund or this job decides. No day
+  is read before the first day of history minus the look-back, in any run.
+- Without a checkpoint (the first night, ``from_scratch``, another catalog or
+  settings: ``batch.checkpoints.fingerprint``) the job settles from the start
+  of history, as before checkpoints. When D-1 has none but an earlier day has,
+  it chains back to the latest one and settles the days between itself: the
+  cost grows with the gap, not the lake's age, and the outcome is the same.
+- Reruns. A checkpoint's manifest records its content digest and its parent's
+  (``batch.checkpoints``). ``run_range`` reruns the given days, then follows:
+  every later checkpoint built on state the rerun changed is recomputed, oldest
+  first, until the recomputed state equals what the next day was built on; with
+  ``follow=False`` it refuses (``StaleCheckpoints``, naming the days) when later
+  checkpoints exist. A rerun whose state does not change costs its own days only.
+- Late cancels. A cancel of an order of D dated after D refunds in D's ledger,
+  facts (``cancelled``) and metrics only when D is rerun; its effect on later
+  caps needs no rerun, since it is due in its own day and the night of that day
+  settles it. The nightly run therefore recomputes the last ``refresh_days``
+  days (default H) before D, oldest first, then D: each costs one checkpointed
+  night, and the follow rule stops there when their state did not change.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
-import pandas as pd
-
-from attribution_models import AttributionModel, Journey, TouchPoint, get_model, paths_from_columns
-from batch.journeys import DECISION_SCHEMA, LEDGER_SCHEMA, decide_partitions, settle_campaign
-from batch.lake import Lake, partition
-from batch.raw import RAW_SCHEMA, days_between, raw_partitions
-from batch.settings import BatchSettings
-from shared_logic import AttributionPolicy, Catalog
-from shared_logic.errors import AttributionError
-from shared_logic.timeutil import MS_PER_DAY
+from attribution_models import paths_from_columns
+from batch.checkpoints import (
+    Checkpoint,
+    describe,
+    fingerprint,
+    is_stale,
+    later_checkpoints,
+    latest_before,
+    read_checkpoint,
+)
+from batch.errors import NoRawData, StaleCheckpoints
+from batch.journeys import SETTLED_ROW, decide_partitions, settle_from_checkpoint
+from batch.reshape import credit_partitions, metrics_frame, models_of
+from batch.rules import cancel_counts, in_future
+from batch.spark import spark_schema
+from shared_logic import Catalog
+from shared_logic.contract import (
+    ATTRIBUTION,
+    BATCH_LEDGER,
+    BILLING_MODEL,
+    COUNTERS,
+    DECISION_ROW,
+    FACT_ROW,
+    JOURNEY_ROW,
+    LEDGER_ROW,
+    METRIC_ROW,
+    METRICS,
+    RAW,
+    RAW_ROW,
+    SETTLEMENT_STATE,
+    SETTLEMENT_STATE_ROW,
+)
+from shared_logic.events import EVENT_TYPES
+from shared_logic.settings import Settings
+from shared_logic.timeutil import MS_PER_DAY, utc_day_bounds_ms
+from storage.arrow import arrow_schema
+from storage.lake import Lake, PartitionRef, partition
+from storage.raw import days_between
 
 log = logging.getLogger(__name__)
 
-FACT_COLUMNS = {
-    "order_id": "string",
-    "user_id": "string",
-    "channel": "string",
-    "credit": "double",
-    "credited_revenue_minor": "double",
-    "amount_minor": "long",
-    "currency": "string",
-    "order_time_ms": "long",
-    "cancelled": "boolean",
-    "model": "string",
-    "dt": "string",
-}
-# Columns of metrics/campaign_daily (dt first, as readers see it with the partition value).
-METRIC_COLUMNS = (
-    "dt",
-    "campaign_id",
-    "advertiser_id",
-    "lever",
-    "currency",
-    "model",
-    "impressions",
-    "clicks",
-    "promo_views",
-    "orders",
-    "revenue_minor",
-    "spend_minor",
-    "capped_orders",
-    "roas",
-)
-# The columns that identify a metric row (the rest, but dt, are measures).
-METRIC_DIMENSIONS = ("campaign_id", "advertiser_id", "lever", "currency", "model")
-FACT_SCHEMA = ", ".join(f"{k} {v}" for k, v in FACT_COLUMNS.items())
-
-
-class NoRawData(AttributionError):
-    """The lake holds no raw events for the day asked for."""
+TOUCH_AND_ORDER_TYPES = tuple(t for t in EVENT_TYPES if t != "order_cancel")
 
 
 @dataclass
@@ -89,176 +145,198 @@ class DayResult:
     models: list[str]
     seconds: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    #: The checkpoint the job went on from (None: it settled from the start of history).
+    started_from: str | None = None
+    #: The checkpoint it wrote, and the digest of the one it replaced (None: there was none).
+    checkpoint: Checkpoint | None = None
+    replaced_digest: str | None = None
+    #: First and last raw day read (touches and orders; cancels reach up to the horizon).
+    read_days: tuple[str, str] = ("", "")
 
-
-def _day_ms(d: date) -> tuple[int, int]:
-    start = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
-    return start, start + MS_PER_DAY
-
-
-def _spark_raw_schema() -> Any:
-    from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType
-
-    types = {"string": StringType(), "int64": LongType()}
-    fields = []
-    for f in RAW_SCHEMA:
-        if str(f.type).startswith("list"):
-            fields.append(StructField(f.name, ArrayType(StringType())))
-        else:
-            fields.append(StructField(f.name, types[str(f.type)]))
-    return StructType(fields)
+    @property
+    def state_changed(self) -> bool:
+        return self.checkpoint is None or self.checkpoint.digest != self.replaced_digest
 
 
 def first_order_day(lake: Lake) -> date | None:
-    days = sorted({p["dt"] for p in lake.partitions("raw/order", depth=1)})
+    days = sorted({p["dt"] for p in lake.partitions(RAW.at(event_type="order"), depth=1)})
     return date.fromisoformat(days[0]) if days else None
 
 
-def _models(settings: BatchSettings) -> dict[str, AttributionModel]:
-    out: dict[str, AttributionModel] = {}
-    for name in settings.models:
-        if name == "markov":
-            out[name] = get_model(name, order=settings.markov_order)
-        elif name == "time_decay":
-            out[name] = get_model(name, half_life_ms=settings.time_decay_half_life_ms)
-        else:
-            out[name] = get_model(name)
-    return out
+def raw_days(lake: Lake) -> set[date]:
+    """Days holding raw events of any type (one listing per type)."""
+    return {
+        date.fromisoformat(p["dt"])
+        for etype in EVENT_TYPES
+        for p in lake.partitions(RAW.at(event_type=etype), depth=1)
+    }
 
 
-def _credit_partitions(
-    models: dict[str, AttributionModel], day: str
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for pdf in batches:
-            rows: list[dict[str, Any]] = []
-            for r in pdf.itertuples(index=False):
-                rec: Any = r
-                channels = list(rec.path_channels)
-                journey = Journey(
-                    tuple(TouchPoint(c, int(t)) for c, t in zip(channels, rec.path_times, strict=True)),
-                    True,
-                    float(rec.amount_minor),
-                    int(rec.order_time_ms),
+def _raw_refs(lake: Lake, start: date, end: date, types: Iterable[str]) -> list[PartitionRef]:
+    """Hour partitions of the given types and days, listing only the days wanted (the lake may be old)."""
+    wanted = {d.isoformat() for d in days_between(start, end)} if start <= end else set()
+    refs: list[PartitionRef] = []
+    for etype in types:
+        base = RAW.at(event_type=etype)
+        for p in lake.partitions(base, depth=1):
+            if p["dt"] in wanted:
+                refs.extend(
+                    partition(RAW, event_type=etype, dt=p["dt"], hour=h["hour"])
+                    for h in lake.partitions(f"{base}/dt={p['dt']}", depth=1)
                 )
-                base = {
-                    "order_id": rec.order_id,
-                    "user_id": rec.user_id,
-                    "amount_minor": int(rec.amount_minor),
-                    "currency": rec.currency,
-                    "order_time_ms": int(rec.order_time_ms),
-                    "cancelled": bool(rec.cancelled),
-                    "dt": day,
-                }
-                rows.append(
-                    {
-                        **base,
-                        "channel": rec.campaign_id,
-                        "credit": 1.0,
-                        "credited_revenue_minor": float(rec.amount_minor),
-                        "model": "billing",
-                    }
-                )
-                for name, model in models.items():
-                    credits: dict[str, float] = {}
-                    for ch, c in zip(channels, model.touch_credits(journey), strict=True):
-                        credits[ch] = credits.get(ch, 0.0) + c
-                    for ch, c in credits.items():
-                        if c > 0:
-                            rows.append(
-                                {
-                                    **base,
-                                    "channel": ch,
-                                    "credit": c,
-                                    "credited_revenue_minor": c * rec.amount_minor,
-                                    "model": name,
-                                }
-                            )
-            if rows:
-                yield pd.DataFrame(rows, columns=list(FACT_COLUMNS))
-
-    return run
+    return refs
 
 
-def run_day(spark: Any, lake: Lake, catalog: Catalog, day: date, settings: BatchSettings) -> DayResult:
-    """Run the nightly job for one day; idempotent (rerunning it rewrites the same partitions)."""
+def _read_raw(spark: Any, lake: Lake, refs: list[PartitionRef], max_future_ms: int) -> Any:
+    """Raw rows of some partitions, without events dated in the future of their landing.
+
+    Duplicates stay: the per-user step keeps one copy of each touch and order (its user's
+    events meet in one partition anyway), and a cancel's copies are equal; so the job spends
+    no shuffle of every event on them.
+    """
+    files = [lake.uri(f) for ref in refs for f in lake.files(ref)]
+    schema = spark_schema(RAW_ROW)
+    if not files:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(*files).filter(~in_future(max_future_ms))
+
+
+def run_day(
+    spark: Any, lake: Lake, catalog: Catalog, day: date, config: Settings, *, from_scratch: bool = False
+) -> DayResult:
+    """Run the nightly job for one day; idempotent (rerunning it rewrites the same partitions).
+
+    It goes on from the latest checkpoint before ``day`` computed with the same catalog and
+    settings, or settles from the start of history when there is none or ``from_scratch``.
+    """
     from pyspark.sql import functions as F  # noqa: N812 - Spark's own idiom
 
     started = time.perf_counter()
-    policy = AttributionPolicy(allowed_lateness_ms=settings.allowed_lateness_ms)
-    longest_days = math.ceil((policy.longest_window_ms(catalog) + policy.allowed_lateness_ms) / MS_PER_DAY)
+    settings = config.batch
+    policy = config.rules.policy()
+    lateness = policy.allowed_lateness_ms
+    lookback = policy.lookback_days(catalog)
+    horizon = policy.cancel_horizon_days
     history = date.fromisoformat(settings.history_start) if settings.history_start else first_order_day(lake)
     if history is None:
         raise NoRawData(f"day = {day}: the lake at {lake.url} holds no raw orders")
     history = min(history, day)
-    refs = raw_partitions(
-        lake, history - timedelta(days=longest_days), day + timedelta(days=settings.cancel_horizon_days)
-    )
-    if not any(r.values[0][1] == day.isoformat() for r in refs):
-        raise NoRawData(f"day = {day}: no raw partitions for this day in {lake.url}")
-    files = [lake.uri(f) for ref in refs for f in lake.files(ref)]
-    raw = spark.read.schema(_spark_raw_schema()).parquet(*files).dropDuplicates(["event_id"])
-    day_start, day_end = _day_ms(day)
+    floor = history - timedelta(days=lookback)  # no run reads a day before this one
+    wanted = fingerprint(catalog, config, history)
+    replaced = read_checkpoint(lake, day)
+    start = None if from_scratch else latest_before(lake, day, wanted)
+    settle_from = floor if start is None else start.day + timedelta(days=1)
+    events_from = max(floor, settle_from - timedelta(days=lookback))
+    cancels_from = max(floor, settle_from - timedelta(days=lookback + horizon))
+    event_refs = _raw_refs(lake, events_from, day, TOUCH_AND_ORDER_TYPES)
+    cancel_refs = _raw_refs(lake, cancels_from, day + timedelta(days=horizon), ("order_cancel",))
     dt = day.isoformat()
+    if not any(r.value("dt") == dt for r in event_refs + cancel_refs):
+        raise NoRawData(f"day = {day}: no raw partitions for this day in {lake.url}")
+    day_start, day_end = utc_day_bounds_ms(day)
+    log.info(
+        "day %s: %s, reading %s..%s (cancels %s..%s)",
+        dt,
+        f"from the checkpoint of {start.day}" if start else "from the start of history",
+        events_from,
+        day,
+        cancels_from,
+        day + timedelta(days=horizon),
+    )
+    max_future = config.rules.max_future_ms
+    events = _read_raw(spark, lake, event_refs, max_future).filter(F.col("event_time") < day_end)
+    cancel_events = _read_raw(spark, lake, cancel_refs, max_future)
 
     # 1. decisions and journeys, per user, with the speed layer's billing rule
-    events = raw.filter((F.col("event_type") != "order_cancel") & (F.col("event_time") < day_end))
     channel_key = settings.channel_key
+    decide_from = None if start is None else utc_day_bounds_ms(settle_from)[0]
     decide = lambda batches: decide_partitions(  # noqa: E731
-        batches, catalog, policy, day_start, day_end, channel_key
+        batches, catalog, policy, day_start, day_end, channel_key, decide_from
     )
     decisions = (
         events.repartition("user_id")
         .sortWithinPartitions("user_id", "event_time", "event_id")
-        .mapInPandas(decide, DECISION_SCHEMA)
+        .mapInPandas(decide, spark_schema(JOURNEY_ROW))
         .cache()
     )
-    cancels = (
-        raw.filter(F.col("event_type") == "order_cancel")
-        .groupBy("order_id")
-        .agg(F.min_by("event_time", "ingested_at_ms").alias("cancel_time_ms"))
-    )
-
-    # 2. settlement per campaign, in the shared action order, from the start of history
     orders = decisions.filter((F.col("kind") == "order") & F.col("campaign_id").isNotNull())
-    lateness = policy.allowed_lateness_ms
+
+    # 2. settlement per campaign, in the shared action order, from the checkpoint
+    state_schema = spark_schema(SETTLEMENT_STATE_ROW)
+    state_files = [] if start is None else lake.files(partition(SETTLEMENT_STATE, dt=start.day.isoformat()))
+    state = (
+        spark.read.schema(state_schema).parquet(*[lake.uri(f) for f in state_files])
+        if state_files
+        else spark.createDataFrame([], state_schema)
+    )
+    known = orders.select("order_id", "campaign_id", "order_time_ms").unionByName(
+        state.filter(F.col("record") == "charge").select("order_id", "campaign_id", "order_time_ms")
+    )
+    cancels = (
+        cancel_events.select(
+            "order_id", F.col("event_time").alias("cancel_time_ms"), "ingested_at_ms", "event_id"
+        )
+        .join(known, "order_id")
+        .filter(cancel_counts("order_time_ms", "cancel_time_ms", lookback, horizon))
+        .groupBy("order_id", "campaign_id")
+        .agg(F.min(F.struct("ingested_at_ms", "cancel_time_ms", "event_id")).alias("first"))
+        .select("order_id", "campaign_id", F.col("first.cancel_time_ms").alias("cancel_time_ms"))
+        .cache()
+    )
     decide_actions = orders.select(
         F.lit("decide").alias("action"),
-        "campaign_id",
-        "order_id",
-        "user_id",
-        "order_event_id",
-        "order_time_ms",
-        "merchant_id",
-        "amount_minor",
-        "currency",
-        "touch_event_id",
-        "touch_kind",
-        "touch_time_ms",
-        "price_minor",
+        *DECISION_ROW.names,
         (F.col("order_time_ms") + lateness).alias("due_ms"),
     )
-    cancel_actions = cancels.join(orders.select("order_id", "campaign_id"), "order_id").select(
+    cancel_actions = cancels.select(
         F.lit("cancel").alias("action"),
         "campaign_id",
         "order_id",
         (F.col("cancel_time_ms") + lateness).alias("due_ms"),
     )
     actions = decide_actions.unionByName(cancel_actions, allowMissingColumns=True)
-    ledger = (
+    boundary = day_end + lateness
+    refundable_from = day_end - horizon * MS_PER_DAY
+    settle = lambda acts, st: settle_from_checkpoint(  # noqa: E731
+        acts, st, catalog, boundary, day_end, refundable_from
+    )
+    settled = (
         actions.groupBy("campaign_id")
-        .applyInPandas(lambda pdf: settle_campaign(pdf, catalog), LEDGER_SCHEMA)
-        .filter((F.col("order_time_ms") >= day_start) & (F.col("order_time_ms") < day_end))
-        .withColumn("dt", F.lit(dt))
+        .cogroup(state.groupBy("campaign_id"))
+        .applyInPandas(settle, spark_schema(SETTLED_ROW))
         .cache()
     )
-    ledger.write.mode("overwrite").partitionBy("dt").parquet(lake.uri("batch_ledger"))
+    ledger = (
+        settled.filter(F.col("part") == "ledger")
+        .select(*LEDGER_ROW.names)
+        .filter((F.col("order_time_ms") >= day_start) & (F.col("order_time_ms") < day_end))
+        .withColumn("dt", F.lit(dt))
+    )
+    ledger.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(BATCH_LEDGER.path))
+    new_state = settled.filter(F.col("part") == "state").select(*SETTLEMENT_STATE_ROW.names)
+    stats = new_state.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.bit_xor(F.xxhash64(F.to_json(F.struct(*SETTLEMENT_STATE_ROW.names)))).alias("hash"),
+    ).first()
+    rows = int(stats["rows"])
+    checkpoint = Checkpoint(
+        day,
+        f"{rows}:{int(stats['hash'] or 0) & 0xFFFF_FFFF_FFFF_FFFF:016x}",
+        wanted,
+        start.day if start else None,
+        start.digest if start else None,
+        rows,
+        (),
+    )
+    if rows:
+        new_state.coalesce(1).withColumn("dt", F.lit(dt)).write.mode("overwrite").partitionBy("dt").parquet(
+            lake.uri(SETTLEMENT_STATE.path)
+        )
 
     # 3. multi-touch models: fit on the day's path aggregates, credit every journey
     day_rows = decisions.filter(F.col("in_day"))
     paths = (
-        day_rows.filter(F.size("path_channels") > 0)
-        .select(
+        day_rows.select(
             F.concat_ws(" > ", "path_channels").alias("path"),
             F.when(F.col("kind") == "order", 1).otherwise(0).alias("conv"),
             F.when(F.col("kind") == "order", F.col("amount_minor")).otherwise(0).alias("value"),
@@ -268,7 +346,9 @@ def run_day(spark: Any, lake: Lake, catalog: Catalog, day: date, settings: Batch
         .agg(F.sum("conv").alias("c"), F.sum("value").alias("v"), F.sum("null").alias("n"))
         .toPandas()
     )
-    models = _models(settings)
+    n_orders = int(paths["c"].sum())  # every order of the day, organic ones under the empty path
+    paths = paths[paths["path"] != ""]
+    models = models_of(settings)
     aggregates = paths_from_columns(
         paths["path"].tolist(), paths["c"].to_numpy(), paths["v"].to_numpy(), paths["n"].to_numpy()
     )
@@ -281,116 +361,111 @@ def run_day(spark: Any, lake: Lake, catalog: Catalog, day: date, settings: Batch
         .join(cancelled_ids, "order_id", "left")
         .fillna(False, subset=["cancelled"])
     )
-    facts = journeys.mapInPandas(_credit_partitions(models, dt), FACT_SCHEMA).cache()
-    facts.write.mode("overwrite").partitionBy("model", "dt").parquet(lake.uri("attribution"))
+    facts = journeys.mapInPandas(credit_partitions(models, dt), spark_schema(FACT_ROW)).cache()
+    facts.write.mode("overwrite").partitionBy("model", "dt").parquet(lake.uri(ATTRIBUTION.path))
 
-    # 4. daily campaign metrics per model
-    counts = (
-        raw.filter(
-            (F.col("event_time") >= day_start)
-            & (F.col("event_time") < day_end)
-            & F.col("event_type").isin("impression", "click", "promo_view")
-        )
-        .groupBy("campaign_id")
-        .pivot("event_type", ["impression", "click", "promo_view"])
+    # 4. daily campaign metrics per model, from three small aggregates joined in the driver
+    counted = (
+        _read_raw(spark, lake, [r for r in event_refs if r.value("dt") == dt], max_future)
+        .filter(F.col("event_type").isin(*COUNTERS))
+        .dropDuplicates(["event_id"])
+        .groupBy("campaign_id", "event_type")
         .count()
-        .fillna(0)
+        .toPandas()
     )
-    spend = ledger.groupBy("campaign_id").agg(
-        F.sum("charge_minor").alias("spend_minor"), F.sum(F.col("capped").cast("int")).alias("capped_orders")
+    counts = (
+        counted.pivot_table(index="campaign_id", columns="event_type", values="count", aggfunc="sum")
+        .reindex(columns=list(COUNTERS))
+        .fillna(0)
+        .rename_axis(index="campaign_id", columns=None)
+        .reset_index()
+    )
+    spend = (
+        ledger.groupBy("campaign_id")
+        .agg(
+            F.sum("charge_minor").alias("spend_minor"),
+            F.sum(F.col("capped").cast("int")).alias("capped_orders"),
+            F.sum((F.col("kind") == "charge").cast("int")).alias("charges"),
+        )
+        .toPandas()
     )
     # Per-campaign credit needs campaign channels; with another channel key the facts hold
     # credit per lever or placement and the campaign metrics keep the billing rows only.
-    credited_facts = facts if channel_key == "campaign" else facts.filter(F.col("model") == "billing")
+    credited_facts = facts if channel_key == "campaign" else facts.filter(F.col("model") == BILLING_MODEL)
     credited = (
         credited_facts.filter(~F.col("cancelled"))
-        .groupBy("channel", "model")
+        .groupBy(F.col("channel").alias("campaign_id"), "model")
         .agg(F.sum("credit").alias("orders"), F.sum("credited_revenue_minor").alias("revenue_minor"))
-        .withColumnRenamed("channel", "campaign_id")
+        .toPandas()
     )
     metric_rows = (
-        credited.join(spend, "campaign_id", "full").join(counts, "campaign_id", "left").fillna(0).toPandas()
+        credited.merge(spend, on="campaign_id", how="outer")
+        .merge(counts, on="campaign_id", how="left")
+        .fillna(dict.fromkeys((*COUNTERS, "spend_minor", "capped_orders", "charges"), 0))
     )
-    metrics = _metrics_frame(metric_rows, catalog, dt, ["billing", *models])
-    metrics_df = spark.createDataFrame(metrics)
-    metrics_df.write.mode("overwrite").partitionBy("dt").parquet(lake.uri("metrics", "campaign_daily"))
+    metric_rows = metric_rows.astype(object).where(metric_rows.notna(), None)  # no credit: no model
+    model_names = [BILLING_MODEL, *models]
+    metrics = metrics_frame(metric_rows, catalog, dt, model_names)
+    metrics_df = spark.createDataFrame(metrics, spark_schema(METRIC_ROW))
+    metrics_df.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(METRICS.path))
 
-    # 5. manifests: each written partition marked complete, listing its files
-    for dataset in ("batch_ledger", "metrics/campaign_daily"):
-        ref = partition(dataset, dt=dt)
-        lake.write_marker(ref, {"files": lake.list_parquet(ref), "job": "nightly"})
-    for model_name in ["billing", *models]:
-        ref = partition("attribution", model=model_name, dt=dt)
-        lake.write_marker(ref, {"files": lake.list_parquet(ref), "job": "nightly"})
+    # 5. manifests: each written partition committed, listing its files; the checkpoint last
+    meta = {"job": "nightly"}
+    for dataset in (BATCH_LEDGER, METRICS):
+        lake.commit_written(partition(dataset, dt=dt), meta)
+    for model_name in model_names:
+        lake.commit_written(partition(ATTRIBUTION, model=model_name, dt=dt), meta)
+    state_ref = partition(SETTLEMENT_STATE, dt=dt)
+    state_meta = {
+        **meta,
+        **checkpoint.manifest(),
+        "boundary_ms": boundary,
+        "read": {"events": [events_from.isoformat(), dt], "cancels": [cancels_from.isoformat(), dt]},
+    }
+    if rows:
+        lake.commit_written(state_ref, state_meta)
+    else:  # Spark writes no folder for no rows: replace the partition whole with an empty file
+        lake.write_partition(state_ref, arrow_schema(SETTLEMENT_STATE_ROW).empty_table(), state_meta)
 
-    n_orders = day_rows.filter(F.col("kind") == "order").count()
-    spend_by = {r["campaign_id"]: int(r["spend_minor"]) for r in spend.collect()}
     result = DayResult(
         dt,
         n_orders,
-        int(ledger.filter(F.col("kind") == "charge").count()),
-        spend_by,
-        ["billing", *models],
+        int(spend["charges"].sum()),
+        {str(c): int(v) for c, v in zip(spend["campaign_id"], spend["spend_minor"], strict=True)},
+        model_names,
         time.perf_counter() - started,
         [{str(k): v for k, v in rec.items()} for rec in metrics.to_dict("records")],
+        started_from=start.day.isoformat() if start else None,
+        checkpoint=checkpoint,
+        replaced_digest=replaced.digest if replaced else None,
+        read_days=(events_from.isoformat(), dt),
     )
-    decisions.unpersist()
-    ledger.unpersist()
-    facts.unpersist()
-    log.info("day %s: %d orders, %d attributed, %.1fs", dt, result.orders, result.attributed, result.seconds)
+    for frame in (decisions, cancels, settled, facts):
+        frame.unpersist()
+    log.info(
+        "day %s: %d orders, %d attributed, checkpoint %d rows, %.1fs",
+        dt,
+        result.orders,
+        result.attributed,
+        rows,
+        result.seconds,
+    )
     return result
 
 
-def _metrics_frame(rows: pd.DataFrame, catalog: Catalog, dt: str, models: list[str]) -> pd.DataFrame:
-    """One row per campaign and model; campaigns with no credit still get their counts and spend."""
-    by_campaign: dict[str, dict[str, Any]] = {}
-    for r in rows.to_dict("records"):
-        cid = r["campaign_id"]
-        if not cid or cid not in catalog:
-            continue
-        slot = by_campaign.setdefault(
-            cid,
-            {
-                "impression": 0,
-                "click": 0,
-                "promo_view": 0,
-                "spend_minor": 0,
-                "capped_orders": 0,
-                "models": {},
-            },
+def refuse_stale(lake: Lake, start: date, end: date, follow: bool) -> list[Checkpoint]:
+    """The committed checkpoints after ``end``; without ``follow``, refuse (``StaleCheckpoints``,
+    naming them) when there are any, since rerunning ``start..end`` may change the state they
+    were built on. Cheap (manifests only): entry points call it before starting Spark."""
+    later = later_checkpoints(lake, end)
+    if later and not follow:
+        raise StaleCheckpoints(
+            f"rerunning {describe(days_between(start, end))} would leave the checkpoints of "
+            f"{describe([c.day for c in later])} stale (they were built on its state): follow them "
+            "(the default), or include them in the range",
+            [c.day for c in later],
         )
-        for k in ("impression", "click", "promo_view", "spend_minor", "capped_orders"):
-            slot[k] = max(slot[k], int(r.get(k) or 0))
-        if r.get("model"):
-            slot["models"][r["model"]] = (float(r["orders"]), float(r["revenue_minor"]))
-    out = []
-    for c in catalog:
-        found = by_campaign.get(c.campaign_id)
-        if found is None:
-            continue
-        slot = found
-        for model in models:
-            orders, revenue = slot["models"].get(model, (0.0, 0.0))
-            spend = slot["spend_minor"]
-            out.append(
-                {
-                    "campaign_id": c.campaign_id,
-                    "advertiser_id": c.advertiser_id,
-                    "lever": str(c.lever),
-                    "currency": c.currency,
-                    "model": model,
-                    "impressions": slot["impression"],
-                    "clicks": slot["click"],
-                    "promo_views": slot["promo_view"],
-                    "orders": orders,
-                    "revenue_minor": revenue,
-                    "spend_minor": spend,
-                    "capped_orders": slot["capped_orders"],
-                    "roas": revenue / spend if spend > 0 else None,
-                    "dt": dt,
-                }
-            )
-    return pd.DataFrame(out, columns=[*METRIC_COLUMNS[1:], "dt"])
+    return later
 
 
 def run_range(
@@ -399,14 +474,39 @@ def run_range(
     catalog: Catalog,
     start: date,
     end: date,
-    settings: BatchSettings,
+    config: Settings,
     on_day: Callable[[DayResult], None] | None = None,
+    *,
+    from_scratch: bool = False,
+    follow: bool = True,
 ) -> list[DayResult]:
-    """Run the job for every day of ``start..end`` (inclusive), each idempotently."""
-    results = []
-    for d in days_between(start, end):
-        result = run_day(spark, lake, catalog, d, settings)
+    """Run the job for every day of ``start..end`` (inclusive), oldest first, each idempotently.
+
+    ``from_scratch``: the first day settles from the start of history (the others go on from
+    the checkpoints just written). Later days whose checkpoints were built on state this run
+    changed are stale: with ``follow`` they are recomputed after the range, oldest first,
+    until one is built on unchanged state; without, the run refuses before it starts when
+    any later checkpoint exists (``StaleCheckpoints`` names them).
+    """
+    later = refuse_stale(lake, start, end, follow)
+    results: list[DayResult] = []
+    rerun: dict[date, tuple[str | None, str]] = {}
+
+    def run(d: date, scratch: bool) -> None:
+        result = run_day(spark, lake, catalog, d, config, from_scratch=scratch)
+        assert result.checkpoint is not None
+        rerun[d] = (result.replaced_digest, result.checkpoint.digest)
         results.append(result)
         if on_day is not None:
             on_day(result)
+
+    for i, d in enumerate(days_between(start, end)):
+        run(d, from_scratch and i == 0)
+    followed = []
+    for checkpoint in later:
+        if is_stale(checkpoint, rerun):
+            followed.append(checkpoint.day)
+            run(checkpoint.day, False)
+    if followed:
+        log.info("followed %d later days whose checkpoints changed: %s", len(followed), describe(followed))
     return results

@@ -10,39 +10,43 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 
 from shared_logic import AttributionPolicy, Catalog, Order, Touch, TouchKind, attribute_order
-from shared_logic.rules import eligible_campaigns, touch_counts
+from shared_logic.contract import (
+    DECISION_ROW,
+    JOURNEY_ROW,
+    LEDGER_ROW,
+    SETTLEMENT_STATE_ROW,
+    Column,
+    ColumnType,
+    RowSchema,
+    decision_from_record,
+    decision_record,
+    state_from_records,
+    state_records,
+)
+from shared_logic.rules import TOUCH_KINDS, eligible_campaigns, touch_counts
 from shared_logic.settlement import ChargeBook, SettlementAction
 
-DECISION_COLUMNS: dict[str, str] = {
-    "kind": "string",
-    "user_id": "string",
-    "order_id": "string",
-    "order_event_id": "string",
-    "order_time_ms": "long",
-    "order_ingested_ms": "long",
-    "merchant_id": "string",
-    "amount_minor": "long",
-    "currency": "string",
-    "campaign_id": "string",
-    "advertiser_id": "string",
-    "lever": "string",
-    "touch_event_id": "string",
-    "touch_kind": "int",
-    "touch_time_ms": "long",
-    "touch_ingested_ms": "long",
-    "price_minor": "long",
-    "path_channels": "array<string>",
-    "path_times": "array<long>",
-    "in_day": "boolean",
-}
-DECISION_SCHEMA = ", ".join(f"{k} {v}" for k, v in DECISION_COLUMNS.items())
+JOURNEY_COLUMNS = list(JOURNEY_ROW.names)
+_NO_DECISION: dict[str, Any] = dict.fromkeys(DECISION_ROW.names)
 
-_TOUCH_TYPES = {"impression": TouchKind.VIEW, "click": TouchKind.CLICK, "promo_view": TouchKind.VIEW}
+
+def _order_fields(order: Order) -> dict[str, Any]:
+    """The order's own columns of a decision row (an organic order has no campaign)."""
+    return {
+        "order_id": order.order_id,
+        "user_id": order.user_id,
+        "order_event_id": order.event_id,
+        "order_time_ms": order.event_time,
+        "merchant_id": order.merchant_id,
+        "amount_minor": order.amount_minor,
+        "currency": order.currency,
+    }
 
 
 def _channel(key: str, touch: Touch, placement: str | None, catalog: Catalog) -> str:
@@ -62,6 +66,7 @@ def decide_user(
     day_start_ms: int,
     day_end_ms: int,
     channel_key: str = "campaign",
+    decide_from_ms: int | None = None,
 ) -> list[dict[str, Any]]:
     """Decide every order of one user and build the day's journeys.
 
@@ -69,6 +74,7 @@ def decide_user(
     time. Returns one row per order (decision, winning touch, the journey of
     eligible touches before it) and at most one ``null`` row: the day's touches
     after the user's last order of the day, a journey that did not convert.
+    Orders before ``decide_from_ms`` are left out (a checkpoint settled them).
     """
     touches: list[Touch] = []
     times: list[int] = []
@@ -78,7 +84,7 @@ def decide_user(
     for row in rows.itertuples(index=False):
         r: Any = row  # pandas-stubs types tuple fields as a union of every scalar type
         etype = r.event_type
-        kind = _TOUCH_TYPES.get(etype)
+        kind = TOUCH_KINDS.get(etype)
         if kind is not None:
             if r.event_id in ingested:
                 continue
@@ -106,6 +112,8 @@ def decide_user(
     last_order_in_day = -1
     for order, order_ingested in sorted(orders.values(), key=lambda o: (o[0].event_time, o[0].order_id)):
         t = order.event_time
+        if decide_from_ms is not None and t < decide_from_ms:
+            continue
         lo = bisect.bisect_left(times, t - longest)
         hi = bisect.bisect_right(times, t)
         window = touches[lo:hi]
@@ -129,25 +137,13 @@ def decide_user(
                 path_times.append(t)
         out.append(
             {
+                **_NO_DECISION,
+                **(decision_record(decision) if decision is not None else _order_fields(order)),
                 "kind": "order",
-                "user_id": user_id,
-                "order_id": order.order_id,
-                "order_event_id": order.event_id,
-                "order_time_ms": t,
                 "order_ingested_ms": order_ingested,
-                "merchant_id": order.merchant_id,
-                "amount_minor": order.amount_minor,
-                "currency": order.currency,
-                "campaign_id": decision.campaign_id if decision else None,
-                "advertiser_id": decision.advertiser_id if decision else None,
-                "lever": str(decision.lever) if decision else None,
-                "touch_event_id": decision.touch_event_id if decision else None,
-                "touch_kind": int(decision.touch_kind) if decision else None,
-                "touch_time_ms": decision.touch_time_ms if decision else None,
                 "touch_ingested_ms": ingested.get(decision.touch_event_id, order_ingested)
                 if decision
                 else None,
-                "price_minor": decision.price_minor if decision else None,
                 "path_channels": path,
                 "path_times": path_times,
                 "in_day": in_day,
@@ -159,23 +155,11 @@ def decide_user(
         tail = touches[lo:hi]
         out.append(
             {
+                **_NO_DECISION,
                 "kind": "null",
                 "user_id": user_id,
-                "order_id": None,
-                "order_event_id": None,
-                "order_time_ms": None,
                 "order_ingested_ms": None,
-                "merchant_id": None,
-                "amount_minor": None,
-                "currency": None,
-                "campaign_id": None,
-                "advertiser_id": None,
-                "lever": None,
-                "touch_event_id": None,
-                "touch_kind": None,
-                "touch_time_ms": None,
                 "touch_ingested_ms": None,
-                "price_minor": None,
                 "path_channels": [
                     _channel(channel_key, x, placements.get(x.event_id), catalog) for x in tail
                 ],
@@ -193,6 +177,7 @@ def decide_partitions(
     day_start_ms: int,
     day_end_ms: int,
     channel_key: str = "campaign",
+    decide_from_ms: int | None = None,
 ) -> Iterator[pd.DataFrame]:
     """``mapInPandas`` body: batches of a partition sorted by user, a user may straddle two."""
     carry: pd.DataFrame | None = None
@@ -206,72 +191,93 @@ def decide_partitions(
         carry = batch[batch["user_id"] == last_user]
         rows: list[dict[str, Any]] = []
         for user_id, group in done.groupby("user_id", sort=False):
-            rows += decide_user(str(user_id), group, catalog, policy, day_start_ms, day_end_ms, channel_key)
+            rows += decide_user(
+                str(user_id), group, catalog, policy, day_start_ms, day_end_ms, channel_key, decide_from_ms
+            )
         if rows:
-            yield pd.DataFrame(rows, columns=list(DECISION_COLUMNS))
+            yield pd.DataFrame(rows, columns=JOURNEY_COLUMNS)
     if carry is not None and not carry.empty:
         rows = decide_user(
-            str(carry["user_id"].iloc[0]), carry, catalog, policy, day_start_ms, day_end_ms, channel_key
+            str(carry["user_id"].iloc[0]),
+            carry,
+            catalog,
+            policy,
+            day_start_ms,
+            day_end_ms,
+            channel_key,
+            decide_from_ms,
         )
         if rows:
-            yield pd.DataFrame(rows, columns=list(DECISION_COLUMNS))
+            yield pd.DataFrame(rows, columns=JOURNEY_COLUMNS)
 
 
-LEDGER_COLUMNS: dict[str, str] = {
-    "kind": "string",
-    "order_id": "string",
-    "campaign_id": "string",
-    "advertiser_id": "string",
-    "lever": "string",
-    "user_id": "string",
-    "order_time_ms": "long",
-    "due_ms": "long",
-    "amount_minor": "long",
-    "currency": "string",
-    "price_minor": "long",
-    "charge_minor": "long",
-    "capped": "boolean",
-    "budget_day": "string",
-    "touch_event_id": "string",
-    "touch_kind": "int",
-    "touch_time_ms": "long",
-}
-LEDGER_SCHEMA = ", ".join(f"{k} {v}" for k, v in LEDGER_COLUMNS.items())
+LEDGER_COLUMNS = list(LEDGER_ROW.names)
+
+#: What settling one campaign yields: ledger lines (``part`` = ``ledger``, the ``LEDGER_ROW``
+#: columns) and the checkpoint's records (``part`` = ``state``, the ``SETTLEMENT_STATE_ROW``
+#: columns), in one row so one pass of ``applyInPandas`` gives both.
+SETTLED_ROW = RowSchema(
+    "settled",
+    (
+        Column("part", ColumnType.STRING, False),
+        *LEDGER_ROW.nullable().columns,
+        *(c for c in SETTLEMENT_STATE_ROW.nullable().columns if c.name not in LEDGER_ROW.names),
+    ),
+)
+SETTLED_COLUMNS = list(SETTLED_ROW.names)
+# Every row holds every column (None where its part has none): a column pandas finds empty
+# would otherwise be float NaN, which Arrow will not cast to a string column.
+_NO_SETTLED: dict[str, Any] = dict.fromkeys(SETTLED_COLUMNS)
+
+
+def _actions(actions: pd.DataFrame) -> list[SettlementAction]:
+    todo = []
+    records: list[dict[str, Any]] = actions.to_dict("records")  # type: ignore[assignment]  # str column names
+    for rec in records:
+        if rec["action"] == "decide":
+            todo.append(
+                SettlementAction(int(rec["due_ms"]), "decide", rec["order_id"], decision_from_record(rec))
+            )
+        else:
+            todo.append(SettlementAction(int(rec["due_ms"]), "cancel", rec["order_id"]))
+    return todo
 
 
 def settle_campaign(actions: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
-    """``applyInPandas`` body for one campaign: its decisions and cancels through a ChargeBook."""
-    from shared_logic.rules import Decision
+    """``applyInPandas`` body for one campaign: its decisions and cancels through a ChargeBook.
 
-    book = ChargeBook(catalog)
-    todo = []
-    for row in actions.itertuples(index=False):
-        r: Any = row
-        if r.action == "decide":
-            c = catalog.get(r.campaign_id)
-            assert c is not None
-            d = Decision(
-                r.order_id,
-                r.user_id,
-                r.order_event_id,
-                int(r.order_time_ms),
-                r.merchant_id,
-                int(r.amount_minor),
-                r.currency,
-                r.campaign_id,
-                c.advertiser_id,
-                c.lever,
-                r.touch_event_id,
-                TouchKind(int(r.touch_kind)),
-                int(r.touch_time_ms),
-                int(r.price_minor),
-            )
-            todo.append(SettlementAction(int(r.due_ms), "decide", r.order_id, d))
-        else:
-            todo.append(SettlementAction(int(r.due_ms), "cancel", r.order_id))
-    entries = book.settle(todo)
-    return pd.DataFrame([_entry_dict(e) for e in entries], columns=list(LEDGER_COLUMNS))
+    ``actions`` holds the decision columns (``DECISION_ROW``), ``action`` and ``due_ms``.
+    """
+    entries = ChargeBook(catalog).settle(_actions(actions))
+    return pd.DataFrame([asdict(e) for e in entries], columns=LEDGER_COLUMNS)
 
 
-def _entry_dict(e: Any) -> dict[str, Any]:
-    return {k: getattr(e, k) for k in LEDGER_COLUMNS}
+def settle_from_checkpoint(
+    actions: pd.DataFrame,
+    state: pd.DataFrame,
+    catalog: Catalog,
+    boundary_ms: int,
+    open_from_ms: int,
+    refundable_from_ms: int,
+) -> pd.DataFrame:
+    """``cogroup(...).applyInPandas`` body for one campaign: go on from its checkpoint records.
+
+    Restores the campaign's book from ``state`` (``SETTLEMENT_STATE_ROW`` records; none: from
+    the start), settles the actions due before ``boundary_ms``, takes the snapshot the next
+    night starts from, then settles the rest (the refunds of the day's orders up to the cancel
+    horizon). Returns ``SETTLED_ROW`` rows: every ledger line, then the snapshot's records.
+    """
+    records: list[dict[str, Any]] = state.to_dict("records")  # type: ignore[assignment]  # str column names
+    book = ChargeBook.restore(catalog, state_from_records(records))
+    todo = _actions(actions)
+    book.settle(a for a in todo if a.due_ms < boundary_ms)
+    snapshot = book.snapshot(open_from_ms, refundable_from_ms)
+    book.settle(a for a in todo if a.due_ms >= boundary_ms)
+    campaign_id = actions["campaign_id"].iloc[0] if len(actions) else state["campaign_id"].iloc[0]
+    rows: list[dict[str, Any]] = [{**_NO_SETTLED, "part": "ledger", **asdict(e)} for e in book.ledger]
+    # One book per campaign: a cancel that came first belongs to this campaign's order.
+    rows.extend(
+        {**_NO_SETTLED, "part": "state", **rec, "campaign_id": rec["campaign_id"] or campaign_id}
+        for rec in state_records(snapshot)
+    )
+    return pd.DataFrame(rows, columns=SETTLED_COLUMNS)

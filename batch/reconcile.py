@@ -19,17 +19,15 @@ difference per campaign, counts per cause) to its manifest.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
-from batch.job import _spark_raw_schema
-from batch.lake import Lake, partition
-from batch.raw import raw_partitions
-from shared_logic.errors import AttributionError
-
-
-class NothingToReconcile(AttributionError):
-    """Neither ledger has the day."""
+from batch.errors import NothingToReconcile
+from batch.spark import spark_schema
+from shared_logic.contract import BATCH_LEDGER, LEDGER_ROW, RAW_ROW, REALTIME_LEDGER, RECONCILIATION
+from shared_logic.settings import Settings
+from storage.lake import Lake, partition
+from storage.raw import raw_partitions
 
 
 @dataclass
@@ -76,30 +74,37 @@ def _per_order(df: Any, prefix: str) -> Any:
 
 
 def reconcile_day(
-    spark: Any, lake: Lake, day: date, allowed_lateness_ms: int = 60_000, window_days: int = 8
+    spark: Any, lake: Lake, day: date, config: Settings | None = None, window_days: int = 8
 ) -> Reconciliation:
     """Compare the two ledgers of ``day``, write the rows, return the summary."""
     from pyspark.sql import functions as F  # noqa: N812
 
+    allowed_lateness_ms = (config or Settings()).rules.allowed_lateness_ms
     dt = day.isoformat()
-    rt_files = [lake.uri(f) for f in lake.files(partition("realtime_ledger", dt=dt))]
-    bt_files = [lake.uri(f) for f in lake.files(partition("batch_ledger", dt=dt))]
+    rt_files = [lake.uri(f) for f in lake.files(partition(REALTIME_LEDGER, dt=dt))]
+    bt_files = [lake.uri(f) for f in lake.files(partition(BATCH_LEDGER, dt=dt))]
     if not rt_files and not bt_files:
         raise NothingToReconcile(f"day = {dt}: no realtime or batch ledger in {lake.url}")
-    cols = ["kind", "order_id", "campaign_id", "charge_minor", "touch_event_id", "order_time_ms"]
-    empty = (
-        "kind string, order_id string, campaign_id string, charge_minor long, touch_event_id string, "
-        "order_time_ms long"
+    cols = LEDGER_ROW.select(
+        "kind", "order_id", "campaign_id", "charge_minor", "touch_event_id", "order_time_ms"
     )
-    rt = spark.read.parquet(*rt_files).select(*cols) if rt_files else spark.createDataFrame([], empty)
-    bt = spark.read.parquet(*bt_files).select(*cols) if bt_files else spark.createDataFrame([], empty)
+    rt = (
+        spark.read.parquet(*rt_files).select(*cols.names)
+        if rt_files
+        else spark.createDataFrame([], spark_schema(cols))
+    )
+    bt = (
+        spark.read.parquet(*bt_files).select(*cols.names)
+        if bt_files
+        else spark.createDataFrame([], spark_schema(cols))
+    )
     joined = _per_order(rt, "rt").join(_per_order(bt, "bt"), "order_id", "full")
 
     # Arrival times of the orders, their cancels and the batch's winning touches.
-    from datetime import timedelta
-
     refs = raw_partitions(lake, day - timedelta(days=window_days), day + timedelta(days=window_days))
-    raw = spark.read.schema(_spark_raw_schema()).parquet(*[lake.uri(f) for r in refs for f in lake.files(r)])
+    raw = spark.read.schema(spark_schema(RAW_ROW)).parquet(
+        *[lake.uri(f) for r in refs for f in lake.files(r)]
+    )
     arrivals = raw.select("event_id", "event_type", "order_id", "event_time", "ingested_at_ms")
     late = (F.col("ingested_at_ms") - F.col("event_time")) > allowed_lateness_ms
     late_orders = (
@@ -133,7 +138,7 @@ def reconcile_day(
         .withColumn("dt", F.lit(dt))
         .cache()
     )
-    rows.write.mode("overwrite").partitionBy("dt").parquet(lake.uri("reconciliation"))
+    rows.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(RECONCILIATION.path))
     counts = {r["status"]: int(r["count"]) for r in rows.groupBy("status").count().collect()}
     # Each layer's charges count for the campaign that layer chose.
     rt_spend = rows.groupBy(F.col("rt_campaign").alias("campaign_id")).agg(
@@ -160,7 +165,6 @@ def reconcile_day(
         realtime_spend_minor=int(sum(r["rt"] for r in spend)),
         batch_spend_minor=int(sum(r["bt"] for r in spend)),
     )
-    ref = partition("reconciliation", dt=dt)
-    lake.write_marker(ref, {"files": lake.list_parquet(ref), **result.summary()})
+    lake.commit_written(partition(RECONCILIATION, dt=dt), result.summary())
     rows.unpersist()
     return result

@@ -1,4 +1,5 @@
-"""The Spark session the jobs run in (local by default, a cluster in production)."""
+"""The Spark session the jobs run in (local by default, a cluster in production), and the
+Spark forms of the contract's row schemas."""
 
 from __future__ import annotations
 
@@ -6,38 +7,54 @@ import os
 import sys
 from typing import Any
 
-from shared_logic.errors import AttributionError
+from shared_logic.contract import RowSchema
+from shared_logic.errors import MissingExtra
+from shared_logic.settings import SparkSettings
+from storage.arrow import arrow_schema
 
 
-class MissingSpark(AttributionError):
-    """pyspark (or a Java runtime) is missing."""
+def spark_schema(row: RowSchema) -> Any:
+    """The ``StructType`` of a row schema, through its Arrow form (what ``mapInPandas``,
+    ``applyInPandas``, ``createDataFrame`` and ``spark.read.schema`` take)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(arrow_schema(row))
 
 
-def spark_session(app_name: str = "attribution-batch", master: str | None = None, **conf: str) -> Any:
+def spark_session(
+    section: SparkSettings | None = None, app_name: str = "attribution-batch", **conf: str
+) -> Any:
     """A session with the settings this engine needs; reuses a running one.
 
-    Locally: ``local[2]``, UI and console progress off, UTC, few shuffle
+    ``local[2]`` by default, UI and console progress off, UTC, few shuffle
     partitions, dynamic partition overwrite (a rerun replaces exactly the dates
     it writes), and Spark's Python workers on this interpreter.
     """
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingSpark("the batch layer needs pyspark: pip install 'attribution-engine[batch]'") from exc
+        raise MissingExtra("the batch layer (pyspark)", "batch") from exc
+    section = section or SparkSettings()
+    # Spark reads these from the process environment; they are facts of this process, not settings.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
-        SparkSession.builder.master(master or os.environ.get("ATTRIBUTION_SPARK_MASTER", "local[2]"))
+        SparkSession.builder.master(section.master)
         .appName(app_name)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", os.environ.get("ATTRIBUTION_SPARK_SHUFFLE_PARTITIONS", "8"))
+        .config("spark.sql.shuffle.partitions", str(section.shuffle_partitions))
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.driver.memory", os.environ.get("ATTRIBUTION_SPARK_DRIVER_MEMORY", "4g"))
+        .config("spark.driver.memory", section.driver_memory)
     )
+    if section.master.startswith("local"):
+        # A night reads a list of committed files (hundreds of hour partitions); Spark lists
+        # more than 32 paths with a job of its own, which on one machine costs more than the
+        # driver's listing. A cluster over S3 keeps the parallel listing.
+        builder = builder.config("spark.sql.sources.parallelPartitionDiscovery.threshold", "4096")
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

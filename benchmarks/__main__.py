@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ("models", "realtime", "batch", "serving")
+ALL = ("models", "realtime", "kafka", "batch", "serving")
 
 
 def main(argv: list[str]) -> int:

@@ -7,30 +7,16 @@ defaults (1e5 simulated walks); ours is exact. Best of 3 runs each.
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import pandas as pd
 
 from attribution_models import get_model, paths_from_columns
 from benchmarks._harness import Row, best_of, console, print_table, quick
-from shared_logic.synthetic import random_path_records
+from devtools.peers import ca_markov
+from devtools.synthetic import random_path_records
 
 
 def _peer_markov(frame: pd.DataFrame, order: int) -> pd.DataFrame:
-    import ChannelAttribution
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return ChannelAttribution.markov_model(
-            frame,
-            "path",
-            "total_conversions",
-            var_value="total_conversion_value",
-            var_null="total_null",
-            order=order,
-            verbose=False,
-            flg_pro=False,
-        )
+    return ca_markov(frame, order)  # type: ignore[no-any-return]
 
 
 def _ours(frame: pd.DataFrame, name: str, **params: object) -> object:

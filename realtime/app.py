@@ -1,160 +1,133 @@
-"""The Faust app: one agent over the five event topics, or over an in-memory channel.
+"""The speed layer's Faust agent on an in-memory channel: the embedded default, replays, tests.
 
-Topics are keyed and co-partitioned by ``user_id``. The agent takes events in
-batches (``stream.take``), so one Redis pipeline serves many events; the same
-agent runs on ``app.channel()`` for the embedded default and the tests, where
-the channel carries record batches as a Kafka fetch would (a channel send per
-event would cost more than the work it carries).
+The channel carries chunks of records (topic-partition, offset, raw value) as a Kafka fetch
+would, and the agent takes them in batches (``stream.take``) so one Redis pipeline serves
+many events. On Kafka the same ``SpeedLayer`` is fed by ``realtime.kafka`` instead (why, in
+its docstring).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
+from realtime.client import connect
+from realtime.clock import TP
+from realtime.codec import Record
+from realtime.deadletters import DEAD_LETTERS, DeadLetterSink
 from realtime.engine import SpeedLayer
+from realtime.keys import Keys
 from realtime.ledger import LedgerFlusher
 from realtime.metrics import Metrics
-from realtime.settings import RealtimeSettings
-from realtime.sinks import DeadLetterSink, KafkaDeadLetters, RedisDeadLetters
+from realtime.routing import all_partitions
 from shared_logic import Catalog
-from shared_logic.errors import AttributionError
-from shared_logic.events import EVENT_TYPES
+from shared_logic.errors import MissingExtra
+from shared_logic.settings import Settings
+from storage.lake import Lake
 
 log = logging.getLogger(__name__)
 
-# Events per value on the in-memory channel (a "fetch" of records).
+# Records per value on the in-memory channel (a "fetch" of records).
 CHANNEL_CHUNK = 500
-
-
-class MissingExtra(AttributionError):
-    """An optional dependency group is not installed."""
 
 
 def _faust() -> Any:
     try:
         import faust
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtra(
-            "the speed layer needs faust-streaming: pip install 'attribution-engine[realtime]'"
-        ) from exc
+        raise MissingExtra("the speed layer (faust-streaming)", "realtime") from exc
     return faust
 
 
 class Worker:
-    """The speed layer bound to a Faust app."""
+    """The speed layer bound to a Faust agent on an in-memory channel."""
 
     def __init__(
         self,
-        settings: RealtimeSettings,
+        settings: Settings,
         catalog: Catalog,
-        redis: Redis | None = None,
+        redis: Any = None,
         dead_letters: DeadLetterSink | None = None,
         metrics: Metrics | None = None,
+        sources: Sequence[TP] | None = None,
     ) -> None:
         faust = _faust()
         self.settings = settings
-        self.in_memory = settings.broker_url.startswith("memory://")
-        broker = "kafka://localhost:9092" if self.in_memory else settings.broker_url
+        config = settings.realtime
+        # No broker is contacted: the app only hosts the agent and its channel.
         self.app = faust.App(
-            settings.app_id,
-            broker=broker,
+            config.app_id,
+            broker="kafka://localhost:9092",
             store="memory://",
             autodiscover=False,
-            topic_partitions=settings.topic_partitions,
             value_serializer="raw",
             key_serializer="raw",
-            web_enabled=not self.in_memory,
+            web_enabled=False,
         )
-        self.redis = redis or Redis.from_url(settings.redis_url)
-        if self.in_memory:
-            self.source: Any = self.app.channel(maxsize=16)
-            self.dead_letter_topic = None
-        else:
-            self.source = self.app.topic(
-                *(settings.topic(t) for t in EVENT_TYPES),
-                key_type=bytes,
-                value_type=bytes,
-                value_serializer="raw",
-                partitions=settings.topic_partitions,
-            )
-            self.dead_letter_topic = self.app.topic(settings.topic("dead_letters"), value_serializer="raw")
+        self.redis = redis or connect(settings.redis)
+        self.source: Any = self.app.channel(maxsize=16)
         if dead_letters is None:
-            dead_letters = (
-                RedisDeadLetters(
-                    self.redis, f"{settings.key_prefix}:dead-letters", settings.dead_letter_maxlen
-                )
-                if self.in_memory
-                else KafkaDeadLetters(self.dead_letter_topic)
+            dead_letters = DEAD_LETTERS.open(
+                config.dead_letters_url or "redis://",
+                redis=self.redis,
+                keys=Keys.of(settings.keys),
+                settings=settings,
             )
-        self.engine = SpeedLayer(self.redis, catalog, settings, dead_letters, metrics=metrics)
+        # The worker holds every partition of the input.
+        self.sources = list(sources) if sources is not None else all_partitions(config)
+        self.engine = SpeedLayer(
+            self.redis, catalog, settings, dead_letters, metrics=metrics, sources=self.sources
+        )
         self.processed = 0
+        self.error: Exception | None = None
         self._progress = asyncio.Condition()
         self._ready = asyncio.Event()
         self.agent = self.app.agent(self.source, name="attribute", concurrency=1)(self._consume)
-        if not self.in_memory:
-            self.app.task(self._startup)
-            self.app.timer(settings.timer_interval_s)(self._tick)
-
-    async def _startup(self) -> None:
-        await self.engine.start()
-        self._ready.set()
-
-    async def _tick(self) -> None:
-        """Live mode: the wall clock moves the watermark, so quiet partitions still settle."""
-        if self._ready.is_set():
-            await self.engine.advance(int(time.time() * 1000))
 
     async def _consume(self, stream: Any) -> AsyncIterator[int]:
         await self._ready.wait()
-        # On the channel every value is a chunk of events: take as many chunks as make a batch.
-        take = (
-            max(1, self.settings.batch_size // CHANNEL_CHUNK) if self.in_memory else self.settings.batch_size
-        )
-        async for values in stream.take(take, within=self.settings.batch_within_s):
-            flat: list[Any] = []
-            for v in values:
-                if isinstance(v, list):
-                    flat.extend(v)
-                else:
-                    flat.append(v)
-            await self.engine.process(flat)
+        # Every value is a chunk of records: take as many chunks as make a batch.
+        config = self.settings.realtime
+        async for chunks in stream.take(
+            max(1, config.batch_size // CHANNEL_CHUNK), within=config.batch_within_s
+        ):
+            records: list[Record] = [r for chunk in chunks for r in chunk]
+            try:
+                await self.engine.process_records(records)
+            except Exception as exc:  # Redis failed: whoever waits for this batch hears of it
+                self.error = exc
+                log.exception("batch of %d records failed", len(records))
             async with self._progress:
-                self.processed += len(flat)
+                self.processed += len(records)
                 self._progress.notify_all()
-            yield len(flat)
+            yield len(records)
 
-    # in-memory driving -----------------------------------------------------
-
-    async def start_in_memory(self) -> None:
-        """Start the agent on its channel without a Kafka worker."""
+    async def start_in_memory(self, ends: dict[TP, int] | None = None) -> None:
+        """Start the agent on its channel (``ends``: how many records each partition will carry,
+        so a partition done is idle)."""
         await self.engine.start()
+        await self.engine.assign(self.sources, restore=False, ends=ends)
         self._ready.set()
         self.app.flow_control.resume()
         await self.agent.start()
 
-    async def send(self, chunk: Sequence[Any]) -> None:
+    async def send(self, chunk: Sequence[Record]) -> None:
         await self.source.send(value=list(chunk))
 
     async def wait_processed(self, total: int, timeout_s: float = 600) -> None:
+        """Wait until ``total`` records went through; raise the error of a batch that failed."""
         async with self._progress:
-            await asyncio.wait_for(self._progress.wait_for(lambda: self.processed >= total), timeout_s)
+            await asyncio.wait_for(
+                self._progress.wait_for(lambda: self.processed >= total or self.error is not None), timeout_s
+            )
+        if self.error is not None:
+            raise self.error
 
     async def stop(self) -> None:
-        if self.in_memory:
-            await self.agent.stop()
+        await self.agent.stop()
         await self.redis.aclose()
 
-    def flusher(self, lake: Any) -> LedgerFlusher:
+    def flusher(self, lake: Lake) -> LedgerFlusher:
         return LedgerFlusher(self.redis, self.engine.keys, lake)
-
-    def run_kafka_worker(self) -> None:
-        """Run the real worker against Kafka (blocks)."""
-        faust = _faust()
-        worker = faust.Worker(self.app, loglevel="info")
-        worker.execute_from_commandline()

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from redis.asyncio import Redis
-
+from realtime.errors import UnknownCampaign
 from realtime.keys import Keys
 from shared_logic import Catalog, budget_day, day_bounds_ms
-from shared_logic.errors import AttributionError
-
-
-class UnknownCampaign(AttributionError):
-    """A campaign id that is not in the catalog."""
-
-    def __init__(self, campaign_id: str) -> None:
-        self.campaign_id = campaign_id
-        super().__init__(f"campaign_id = {campaign_id!r}: not a campaign of the catalog")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +37,7 @@ class BudgetState:
 class BudgetReader:
     """Reads spend for many campaigns in one pipelined round trip."""
 
-    def __init__(self, redis: Redis, catalog: Catalog, keys: Keys) -> None:
+    def __init__(self, redis: Any, catalog: Catalog, keys: Keys) -> None:
         self.redis, self.catalog, self.keys = redis, catalog, keys
 
     async def states(self, campaign_ids: Sequence[str], now_ms: int) -> list[BudgetState]:

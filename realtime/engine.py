@@ -1,473 +1,471 @@
-"""The speed layer's core: ingest events into Redis, then decide and charge orders.
+"""The speed layer's core: ingest events into Redis, decide orders, settle them in one order.
 
-Faust agents (``realtime.app``) and the replay driver call ``SpeedLayer``; it
-knows nothing of Kafka. Per batch it does one Lua call per user bucket for
-ingestion, and for the orders and cancels that have come due, three pipelined
-round trips: read touches, claim (or cancel), charge (or refund). The billing
-rule is ``shared_logic.attribute_order``; settlement follows
-``shared_logic.settlement`` step for step.
+Faust agents (``realtime.app``), the replay driver and tests call ``SpeedLayer``; it knows
+nothing of Kafka. It takes records (topic-partition, offset, raw value) and, per batch:
 
-Time: the watermark is the greatest event time seen (in live mode the timer
-also moves it to the wall clock). An order is decided, and a cancel takes
-effect, when the watermark passes its event time plus the allowed lateness;
-actions run in ``action_key`` order, so the outcome does not depend on how
-events were batched, and a replay after a crash repeats the same sequence
-(every script is idempotent).
+1. ingest: one Lua call per user bucket (``codec.build`` prepares them): touches, pending
+   orders and cancels, counters;
+2. release every action whose release time the worker's watermark has passed, read the
+   touches of the released orders and decide them with ``shared_logic.attribute_order``;
+3. claim: one Lua call per user bucket records each decision once (the first claim wins);
+4. settle: one Lua call per budget shard enqueues the released actions and charges, stops or
+   refunds every queued action released before the settlement bound, in order;
+5. checkpoint: each partition's next offset and watermark, after the effects above.
+
+Time (the reasoning, README "Time"). Each partition's watermark is the greatest event time
+processed from it; the worker's watermark is the minimum over its assigned partitions
+(``realtime.clock``; only a partition at its end offset is idle, and only an idle one is
+moved by the wall clock). Every event carries its partition's watermark at arrival. An
+action (order or cancel) is released at ``R = max(event time + allowed lateness, arrival
+watermark)`` once the worker's watermark is strictly past ``R``; a touch may earn an order
+released at ``R`` only if it arrived at a watermark ``<= R`` and is no older than ``R`` minus
+the retention (longest window + lateness). Then:
+
+- when an action is released, every touch it may use and every action with a smaller
+  release key has been ingested: an event processed later arrives at a watermark already
+  past ``R``. So each decision, and the order of releases, is a function of each partition's
+  sequence of events, whatever the batching, the pace of the other partitions or where a
+  process died;
+- touches older than the smallest release still possible minus the retention can earn
+  nothing and are trimmed; a touch arriving that far behind is not kept at all;
+- budget shards are shared by every worker, so settlement waits for the settlement bound:
+  the minimum of every partition's checkpointed watermark (all workers'), each worker having
+  enqueued every action released below its own before checkpointing it. The queue is
+  scored by release time, so charges run in one global order (caps bind the same way) however
+  many workers there are.
+
+Every step is idempotent (first-writer-wins claims, charge records, ``ZADD``-new touches,
+checkpoints written after effects), so a worker killed anywhere and restarted, or a
+partition moved to another worker, charges every order once.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
+from realtime import codec
+from realtime.clock import TP, Clocks, tp_name
+from realtime.deadletters import DeadLetterSink
 from realtime.keys import Keys
 from realtime.metrics import Metrics
-from realtime.settings import RealtimeSettings
-from realtime.sinks import DeadLetter, DeadLetterSink, Raw
-from shared_logic import (
-    AttributionPolicy,
-    Catalog,
-    Click,
-    Decision,
-    Impression,
-    InvalidEvent,
-    Lever,
-    Order,
-    PromoView,
-    Touch,
-    TouchKind,
-    attribute_order,
-    budget_day,
-    parse_event,
-)
-from shared_logic.settlement import action_key
+from realtime.schedule import Action, ActionQueue
+from realtime.scripts import Scripts
+from shared_logic import AttributionPolicy, Catalog, Decision, attribute_order, budget_day
+from shared_logic.contract import cap_arg, parse_claim, pending_field, pending_kind, queue_member
+from shared_logic.money import MAX_COUNTER_MINOR
+from shared_logic.settings import Settings
+from shared_logic.settlement import ActionKind, cancel_window
+from shared_logic.timeutil import utc_day
 
 log = logging.getLogger(__name__)
 
-_KIND_CODE = {TouchKind.VIEW: "v", TouchKind.CLICK: "c"}
-_CODE_KIND = {"v": TouchKind.VIEW, "c": TouchKind.CLICK}
-_COUNT_FIELD = {"impression": "impressions", "click": "clicks", "promo_view": "promo_views"}
+DEFAULT_SOURCE: TP = ("events", 0)
+# A release bound past every real event time: the end of a replay settles everything.
+END_OF_TIME = MAX_COUNTER_MINOR
+SETTLE_LIMIT = 20_000
 
 
-def utc_day(time_ms: int) -> str:
-    return datetime.fromtimestamp(time_ms / 1000, tz=UTC).date().isoformat()
-
-
-def _script(name: str) -> str:
-    return resources.files("realtime").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-
-
-@dataclass(order=True, slots=True)
-class _Action:
-    key: tuple[int, int, str]
-    bucket: int = field(compare=False)
-    payload: dict[str, Any] = field(compare=False)
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(slots=True)
 class Settled:
-    """What one release did (for callers and benchmarks)."""
+    """What one step did (for callers and benchmarks)."""
 
     decided: int = 0
     organic: int = 0
     charged: int = 0
     refunded: int = 0
+    refused: int = 0
     latencies_s: list[float] = field(default_factory=list)
 
 
-def decision_payload(d: Decision) -> dict[str, Any]:
-    return {
-        "order_id": d.order_id,
-        "user_id": d.user_id,
-        "order_event_id": d.order_event_id,
-        "order_time_ms": d.order_time_ms,
-        "merchant_id": d.merchant_id,
-        "amount_minor": d.amount_minor,
-        "currency": d.currency,
-        "campaign_id": d.campaign_id,
-        "advertiser_id": d.advertiser_id,
-        "lever": str(d.lever),
-        "touch_event_id": d.touch_event_id,
-        "touch_kind": int(d.touch_kind),
-        "touch_time_ms": d.touch_time_ms,
-        "price_minor": d.price_minor,
-    }
-
-
-def decision_from_payload(p: dict[str, Any]) -> Decision:
-    return Decision(
-        p["order_id"],
-        p["user_id"],
-        p["order_event_id"],
-        p["order_time_ms"],
-        p["merchant_id"],
-        p["amount_minor"],
-        p["currency"],
-        p["campaign_id"],
-        p["advertiser_id"],
-        Lever(p["lever"]),
-        p["touch_event_id"],
-        TouchKind(p["touch_kind"]),
-        p["touch_time_ms"],
-        p["price_minor"],
-    )
-
-
 class SpeedLayer:
-    """Ingests event batches and settles orders against Redis; safe to replay."""
+    """Ingests record batches and settles orders against Redis; safe to replay and to share.
+
+    ``sources`` is every topic-partition of the input (those of all workers): the settlement
+    bound is the minimum over them.
+    """
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Any,
         catalog: Catalog,
-        settings: RealtimeSettings,
+        settings: Settings,
         dead_letters: DeadLetterSink,
         policy: AttributionPolicy | None = None,
         metrics: Metrics | None = None,
+        sources: Sequence[TP] | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+        source: TP = DEFAULT_SOURCE,
     ) -> None:
         self.redis = redis
         self.catalog = catalog
         self.settings = settings
-        self.policy = policy or AttributionPolicy(allowed_lateness_ms=settings.allowed_lateness_ms)
+        self.config = settings.realtime
+        self.policy = policy or settings.rules.policy()
         self.dead_letters = dead_letters
         self.metrics = metrics or Metrics()
-        self.keys = Keys(settings.key_prefix, settings.user_buckets, settings.budget_shards)
+        self.keys = Keys.of(settings.keys)
         self.lateness = self.policy.allowed_lateness_ms
         self.longest_window = self.policy.longest_window_ms(catalog)
+        self.lookback_days = self.policy.lookback_days(catalog)
         self.retention = self.longest_window + self.lateness
+        self.source = source  # where ``process(values)`` reads values from
+        self.sources = [tp_name(tp) for tp in (sources if sources is not None else [source])]
+        self.clock = clock
+        self.clocks = Clocks()
+        self.queue = ActionQueue(self.lateness)
+        self.scripts = Scripts()
         self.watermark = 0
-        self._heap: list[_Action] = []
-        self._queued: set[tuple[int, int, str]] = set()
-        self._scripts: dict[str, AsyncScript] = {}
-        # Recent decision latencies (seconds), for benchmarks and the CLI's summary.
+        # Recent decision latencies (seconds, release to charge), for benchmarks and the CLI's summary.
         self.latencies: deque[float] = deque(maxlen=200_000)
+        self._released_at: dict[str, float] = {}
         self._day_cache: dict[int, str] = {}
+        self._published: dict[str, str] = {}
 
     async def start(self) -> None:
-        """Load the scripts and take back the orders and cancels left pending in Redis."""
-        for name in ("ingest", "claim", "cancel", "charge", "refund"):
-            script = self.redis.register_script(_script(name))
-            await self.redis.script_load(script.script)
-            self._scripts[name] = script
-        await self._recover()
+        """Load the scripts (partitions are assigned by the source: ``assign``, or implicitly)."""
+        await self.scripts.load(self.redis)
 
-    async def _recover(self) -> None:
+    # partitions ------------------------------------------------------------
+
+    async def assign(
+        self,
+        tps: Iterable[TP],
+        restore: bool = True,
+        ends: dict[TP, int] | None = None,
+        positions: dict[TP, int] | None = None,
+    ) -> dict[TP, int]:
+        """Take partitions over: their checkpointed offset and watermark (``restore``; without a
+        checkpoint, the source's position and no watermark), and the orders and cancels of theirs
+        still pending in Redis. Returns the offset to resume each at."""
+        tps = list(tps)
+        names = [tp_name(tp) for tp in tps]
+        saved = await self.redis.hmget(self.keys.clocks(), names) if restore and names else [None] * len(tps)
+        out: dict[TP, int] = {}
+        for tp, raw in zip(tps, saved, strict=True):
+            offset, watermark = (
+                (int(x) for x in raw.split(b"|")) if raw else ((positions or {}).get(tp, 0), 0)
+            )
+            clock = self.clocks.assign(tp, offset, watermark)
+            if ends is not None and tp in ends:
+                clock.end_offset = ends[tp]
+            out[tp] = offset
+        await self._recover(set(names))
+        return out
+
+    async def revoke(self, tps: Iterable[TP]) -> None:
+        """Give partitions up: forget their clocks and their pending actions (their new owner
+        recovers the actions from Redis, where they stay until enqueued for settlement)."""
+        tps = list(tps)
+        dropped = self.queue.drop(tp_name(tp) for tp in tps)
+        self.clocks.revoke(tps)
+        for tp in tps:
+            self._published.pop(tp_name(tp), None)
+        if dropped:
+            log.info("revoked %d partitions; %d pending actions left to their new owner", len(tps), dropped)
+
+    def set_end(self, tp: TP, end_offset: int) -> None:
+        self.clocks.set_end(tp, end_offset)
+
+    async def _recover(self, names: set[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for bucket in range(self.keys.user_buckets):
                 pipe.hgetall(self.keys.pending(bucket))
             results = await pipe.execute()
         recovered = 0
         for bucket, entries in enumerate(results):
-            for fld, payload in entries.items():
-                kind = "decide" if fld.startswith(b"o:") else "cancel"
+            for name, payload in entries.items():
                 data = orjson.loads(payload)
-                self._queue(bucket, kind, data)
-                recovered += 1
+                if data.get("tp", self.sources[0]) in names:
+                    self.queue.push(bucket, cast(ActionKind, pending_kind(name.decode())), data)
+                    recovered += 1
         if recovered:
             log.info("recovered %d pending actions from Redis", recovered)
 
-    def _queue(self, bucket: int, kind: str, data: dict[str, Any]) -> None:
-        key = action_key(data["event_time"] + self.lateness, kind, data["order_id"])  # type: ignore[arg-type]
-        if key not in self._queued:
-            self._queued.add(key)
-            heapq.heappush(self._heap, _Action(key, bucket, data))
-
     @property
     def pending(self) -> int:
-        return len(self._heap)
+        return len(self.queue)
 
-    # ingestion -------------------------------------------------------------
+    # processing ------------------------------------------------------------
 
-    def _check(self, event: Impression | Click | PromoView) -> str | None:
-        """Rules beyond the wire contract for a touch; returns the broken rule or None."""
-        campaign = self.catalog.get(event.campaign_id)
-        if campaign is None:
-            return "is not a campaign of the catalog"
-        if isinstance(event, PromoView) != (campaign.lever is Lever.PROMO):
-            return f"is a {campaign.lever} campaign, which a {event.event_type} cannot touch"
-        return None
+    async def process(self, values: Iterable[Any]) -> Settled:
+        """One batch of raw values from this engine's own source (offsets follow on)."""
+        clock = self.clocks.parts.get(self.source) or self.clocks.assign(self.source)
+        start = clock.next_offset
+        return await self.process_records([(self.source, start + i, v) for i, v in enumerate(values)])
 
-    async def process(self, values: Iterable[Raw]) -> Settled:
-        """Ingest one batch of raw events (one Lua call per user bucket), then settle what has come due."""
-        dead: list[DeadLetter] = []
-        accepted: Counter[str] = Counter()
-        dead_fields: Counter[str] = Counter()
-        ops, max_time = self._build(values, dead, accepted, dead_fields)
-        max_time = max(max_time, self.watermark)
-        if dead:
-            await self.dead_letters.send_many(dead)
+    async def process_records(self, records: Iterable[codec.Record]) -> Settled:
+        """Ingest one batch of records, then release, decide, claim, settle and checkpoint."""
+        now = self.clock()
+        trim_bound = min(self.watermark, self.queue.first_release_ms() or self.watermark) - self.retention
+        ctx = codec.BuildContext(
+            self.catalog, self.keys, self.retention, self.settings.rules.max_future_ms, now
+        )
+        batch = codec.build(records, ctx, self.clocks, self._day_cache)
+        results, published = await self._ingest(batch, trim_bound)
         duplicates: Counter[str] = Counter()
-        ops_tags, results = await self._ingest(ops) if ops else ([], [])
-        for (bucket, tags), res in zip(ops_tags, results, strict=True):
-            for (kind, item), r in zip(tags, res, strict=True):
+        for (bucket, ops), res in zip(batch.ops.items(), results, strict=True):
+            if isinstance(res, Exception):
+                # Only a counter that would pass 2^53 - 1 refuses a call, before any write.
+                for _kind, item in ops.tags:
+                    batch.dead.append((item, {"field": "<bucket>", "value": str(bucket), "rule": str(res)}))
+                    batch.dead_fields["<bucket>"] += 1
+                continue
+            for (kind, item), r in zip(ops.tags, res, strict=True):
                 if kind == "touch":
                     if r == 0:
                         duplicates[item] += 1
                 elif r == 0:
                     duplicates["order" if kind == "decide" else "order_cancel"] += 1
                 else:
-                    self._queue(bucket, kind, item)
+                    self.queue.push(bucket, cast(ActionKind, kind), item)
+        if batch.dead:
+            await self.dead_letters.send_many(batch.dead)
         m = self.metrics
-        for name, n in accepted.items():
+        for name, n in batch.accepted.items():
             m.events.labels(name).inc(n)
-        for name, n in dead_fields.items():
+        for name, n in batch.dead_fields.items():
             m.dead_letters.labels(name).inc(n)
         for name, n in duplicates.items():
             m.duplicates.labels(name).inc(n)
-        return await self.advance(max_time)
+        if batch.too_late:
+            m.too_late.inc(batch.too_late)
+        return await self._step(now, published)
 
-    def _build(
-        self, values: Iterable[Raw], dead: list[DeadLetter], accepted: Counter[str], dead_fields: Counter[str]
-    ) -> tuple[dict[int, tuple[dict[str, int], list[Any], list[tuple[str, Any]]]], int]:
-        """Parse and validate a batch into per-bucket script arguments."""
-        ops: dict[int, tuple[dict[str, int], list[Any], list[tuple[str, Any]]]] = {}
-        max_time = 0
-        keys = self.keys
-        day_cache = self._day_cache
-        for raw in values:
-            try:
-                event = parse_event(raw)
-            except InvalidEvent as exc:
-                dead.append((raw, exc.as_dict()))
-                dead_fields[exc.field] += 1
-                continue
-            etype = event.event_type
-            if etype != "order" and etype != "order_cancel":
-                broken = self._check(event)  # type: ignore[arg-type]  # a touch, by its type tag
-                if broken is not None:
-                    dead.append((raw, {"field": "campaign_id", "value": event.campaign_id, "rule": broken}))  # type: ignore[union-attr]
-                    dead_fields["campaign_id"] += 1
-                    continue
-            accepted[etype] += 1
-            t = event.event_time
-            if t > max_time:
-                max_time = t
-            user = event.user_id
-            bucket = keys.bucket(user)
-            slot = ops.get(bucket)
-            if slot is None:
-                slot = ops[bucket] = ({}, [], [])
-            index, args, tags = slot
-            if etype == "order" or etype == "order_cancel":
-                data: dict[str, Any] = {"order_id": event.order_id, "event_time": t, "user_id": user}  # type: ignore[union-attr]
-                if isinstance(event, Order):
-                    data.update(
-                        event_id=event.event_id,
-                        merchant_id=event.merchant_id,
-                        amount_minor=event.amount_minor,
-                        currency=event.currency,
-                        promo_codes=list(event.promo_codes),
-                    )
-                    claim = _idx(index, keys.claim(bucket, event.order_id))
-                    fld = f"o:{event.order_id}"
-                    kind = "decide"
-                else:
-                    claim = 0
-                    fld = f"x:{data['order_id']}"
-                    kind = "cancel"
-                pending = _idx(index, keys.pending(bucket))
-                args.append(("p", claim, pending, fld, orjson.dumps(data).decode(), ""))
-                tags.append((kind, data))
-            else:
-                cid = event.campaign_id  # type: ignore[union-attr]
-                day_index = t // 86_400_000
-                day = day_cache.get(day_index)
-                if day is None:
-                    day = day_cache[day_index] = utc_day(t)
-                zkey = _idx(index, keys.touches(user))
-                ckey = _idx(index, keys.counts(bucket, day))
-                code = "c" if etype == "click" else "v"
-                args.append(
-                    ("t", zkey, ckey, f"{code}|{cid}|{event.event_id}", t, f"{cid}|{_COUNT_FIELD[etype]}")
-                )
-                tags.append(("touch", etype))
-        return ops, max_time
-
-    async def _ingest(
-        self, ops: dict[int, tuple[dict[str, int], list[Any], list[tuple[str, Any]]]]
-    ) -> tuple[list[Any], list[Any]]:
-        script = self._scripts["ingest"]
-        head = [self.retention, self.settings.counts_ttl_ms, self.watermark - self.retention]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for index, args, _ in ops.values():
-                await script(keys=list(index), args=[*head, orjson.dumps(args)], client=pipe)
-            results = await pipe.execute()
-        return [(bucket, tags) for bucket, (_, _, tags) in ops.items()], results
-
-    # settlement ------------------------------------------------------------
-
-    async def advance(self, watermark_ms: int) -> Settled:
-        """Move the watermark and settle every action that has come due."""
-        if watermark_ms > self.watermark:
-            self.watermark = watermark_ms
-            self.metrics.watermark.set(watermark_ms)
-        due: list[_Action] = []
-        while self._heap and self._heap[0].key[0] <= self.watermark:
-            action = heapq.heappop(self._heap)
-            self._queued.discard(action.key)
-            due.append(action)
-        self.metrics.pending.set(len(self._heap))
-        if not due:
-            return Settled()
-        return await self._settle(due)
+    async def tick(self) -> Settled:
+        """Live mode, on a timer: the wall clock moves idle partitions, then what came due settles."""
+        published = await self._published_watermarks()
+        return await self._step(self.clock(), published)
 
     async def drain(self) -> Settled:
-        """Settle everything still pending (the end of a replay)."""
-        if not self._heap:
-            return Settled()
-        return await self.advance(max(a.key[0] for a in self._heap))
+        """The end of a replay: every partition at the end of time, everything released and settled."""
+        for clock in self.clocks.parts.values():
+            clock.watermark = END_OF_TIME
+        published = await self._published_watermarks()
+        return await self._step(self.clock(), published)
 
-    async def _settle(self, due: Sequence[_Action]) -> Settled:
-        started = time.perf_counter()
+    async def _ingest(self, batch: codec.Batch, trim_bound: int) -> tuple[list[Any], dict[str, int]]:
+        head = [self.retention, self.config.counts_ttl_ms, trim_bound]
+        calls = [("ingest", list(ops.index), [*head, orjson.dumps(ops.args)]) for ops in batch.ops.values()]
+        results = await self.scripts.run(self.redis, calls, tail=[("HGETALL", self.keys.clocks())])
+        return results[:-1], _watermarks(results[-1])
+
+    async def _published_watermarks(self) -> dict[str, int]:
+        return _watermarks(await self.redis.hgetall(self.keys.clocks()))
+
+    # release, decide, claim, settle -------------------------------------------
+
+    async def _step(self, now: int, published: dict[str, int]) -> Settled:
+        self.clocks.tick(now)
+        # The minimum over the partitions held now: it goes down when a partition with lag is taken
+        # over (a rebalance), and nothing of that partition may be released until it catches up.
+        self.watermark = self.clocks.watermark() or 0
+        self.metrics.watermark.set(self.watermark)
+        released = self.queue.pop_released(self.watermark)
         out = Settled()
-        # 1. touches of every order's user, within the longest window before the order
-        orders = [a for a in due if a.key[1] == 0]
-        decisions: dict[str, Decision | None] = {}
-        if orders:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for a in orders:
-                    t = a.payload["event_time"]
-                    pipe.zrangebyscore(
-                        self.keys.touches(a.payload["user_id"]), t - self.longest_window, t, withscores=True
-                    )
-                touch_sets = await pipe.execute()
-            for a, members in zip(orders, touch_sets, strict=True):
-                p = a.payload
-                order = Order(
-                    p["event_id"],
-                    p["event_time"],
-                    p["user_id"],
-                    p["order_id"],
-                    p["merchant_id"],
-                    p["amount_minor"],
-                    p["currency"],
-                    tuple(p["promo_codes"]),
-                )
-                touches = []
-                for member, score in members:
-                    code, campaign_id, event_id = member.decode().split("|", 2)
-                    touches.append(Touch(event_id, order.user_id, campaign_id, _CODE_KIND[code], int(score)))
-                decisions[order.order_id] = attribute_order(order, touches, self.catalog, self.policy)
-        # 2. claim decisions and apply cancels, in settlement order
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for a in due:
-                oid = a.payload["order_id"]
-                keys = [
-                    self.keys.claim(a.bucket, oid),
-                    self.keys.cancel_marker(a.bucket, oid),
-                    self.keys.pending(a.bucket),
-                ]
-                if a.key[1] == 0:
-                    d = decisions[oid]
-                    payload = orjson.dumps(decision_payload(d)) if d is not None else b""
-                    await self._scripts["claim"](
-                        keys=keys, args=[f"o:{oid}", payload, self.settings.decision_ttl_ms], client=pipe
-                    )
-                else:
-                    await self._scripts["cancel"](
-                        keys=keys, args=[f"x:{oid}", self.settings.decision_ttl_ms], client=pipe
-                    )
-            claims = await pipe.execute()
-        # 3. charge or refund on the budget shards, in the same order
-        async with self.redis.pipeline(transaction=False) as pipe:
-            calls: list[str] = []
-            for a, claim in zip(due, claims, strict=True):
-                cancelled, raw_decision = claim.split(b"|", 1) if claim else (b"0", b"")
-                if not raw_decision:  # organic order, or a cancel of one: nothing to settle
-                    if a.key[1] == 0:
-                        out.organic += 1
-                        self.metrics.decisions.labels("organic").inc()
-                    continue
-                d = orjson.loads(raw_decision)
-                campaign = self.catalog.get(d["campaign_id"])
-                if campaign is None:
-                    log.error(
-                        "order %s: campaign %s left the catalog; not settled", d["order_id"], d["campaign_id"]
-                    )
-                    continue
-                day = budget_day(d["order_time_ms"], campaign.budget.timezone).isoformat()
-                cid = campaign.campaign_id
-                keys = [
-                    self.keys.charge(cid, d["order_id"]),
-                    self.keys.spend_day(cid, day),
-                    self.keys.spend_lifetime(cid),
-                    self.keys.stats(cid, utc_day(d["order_time_ms"])),
-                    self.keys.ledger(self.keys.shard(cid)),
-                    self.keys.budget_events(self.keys.shard(cid)),
-                ]
-                dcap = campaign.budget.daily_minor if campaign.budget.daily_minor is not None else -1
-                lcap = campaign.budget.lifetime_minor if campaign.budget.lifetime_minor is not None else -1
-                if a.key[1] == 0:
-                    mode = "cancelled" if cancelled == b"1" else "charge"
-                    await self._scripts["charge"](
-                        keys=keys,
-                        args=[
-                            mode,
-                            d["order_id"],
-                            cid,
-                            d["price_minor"],
-                            dcap,
-                            lcap,
-                            day,
-                            d["amount_minor"],
-                            self.settings.decision_ttl_ms,
-                            self.settings.budget_events_maxlen,
-                            a.key[0],
-                            raw_decision,
-                        ],
-                        client=pipe,
-                    )
-                    calls.append("charge")
-                else:
-                    await self._scripts["refund"](
-                        keys=keys,
-                        args=[
-                            cid,
-                            dcap,
-                            lcap,
-                            d["amount_minor"],
-                            self.settings.decision_ttl_ms,
-                            self.settings.budget_events_maxlen,
-                            a.key[0],
-                            raw_decision,
-                            day,
-                        ],
-                        client=pipe,
-                    )
-                    calls.append("refund")
-            results = await pipe.execute() if calls else []
-        elapsed = time.perf_counter() - started
-        for call, res in zip(calls, results, strict=True):
-            if call == "charge":
-                out.decided += 1
-                self.metrics.decisions.labels("attributed").inc()
-                out.latencies_s.append(elapsed)
-                self.latencies.append(elapsed)
-                self.metrics.latency.observe(elapsed)
-                if res[0] == 1:
-                    out.charged += 1
-                    self.metrics.charges.labels("capped" if res[2] else "charge").inc()
-                    self.metrics.charged_minor.inc(res[1])
-            elif res[0] == 1:
-                out.refunded += 1
-                self.metrics.charges.labels("refund").inc()
+        started = time.perf_counter()
+        shard_actions: dict[int, list[list[Any]]] = {}
+        if released:
+            decisions = await self._decide([a for a in released if a.kind == "decide"])
+            claims = await self._claim(released, decisions)
+            for a, claim in zip(released, claims, strict=True):
+                entry = self._settlement_entry(a, claim, out)
+                if entry is not None:
+                    shard, item = entry
+                    shard_actions.setdefault(shard, []).append(item)
+                    self._released_at[item[1] + "@" + str(shard)] = started
+            if len(self._released_at) > 200_000:  # actions another worker settled: forget their start
+                self._released_at.clear()
+        own = {tp_name(tp): c.watermark for tp, c in self.clocks.parts.items()}
+        bound = min((own.get(name, published.get(name, 0)) for name in self.sources), default=0)
+        self.metrics.settle_bound.set(bound)
+        await self._settle(shard_actions, bound, out)
+        await self._checkpoint(released)
+        self.metrics.pending.set(len(self.queue))
+        for tp, c in self.clocks.parts.items():
+            labels = (tp[0], str(tp[1]))
+            self.metrics.partition_watermark.labels(*labels).set(c.watermark)
+            if c.lag is not None:
+                self.metrics.lag.labels(*labels).set(c.lag)
         return out
 
+    async def _decide(self, orders: Sequence[Action]) -> dict[str, Decision | None]:
+        """The billing rule for each released order, over the touches it may use."""
+        if not orders:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for a in orders:
+                t = a.payload["event_time"]
+                low = max(t - self.longest_window, a.release_ms - self.retention)
+                pipe.zrangebyscore(self.keys.touches(a.payload["user_id"]), low, t, withscores=True)
+            touch_sets = await pipe.execute()
+        decisions: dict[str, Decision | None] = {}
+        for a, members in zip(orders, touch_sets, strict=True):
+            order = codec.order_of(a.payload)
+            touches = codec.touches_of(members, order.user_id, a.release_ms)
+            decisions[order.order_id] = attribute_order(order, touches, self.catalog, self.policy)
+        return decisions
 
-def _idx(index: dict[str, int], key: str) -> int:
-    """1-based position of ``key`` in a script's KEYS, adding it on first use."""
-    pos = index.get(key)
-    if pos is None:
-        pos = index[key] = len(index) + 1
-    return pos
+    async def _claim(self, released: Sequence[Action], decisions: dict[str, Decision | None]) -> list[bytes]:
+        """Claim decisions and apply cancels, one call per user bucket, in settlement order."""
+        calls: dict[int, codec.BucketOps] = {}
+        where: list[tuple[int, int]] = []
+        for a in released:
+            oid = a.payload["order_id"]
+            ops = calls.get(a.bucket) or calls.setdefault(a.bucket, codec.BucketOps())
+            claim_key = ops.key(self.keys.claim(a.bucket, oid))
+            marker_key = ops.key(self.keys.cancel_marker(a.bucket, oid))
+            if a.kind == "decide":
+                d = decisions[oid]
+                payload = codec.encode_decision(d).decode() if d is not None else ""
+                lo, hi = self._cancel_window(a.payload["event_time"])
+                ops.args.append(("o", claim_key, marker_key, payload, lo, hi))
+            else:
+                ops.args.append(("x", claim_key, marker_key, "", a.payload["event_time"]))
+            where.append((a.bucket, len(ops.args) - 1))
+        ttl = self.config.decision_ttl_ms
+        claim_calls = [("claim", list(ops.index), [ttl, orjson.dumps(ops.args)]) for ops in calls.values()]
+        results = _raise_first(await self.scripts.run(self.redis, claim_calls))
+        by_bucket = dict(zip(calls, results, strict=True))
+        return [by_bucket[bucket][i] for bucket, i in where]
+
+    def _cancel_window(self, order_time_ms: int) -> tuple[int, int]:
+        """The cancel times ``[lo, hi)`` that may settle an order at ``order_time_ms``
+        (``shared_logic.settlement.cancel_window``, the rule the batch layer applies)."""
+        return cancel_window(order_time_ms, self.lookback_days, self.policy.cancel_horizon_days)
+
+    def _settlement_entry(self, a: Action, claim: bytes, out: Settled) -> tuple[int, list[Any]] | None:
+        """What the budget shard must do for one released action, or None (organic, a cancel outside
+        its order's window: nothing to settle)."""
+        cancelled, raw_decision = parse_claim(claim) if claim else (False, b"")
+        if not raw_decision:
+            if a.kind == "decide":
+                out.organic += 1
+                self.metrics.decisions.labels("organic").inc()
+            return None
+        d = codec.decode_decision(raw_decision)
+        if a.kind != "decide":
+            lo, hi = self._cancel_window(d.order_time_ms)
+            if not lo <= a.payload["event_time"] < hi:
+                self.metrics.cancels_outside.inc()
+                return None
+        campaign = self.catalog.get(d.campaign_id)
+        if campaign is None:
+            log.error("order %s: campaign %s left the catalog; not settled", d.order_id, d.campaign_id)
+            return None
+        if a.kind == "decide":
+            out.decided += 1
+            self.metrics.decisions.labels("attributed").inc()
+        cid = campaign.campaign_id
+        day = budget_day(d.order_time_ms, campaign.budget.timezone).isoformat()
+        payload = {
+            "m": ("cancelled" if cancelled else "charge") if a.kind == "decide" else "refund",
+            "cid": cid,
+            "price": d.price_minor,
+            "dcap": cap_arg(campaign.budget.daily_minor),
+            "lcap": cap_arg(campaign.budget.lifetime_minor),
+            "day": day,
+            "amount": d.amount_minor,
+            "ch": self.keys.charge(cid, d.order_id),
+            "sd": self.keys.spend_day(cid, day),
+            "sl": self.keys.spend_lifetime(cid),
+            "st": self.keys.stats(cid, utc_day(d.order_time_ms)),
+            "d": raw_decision.decode(),
+        }
+        return self.keys.shard(cid), [
+            a.release_ms,
+            queue_member(a.kind, d.order_id),
+            orjson.dumps(payload).decode(),
+        ]
+
+    async def _settle(self, shard_actions: dict[int, list[list[Any]]], bound: int, out: Settled) -> None:
+        """One call per budget shard: enqueue, then settle everything released below ``bound``."""
+        cfg = self.config
+        shards = range(self.keys.budget_shards)
+        calls = [
+            (
+                "settle",
+                [
+                    self.keys.queue(shard),
+                    self.keys.queue_payloads(shard),
+                    self.keys.ledger(shard),
+                    self.keys.budget_events(shard),
+                ],
+                [
+                    bound,
+                    SETTLE_LIMIT,
+                    cfg.decision_ttl_ms,
+                    cfg.budget_events_maxlen,
+                    orjson.dumps(shard_actions.get(shard, [])),
+                ],
+            )
+            for shard in shards
+        ]
+        results = _raise_first(await self.scripts.run(self.redis, calls))
+        done = time.perf_counter()
+        refused = []
+        for shard, rows in zip(shards, results, strict=True):
+            for member, status, charge, capped, *_ in rows:
+                key = (member.decode() if isinstance(member, bytes) else member) + "@" + str(shard)
+                released_at = self._released_at.pop(key, None)
+                if released_at is not None and status in (1, 2):
+                    elapsed = done - released_at
+                    out.latencies_s.append(elapsed)
+                    self.latencies.append(elapsed)
+                    self.metrics.latency.observe(elapsed)
+                if status == 1:
+                    out.charged += 1
+                    self.metrics.charges.labels("capped" if capped else "charge").inc()
+                    self.metrics.charged_minor.inc(int(charge))
+                elif status == 3:
+                    out.refunded += 1
+                    self.metrics.charges.labels("refund").inc()
+                elif status == -1:
+                    out.refused += 1
+                    self.metrics.refused.inc()
+                    refused.append(
+                        (member, {"field": "charge", "value": key, "rule": "a counter would pass 2^53 - 1"})
+                    )
+        if refused:
+            await self.dead_letters.send_many(refused)
+
+    async def _checkpoint(self, released: Sequence[Action]) -> None:
+        """After the effects: released actions leave the pending hashes, and each partition's
+        next offset and watermark are checkpointed (what the settlement bound and a new owner read)."""
+        state = {tp_name(tp): f"{c.next_offset}|{c.watermark}" for tp, c in self.clocks.parts.items()}
+        changed = {k: v for k, v in state.items() if self._published.get(k) != v}
+        if not released and not changed:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            by_bucket: dict[int, list[str]] = {}
+            for a in released:
+                by_bucket.setdefault(a.bucket, []).append(pending_field(a.kind, a.payload["order_id"]))
+            for bucket, fields in by_bucket.items():
+                pipe.hdel(self.keys.pending(bucket), *fields)
+            if changed:
+                pipe.hset(self.keys.clocks(), mapping=changed)
+            await pipe.execute()
+        self._published.update(changed)
+
+
+def _raise_first(results: list[Any]) -> list[Any]:
+    """Claims and settlements never fail for one bucket alone (only the server can fail them): raise."""
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results
+
+
+def _watermarks(raw: dict[bytes, bytes]) -> dict[str, int]:
+    """Checkpointed partitions: name -> watermark."""
+    return {k.decode(): int(v.split(b"|", 1)[1]) for k, v in (raw or {}).items()}

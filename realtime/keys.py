@@ -12,14 +12,20 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from shared_logic.settings import KeySettings
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key builder for one prefix and one layout of buckets and shards."""
+    """Key builder for one layout (``KeySettings``: the section writers and readers share)."""
 
-    prefix: str = "attr"
-    user_buckets: int = 256
-    budget_shards: int = 1
+    prefix: str
+    user_buckets: int
+    budget_shards: int
+
+    @classmethod
+    def of(cls, section: KeySettings) -> Keys:
+        return cls(section.prefix, section.user_buckets, section.budget_shards)
 
     def bucket(self, user_id: str) -> int:
         return zlib.crc32(user_id.encode()) % self.user_buckets
@@ -32,7 +38,11 @@ class Keys:
         return f"{self.prefix}:{{u{bucket}}}"
 
     def touches(self, user_id: str) -> str:
-        return f"{self._u(self.bucket(user_id))}:t:{user_id}"
+        return self.touches_in(self.bucket(user_id), user_id)
+
+    def touches_in(self, bucket: int, user_id: str) -> str:
+        """``touches`` when the user's bucket is known already (the hot path)."""
+        return f"{self.prefix}:{{u{bucket}}}:t:{user_id}"
 
     def pending(self, bucket: int) -> str:
         return f"{self._u(bucket)}:pending"
@@ -71,9 +81,21 @@ class Keys:
     def ledger_flushed(self, shard: int) -> str:
         return f"{self._b(shard)}:ledger-flushed"
 
+    def queue(self, shard: int) -> str:
+        """Released actions waiting for the settlement bound, scored by release time."""
+        return f"{self._b(shard)}:queue"
+
+    def queue_payloads(self, shard: int) -> str:
+        return f"{self._b(shard)}:queue:p"
+
     def budget_events(self, shard: int) -> str:
         return f"{self._b(shard)}:budget-events"
 
     # global (not touched by scripts)
+    def clocks(self) -> str:
+        """Each input partition's checkpoint: ``<next offset>|<watermark>``."""
+        return f"{self.prefix}:clocks"
+
     def dead_letters(self) -> str:
+        """The dead-letter stream of the embedded default (``redis://`` sink)."""
         return f"{self.prefix}:dead-letters"

@@ -24,6 +24,11 @@ class Metrics:
         self.decisions = Counter(
             "attribution_decisions_total", "Orders decided, by outcome", ["outcome"], registry=r
         )
+        self.cancels_outside = Counter(
+            "attribution_cancels_outside_horizon_total",
+            "Cancels dated outside their order's cancel window (rules.cancel_horizon_days): no refund",
+            registry=r,
+        )
         self.charges = Counter("attribution_charges_total", "Charges settled, by kind", ["kind"], registry=r)
         self.charged_minor = Counter(
             "attribution_charged_minor_total", "Money charged, minor units (all currencies)", registry=r
@@ -35,7 +40,46 @@ class Metrics:
             registry=r,
         )
         self.watermark = Gauge("attribution_watermark_ms", "Event-time watermark of this worker", registry=r)
+        self.settle_bound = Gauge(
+            "attribution_settlement_bound_ms",
+            "Release time below which the budget shards are settled (the minimum over all partitions)",
+            registry=r,
+        )
+        self.partition_watermark = Gauge(
+            "attribution_partition_watermark_ms",
+            "Event-time watermark of an assigned partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "attribution_consumer_lag",
+            "Records of an assigned partition not processed yet",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.pending = Gauge("attribution_pending_actions", "Orders and cancels waiting", registry=r)
+        self.too_late = Counter(
+            "attribution_too_late_touches_total",
+            "Touches that arrived too far behind their partition's watermark to earn any order",
+            registry=r,
+        )
+        self.refused = Counter(
+            "attribution_refused_charges_total",
+            "Settlements refused because a counter would pass 2^53 - 1",
+            registry=r,
+        )
+
+        self.ledger_flushed = Counter(
+            "attribution_ledger_flushed_total", "Ledger entries this worker moved to the lake", registry=r
+        )
+        self.ledger_flush_at = Gauge(
+            "attribution_ledger_flush_timestamp_seconds",
+            "When this worker's last ledger flush to the lake ended (Unix time)",
+            registry=r,
+        )
+        self.ledger_flush_errors = Counter(
+            "attribution_ledger_flush_errors_total", "Ledger flushes that failed (retried later)", registry=r
+        )
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample (0 when it has not moved)."""

@@ -14,8 +14,14 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from realtime.app import CHANNEL_CHUNK, Worker
-from realtime.settings import RealtimeSettings
+from realtime.clock import TP
+from realtime.codec import Record
+from realtime.routing import all_partitions, topic_partition
 from shared_logic import Catalog
+from shared_logic.events import EVENT_TYPES
+from shared_logic.settings import Settings
+from storage import open_lake
+from storage.raw import read_raw, rows_to_payloads
 
 CHUNK = CHANNEL_CHUNK
 
@@ -26,11 +32,9 @@ def jsonl_source(path: str | Path) -> list[bytes]:
         return [line.rstrip(b"\r\n") for line in fh if line.strip()]
 
 
-def lake_source(lake_url: str, start: date, end: date) -> list[dict[str, Any]]:
-    from batch.lake import Lake
-    from batch.raw import read_raw, rows_to_payloads
-
-    return rows_to_payloads(read_raw(Lake(lake_url), start, end))
+def lake_source(settings: Settings, start: date, end: date) -> list[dict[str, Any]]:
+    """The lake's raw events of ``start..end``, in the order they arrived."""
+    return rows_to_payloads(read_raw(open_lake(settings.lake.url, settings.s3), start, end))
 
 
 @dataclass
@@ -50,6 +54,22 @@ class ReplayResult:
         return self.sent / self.seconds if self.seconds else 0.0
 
 
+REPLAY_PREFIX = "replay:"
+
+
+def partitioned(values: Sequence[Any], settings: Settings) -> tuple[list[Record], dict[TP, int]]:
+    """The records a broker would hold: each value in its type's topic, partitioned by user, with
+    offsets in arrival order; and how many each partition holds. Partitions are named
+    ``replay:<topic>`` so a replay's checkpoints never mix with a Kafka worker's."""
+    counts: dict[TP, int] = dict.fromkeys(all_partitions(settings.realtime, REPLAY_PREFIX), 0)
+    records: list[Record] = []
+    for value in values:
+        tp = topic_partition(value, settings.realtime, REPLAY_PREFIX)
+        records.append((tp, counts[tp], value))
+        counts[tp] += 1
+    return records, counts
+
+
 def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(values), size):
         yield values[i : i + size]
@@ -58,14 +78,16 @@ def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 async def replay(
     values: Sequence[Any],
     catalog: Catalog,
-    settings: RealtimeSettings,
-    lake_url: str | None = None,
+    settings: Settings,
+    flush_ledger: bool = False,
     show_progress: bool = True,
     stop_after: int | None = None,
 ) -> ReplayResult:
-    """Feed ``values`` through the agent, settle everything, flush the ledger to the lake."""
-    worker = Worker(settings.model_copy(update={"broker_url": "memory://"}), catalog)
-    await worker.start_in_memory()
+    """Feed ``values`` through the agent, settle everything, and (``flush_ledger``) flush the
+    ledger to the lake of ``settings``."""
+    records, ends = partitioned(values, settings)
+    worker = Worker(settings.replace(realtime_broker_url="memory://"), catalog, sources=list(ends))
+    await worker.start_in_memory(ends)
     started = time.perf_counter()
     sent = 0
     progress = Progress(
@@ -79,7 +101,7 @@ async def replay(
     try:
         with progress:
             task = progress.add_task("replay", total=len(values), rate="")
-            for chunk in _chunks(values, CHUNK):
+            for chunk in _chunks(records, CHUNK):
                 await worker.send(chunk)
                 sent += len(chunk)
                 if stop_after is not None and sent >= stop_after:
@@ -92,15 +114,13 @@ async def replay(
         await worker.engine.drain()
         seconds = time.perf_counter() - started
         flushed = 0
-        if lake_url:
-            from batch.lake import Lake
-
-            flushed = await worker.flusher(Lake(lake_url)).flush()
+        if flush_ledger:
+            flushed = await worker.flusher(open_lake(settings.lake.url, settings.s3)).flush()
         m = worker.engine.metrics
         return ReplayResult(
             sent=sent,
             seconds=seconds,
-            accepted=int(sum(m.value("attribution_events_total", type=t) for t in _TYPES)),
+            accepted=int(sum(m.value("attribution_events_total", type=t) for t in EVENT_TYPES)),
             dead_lettered=int(sum(s.value for s in _samples(m, "attribution_dead_letters_total"))),
             duplicates=int(sum(s.value for s in _samples(m, "attribution_duplicates_total"))),
             decided=int(m.value("attribution_decisions_total", outcome="attributed")),
@@ -112,9 +132,6 @@ async def replay(
         await worker.stop()
 
 
-_TYPES = ("impression", "click", "promo_view", "order", "order_cancel")
-
-
 def _samples(metrics: Any, name: str) -> Iterable[Any]:
     for family in metrics.registry.collect():
         for sample in family.samples:
@@ -122,6 +139,6 @@ def _samples(metrics: Any, name: str) -> Iterable[Any]:
                 yield sample
 
 
-def run(values: Sequence[Any], catalog: Catalog, settings: RealtimeSettings, **kwargs: Any) -> ReplayResult:
+def run(values: Sequence[Any], catalog: Catalog, settings: Settings, **kwargs: Any) -> ReplayResult:
     """Synchronous entry point (the CLI)."""
     return asyncio.run(replay(values, catalog, settings, **kwargs))

@@ -1,31 +1,85 @@
 """The speed layer's daily view per campaign (what the API merges with batch days).
 
-Orders, revenue and spend come from each campaign's stats in its budget shard
-(moved by the charge and refund scripts); impressions, clicks and promo views
-from the counters of every user bucket, summed.
+Open days come from Redis (``speed_view``): orders, revenue and spend from each
+campaign's stats in its budget shard (moved by the charge and refund scripts);
+impressions, clicks and promo views from the counters of every user bucket,
+summed. Closed days (landed in the lake, settled, the ledger flushed) come from
+the lake (``lake_view``): the speed layer's ledger and the landed raw events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
 
-from redis.asyncio import Redis
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from realtime.keys import Keys
 from shared_logic import Catalog
+from shared_logic.contract import (
+    BILLING_MODEL,
+    LANDED,
+    RAW,
+    REALTIME_LEDGER,
+    metric_row,
+    parse_count_field,
+)
+from shared_logic.timeutil import utc_day, utc_day_bounds_ms
+from storage.lake import Lake, partition
+from storage.raw import HOURS
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long after the end of its UTC day each kind of speed-layer key can still exist.
+
+    The worker writes a day's keys while it processes that day's events and expires them a TTL
+    after the last write: counters (``counts``, TTL ``realtime.counts_ttl_ms``) take touches up
+    to the touch retention late (longest window plus allowed lateness), campaign stats (TTL
+    ``realtime.decision_ttl_ms``) take charges and refunds as long as the order's decision is
+    kept. ``max_future_ms`` is the rules' future bound: an event dated further ahead of the clock
+    is a dead letter, so later days hold nothing either. These hold when the worker keeps up
+    with its input (live mode); a replay of old traffic writes keys that outlive them.
+    """
+
+    counts_ms: int
+    stats_ms: int
+    max_future_ms: int
+
+    def days(self, days: Sequence[str], now_ms: int, kind: Literal["counts", "stats"]) -> list[str]:
+        """The days of ``days`` whose ``kind`` keys (``counts`` or ``stats``) can exist at ``now_ms``."""
+        keep = self.counts_ms if kind == "counts" else self.stats_ms
+        newest = utc_day(now_ms + self.max_future_ms)
+        return [
+            d for d in days if d <= newest and utc_day_bounds_ms(date.fromisoformat(d))[1] + keep > now_ms
+        ]
 
 
 async def speed_view(
-    redis: Redis, keys: Keys, catalog: Catalog, days: Sequence[str], campaign_ids: Sequence[str]
+    redis: Any,
+    keys: Keys,
+    catalog: Catalog,
+    days: Sequence[str],
+    campaign_ids: Sequence[str],
+    counted_days: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (day, campaign) with any activity; days are UTC ``YYYY-MM-DD``."""
+    """One ``MetricRow`` per (day, campaign) with any activity, model ``billing``; days are UTC.
+
+    ``counted_days`` (default: all of ``days``) are the days whose user-bucket counters
+    (impressions, clicks, promo views) may still exist; the others read campaign stats only,
+    which saves ``keys.user_buckets`` reads per day (``Retention.days`` says which are which).
+    """
     if not days or not campaign_ids:
         return []
+    counted = set(days if counted_days is None else counted_days)
     async with redis.pipeline(transaction=False) as pipe:
         for day in days:
-            for bucket in range(keys.user_buckets):
-                pipe.hgetall(keys.counts(bucket, day))
+            if day in counted:
+                for bucket in range(keys.user_buckets):
+                    pipe.hgetall(keys.counts(bucket, day))
             for cid in campaign_ids:
                 pipe.hgetall(keys.stats(cid, day))
         results = await pipe.execute()
@@ -34,9 +88,9 @@ async def speed_view(
     wanted = set(campaign_ids)
     for day in days:
         counts: dict[str, dict[str, int]] = {}
-        for _ in range(keys.user_buckets):
+        for _ in range(keys.user_buckets if day in counted else 0):
             for field, n in results[i].items():
-                cid, name = field.decode().split("|", 1)
+                cid, name = parse_count_field(field.decode())
                 if cid in wanted:
                     slot = counts.setdefault(cid, {})
                     slot[name] = slot.get(name, 0) + int(n)
@@ -52,21 +106,113 @@ async def speed_view(
             spend = stats.get("spend", 0)
             revenue = stats.get("revenue", 0)
             rows.append(
-                {
-                    "dt": day,
-                    "campaign_id": cid,
-                    "advertiser_id": campaign.advertiser_id,
-                    "lever": str(campaign.lever),
-                    "currency": campaign.currency,
-                    "model": "billing",
-                    "impressions": c.get("impressions", 0),
-                    "clicks": c.get("clicks", 0),
-                    "promo_views": c.get("promo_views", 0),
-                    "orders": float(stats.get("orders", 0)),
-                    "revenue_minor": float(revenue),
-                    "spend_minor": spend,
-                    "capped_orders": stats.get("capped_orders", 0),
-                    "roas": revenue / spend if spend > 0 else None,
-                }
+                metric_row(
+                    dt=day,
+                    campaign_id=cid,
+                    advertiser_id=campaign.advertiser_id,
+                    lever=str(campaign.lever),
+                    currency=campaign.currency,
+                    model=BILLING_MODEL,
+                    impressions=c.get("impressions", 0),
+                    clicks=c.get("clicks", 0),
+                    promo_views=c.get("promo_views", 0),
+                    orders=float(stats.get("orders", 0)),
+                    revenue_minor=float(revenue),
+                    spend_minor=spend,
+                    capped_orders=stats.get("capped_orders", 0),
+                    roas=revenue / spend if spend > 0 else None,
+                )
+            )
+    return rows
+
+
+#: Touch types counted per campaign, and the counter each feeds.
+_TOUCH_COUNTERS = {"impression": "impressions", "click": "clicks", "promo_view": "promo_views"}
+
+
+def closed_days(lake: Lake, days: Sequence[str], now_ms: int, settled_ms: int) -> list[str]:
+    """The days of ``days`` the lake answers for: every raw hour marked landed (the lake sink passed
+    the day's end plus the allowed lateness on every partition, or a backfill) and ``settled_ms``
+    past the day's end (its orders released and settled, the ledger flushed after)."""
+    ended = [d for d in days if utc_day_bounds_ms(date.fromisoformat(d))[1] + settled_ms <= now_ms]
+    if not ended:
+        return []
+    marked: dict[str, set[str]] = {}
+    for p in lake.partitions(LANDED.at(), depth=2):
+        marked.setdefault(p["dt"], set()).add(p["hour"])
+    return [d for d in ended if marked.get(d, set()) >= set(HOURS)]
+
+
+def lake_view(
+    lake: Lake, catalog: Catalog, days: Sequence[str], campaign_ids: Sequence[str]
+) -> list[dict[str, Any]]:
+    """``speed_view`` of closed days from the lake: orders, revenue, spend and capped orders from
+    the speed layer's ledger (``realtime_ledger/dt=``: a charge adds the order, a refund takes it
+    back, as the settlement scripts move the stats), touches from the landed raw events (distinct
+    event ids). Redis may have expired those days; the lake keeps them, and rows do not change
+    with Redis's retention."""
+    if not days or not campaign_ids:
+        return []
+    wanted = pa.array(sorted(set(campaign_ids)))
+    money: dict[tuple[str, str], dict[str, int]] = {}
+    touches: dict[tuple[str, str], dict[str, int]] = {}
+    for day in days:
+        ledger = lake.read(
+            [partition(REALTIME_LEDGER, dt=day)],
+            columns=["kind", "campaign_id", "amount_minor", "charge_minor", "capped"],
+        )
+        if ledger.num_rows:
+            ledger = ledger.filter(pc.is_in(ledger["campaign_id"], value_set=wanted))
+            for r in ledger.to_pylist():
+                slot = money.setdefault((day, r["campaign_id"]), {})
+                sign = {"charge": 1, "refund": -1}.get(r["kind"], 0)
+                if sign:
+                    slot["orders"] = slot.get("orders", 0) + sign
+                    slot["revenue"] = slot.get("revenue", 0) + sign * r["amount_minor"]
+                    slot["spend"] = slot.get("spend", 0) + r["charge_minor"]
+                    slot["capped_orders"] = slot.get("capped_orders", 0) + (sign > 0 and bool(r["capped"]))
+        for etype, counter in _TOUCH_COUNTERS.items():
+            refs = [
+                partition(RAW, event_type=etype, dt=day, hour=p["hour"])
+                for p in lake.partitions(RAW.at(event_type=etype), depth=2)
+                if p["dt"] == day
+            ]
+            raw = lake.read(refs, columns=["campaign_id", "event_id"]) if refs else None
+            if raw is None or not raw.num_rows:
+                continue
+            raw = raw.filter(pc.is_in(raw["campaign_id"], value_set=wanted))
+            grouped = raw.group_by("campaign_id").aggregate([("event_id", "count_distinct")])
+            for cid, n in zip(
+                grouped["campaign_id"].to_pylist(),
+                grouped["event_id_count_distinct"].to_pylist(),
+                strict=True,
+            ):
+                touches.setdefault((day, cid), {})[counter] = n
+    rows = []
+    for day in days:
+        for cid in campaign_ids:
+            stats, c = money.get((day, cid), {}), touches.get((day, cid), {})
+            if not stats and not c:
+                continue
+            campaign = catalog.get(cid)
+            assert campaign is not None
+            spend, revenue = stats.get("spend", 0), stats.get("revenue", 0)
+            rows.append(
+                metric_row(
+                    dt=day,
+                    campaign_id=cid,
+                    advertiser_id=campaign.advertiser_id,
+                    lever=str(campaign.lever),
+                    currency=campaign.currency,
+                    model=BILLING_MODEL,
+                    impressions=c.get("impressions", 0),
+                    clicks=c.get("clicks", 0),
+                    promo_views=c.get("promo_views", 0),
+                    orders=float(stats.get("orders", 0)),
+                    revenue_minor=float(revenue),
+                    spend_minor=spend,
+                    capped_orders=stats.get("capped_orders", 0),
+                    roas=revenue / spend if spend > 0 else None,
+                )
             )
     return rows

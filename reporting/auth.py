@@ -16,6 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from shared_logic.errors import InvalidInput
+
 Role = Literal["admin", "advertiser", "ad_server"]
 
 
@@ -66,6 +68,10 @@ class KeyRing:
 
 def add_key(path: str | Path, name: str, role: Role, advertiser_id: str | None = None) -> str:
     """Create a key, store its hash in the key file, and return the key (shown once)."""
+    if (role == "advertiser") != (advertiser_id is not None):
+        raise InvalidInput(
+            "advertiser_id", advertiser_id, "is required for an advertiser key, and only for one"
+        )
     key = "ak_" + secrets.token_urlsafe(32)
     p = Path(path)
     data = yaml.safe_load(p.read_text()) if p.exists() else None

@@ -6,7 +6,7 @@ inside ``applyInPandas``, so the two layers cannot drift apart.
 """
 
 from shared_logic.budget import CapResult, apply_caps, budget_day, day_bounds_ms
-from shared_logic.campaigns import Budget, Campaign, Catalog, Lever, Pricing, Windows, load_catalog
+from shared_logic.campaigns import Budget, Campaign, Catalog, Lever, Pricing, Windows
 from shared_logic.errors import AttributionError, InvalidCampaign, InvalidEvent
 from shared_logic.events import (
     Click,
@@ -49,7 +49,6 @@ __all__ = [
     "currency_exponent",
     "day_bounds_ms",
     "format_minor",
-    "load_catalog",
     "parse_event",
     "price_order",
     "touch_from_event",

@@ -2,20 +2,18 @@
 
 Records are validated with pydantic (frozen, unknown keys refused); a broken
 record raises ``InvalidCampaign`` naming the campaign, the field and the value.
-The embedded default reads a YAML or JSON file; production reads the same
-records from Cassandra/ScyllaDB (``reporting.catalog_store``).
+Where the records come from (a YAML or JSON file by default, Cassandra or
+ScyllaDB in production) is ``storage.catalog``'s business; this module only
+validates and indexes them.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,7 +26,7 @@ from pydantic import (
 )
 
 from shared_logic.errors import InvalidCampaign
-from shared_logic.money import currency_exponent
+from shared_logic.money import MAX_AMOUNT_MINOR, MAX_COUNTER_MINOR, currency_exponent
 from shared_logic.timeutil import MS_PER_DAY, to_epoch_ms
 
 DEFAULT_CLICK_WINDOW_MS = 7 * MS_PER_DAY
@@ -80,7 +78,7 @@ class Pricing(_Frozen):
     """Cost per attributed order: a fixed fee, or basis points of order value."""
 
     model: Annotated[str, Field(pattern="^(fixed|bps)$")]
-    fee_minor: PositiveInt | None = None
+    fee_minor: Annotated[int, Field(gt=0, lt=MAX_AMOUNT_MINOR)] | None = None
     bps: Annotated[int, Field(gt=0, le=10_000)] | None = None
 
     @model_validator(mode="after")
@@ -95,8 +93,8 @@ class Pricing(_Frozen):
 class Budget(_Frozen):
     """Spend caps in the campaign's currency; the daily cap resets at local midnight."""
 
-    daily_minor: PositiveInt | None = None
-    lifetime_minor: PositiveInt | None = None
+    daily_minor: Annotated[int, Field(gt=0, le=MAX_COUNTER_MINOR)] | None = None
+    lifetime_minor: Annotated[int, Field(gt=0, le=MAX_COUNTER_MINOR)] | None = None
     timezone: TimeZoneName = "UTC"
 
     @model_validator(mode="after")
@@ -203,6 +201,13 @@ class Catalog:
     def from_records(cls, records: Iterable[Mapping[str, Any]]) -> Catalog:
         return cls(Campaign.parse(r) for r in records)
 
+    @classmethod
+    def from_document(cls, data: Any, source: str) -> Catalog:
+        """A catalog from a decoded document holding ``campaigns: [...]`` (a file's, a store's)."""
+        if not isinstance(data, dict) or not isinstance(data.get("campaigns"), list):
+            raise InvalidCampaign("campaigns", source, "document must hold a top-level 'campaigns' list")
+        return cls.from_records(data["campaigns"])
+
     def to_records(self) -> list[dict[str, Any]]:
         """JSON-ready records (sets as sorted lists), the form ``from_records`` reads."""
         out = []
@@ -212,16 +217,3 @@ class Catalog:
             rec["promo_codes"] = sorted(c.promo_codes)
             out.append(rec)
         return out
-
-
-def load_catalog(path: str | Path) -> Catalog:
-    """Read a catalog file (``.yaml``/``.yml`` or ``.json``) holding ``campaigns: [...]``."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise InvalidCampaign("<file>", str(path), f"is not valid {path.suffix[1:]}: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("campaigns"), list):
-        raise InvalidCampaign("campaigns", str(path), "file must hold a top-level 'campaigns' list")
-    return Catalog.from_records(data["campaigns"])

@@ -1,20 +1,33 @@
-"""The error tree of the rules package.
+"""The root of the engine's one error tree.
 
-``AttributionError`` is the one base; the HTTP layer and the CLI map it to a
-status code or a one-line message. Every error names the field, the value and
-the rule it broke, so a dead letter explains itself.
+``AttributionError`` is the one base. Every package root has one ``errors``
+module whose classes derive from the categories below, and the two
+boundaries map categories, never single classes: the CLI to an exit status
+(``cli.errors``), the HTTP API to a status and an RFC 9457 problem
+(``reporting.errors``).
+
+- ``InvalidInput``: a record or a parameter broke a rule; it names the field,
+  the value and the rule, so a dead letter or a 422 explains itself.
+- ``NotFound``: something the caller named does not exist.
+- ``Unavailable``: a server or service the engine needs did not answer.
+- ``MissingExtra``: an optional dependency group is not installed.
+- ``Conflict``: the request is valid but the current state forbids it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_MAX_VALUE_REPR = 80
+MAX_VALUE_REPR = 80
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _MAX_VALUE_REPR else text[: _MAX_VALUE_REPR - 3] + "..."
+def short_repr(value: Any, limit: int = MAX_VALUE_REPR) -> str:
+    """``repr`` cut to ``limit`` characters: errors echo values, never whole payloads."""
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not turn one bad value into a crash
+        text = f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class AttributionError(Exception):
@@ -22,7 +35,7 @@ class AttributionError(Exception):
 
 
 class InvalidInput(AttributionError, ValueError):
-    """A record broke a rule of its contract: which field, which value, which rule."""
+    """A record or parameter broke a rule of its contract: which field, which value, which rule."""
 
     kind = "input"
 
@@ -30,11 +43,11 @@ class InvalidInput(AttributionError, ValueError):
         self.field = field
         self.value = value
         self.rule = rule
-        super().__init__(f"invalid {self.kind}: field {field!r} = {_short(value)}: {rule}")
+        super().__init__(f"invalid {self.kind}: field {field!r} = {short_repr(value)}: {rule}")
 
     def as_dict(self) -> dict[str, str]:
         """A JSON-friendly form, used as the reason of a dead letter."""
-        return {"field": self.field, "value": _short(self.value), "rule": self.rule}
+        return {"field": self.field, "value": short_repr(self.value), "rule": self.rule}
 
 
 class InvalidEvent(InvalidInput):
@@ -47,3 +60,29 @@ class InvalidCampaign(InvalidInput):
     """A campaign record (or the catalog holding it) failed validation."""
 
     kind = "campaign"
+
+
+class InvalidSetting(InvalidInput):
+    """A setting (environment variable, option) has a value the engine cannot use."""
+
+    kind = "setting"
+
+
+class NotFound(AttributionError, LookupError):
+    """Something the caller named (a campaign, a day of data) does not exist."""
+
+
+class Unavailable(AttributionError, ConnectionError):
+    """A server the engine depends on (Redis, a broker, a store, a catalog) did not answer."""
+
+
+class MissingExtra(AttributionError, ImportError):
+    """An optional dependency group is not installed."""
+
+    def __init__(self, what: str, extra: str) -> None:
+        self.extra = extra
+        super().__init__(f"{what} needs the '{extra}' extra: pip install 'attribution-engine[{extra}]'")
+
+
+class Conflict(AttributionError):
+    """The request is valid but the state of the data forbids it (a rerun that would leave stale days)."""

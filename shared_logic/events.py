@@ -15,14 +15,12 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared_logic.errors import InvalidEvent
-from shared_logic.money import currency_exponent
+from shared_logic.money import MAX_AMOUNT_MINOR, currency_exponent
 from shared_logic.timeutil import to_epoch_ms
 
 MAX_PAYLOAD_BYTES: Final = 16 * 1024
 MAX_ID_LENGTH: Final = 128
 MAX_PROMO_CODES: Final = 16
-# Orders above a trillion major units are a bug upstream, not a sale.
-MAX_AMOUNT_MINOR: Final = 10**15
 
 EVENT_TYPES: Final = ("impression", "click", "promo_view", "order", "order_cancel")
 
@@ -43,55 +41,50 @@ _CONFIG = ConfigDict(extra="ignore", frozen=True)
 
 
 @dataclass(frozen=True, slots=True)
-class Impression:
-    """An ad was shown to a user."""
+class _Base:
+    """What every event carries. ``event_type`` is each type's last field: the discriminator."""
 
     __pydantic_config__ = _CONFIG
     event_id: Id
     event_time: EpochMs
     user_id: Id
+
+
+@dataclass(frozen=True, slots=True)
+class _AdTouch(_Base):
     campaign_id: Id
     placement: Id | None = None
     creative_id: Id | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Impression(_AdTouch):
+    """An ad was shown to a user."""
+
     event_type: Literal["impression"] = "impression"
 
 
 @dataclass(frozen=True, slots=True)
-class Click:
+class Click(_AdTouch):
     """A user clicked an ad."""
 
-    __pydantic_config__ = _CONFIG
-    event_id: Id
-    event_time: EpochMs
-    user_id: Id
-    campaign_id: Id
-    placement: Id | None = None
-    creative_id: Id | None = None
     impression_id: Id | None = None
     event_type: Literal["click"] = "click"
 
 
 @dataclass(frozen=True, slots=True)
-class PromoView:
+class PromoView(_Base):
     """A user saw a promo (a promo campaign), possibly with its code."""
 
-    __pydantic_config__ = _CONFIG
-    event_id: Id
-    event_time: EpochMs
-    user_id: Id
     campaign_id: Id
     promo_code: Id | None = None
     event_type: Literal["promo_view"] = "promo_view"
 
 
 @dataclass(frozen=True, slots=True)
-class Order:
+class Order(_Base):
     """A purchase: the conversion that campaigns compete to be credited for."""
 
-    __pydantic_config__ = _CONFIG
-    event_id: Id
-    event_time: EpochMs
-    user_id: Id
     order_id: Id
     merchant_id: Id
     amount_minor: AmountMinor
@@ -101,13 +94,9 @@ class Order:
 
 
 @dataclass(frozen=True, slots=True)
-class OrderCancel:
+class OrderCancel(_Base):
     """An order was cancelled: its charge, if any, is refunded."""
 
-    __pydantic_config__ = _CONFIG
-    event_id: Id
-    event_time: EpochMs
-    user_id: Id
     order_id: Id
     event_type: Literal["order_cancel"] = "order_cancel"
 
@@ -134,22 +123,22 @@ _RULES = {
 }
 
 
-def _to_invalid_event(exc: ValidationError, payload: Any) -> InvalidEvent:
+def _to_invalid_event(exc: ValidationError) -> InvalidEvent:
     err = exc.errors(include_url=False)[0]
     loc = [str(part) for part in err["loc"]]
     if loc and loc[0] in EVENT_TYPES:  # the discriminator branch, not a field
         loc = loc[1:]
     etype = err["type"]
+    ctx = err.get("ctx") or {}
     if etype in ("union_tag_not_found", "union_tag_invalid"):
-        name = "event_type"
-        value = payload.get("event_type") if isinstance(payload, dict) else err.get("input")
+        name, value = "event_type", ctx.get("tag")
     else:
         name = ".".join(loc) or "<payload>"
         value = err.get("input")
     if etype == "value_error":
-        rule = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+        rule = str(ctx["error"]) if "error" in ctx else err["msg"]
     elif etype == "json_invalid":
-        name, rule = "<payload>", "is not valid JSON"
+        name, value, rule = "<payload>", None, "is not valid JSON"
     elif not loc and etype.endswith("_type"):
         rule = "payload must be a JSON object"
     else:
@@ -159,32 +148,35 @@ def _to_invalid_event(exc: ValidationError, payload: Any) -> InvalidEvent:
     return InvalidEvent(name, value, rule)
 
 
-def parse_event(raw: bytes | bytearray | str | dict[str, Any]) -> Event:
+def parse_event(raw: Any) -> Event:
     """Validate one event from JSON (bytes or str) or a decoded dict.
 
-    Returns the typed event; raises ``InvalidEvent`` (and nothing else) for any
-    input that breaks the contract.
+    Returns the typed event; raises ``InvalidEvent`` and nothing else, whatever it is given
+    (bad UTF-8, lone surrogates, JSON nested thousands deep, a dict of odd objects): one bad
+    payload is one dead letter, never a stopped worker.
     """
     try:
         if isinstance(raw, dict):
             return _ADAPTER.validate_python(raw)
-        if isinstance(raw, bytes | bytearray | str):
-            size = len(raw.encode() if isinstance(raw, str) else raw)
+        if isinstance(raw, (bytes, bytearray, memoryview)):
+            if len(raw) > MAX_PAYLOAD_BYTES:
+                raise InvalidEvent("<payload>", f"{len(raw)} bytes", f"exceeds {MAX_PAYLOAD_BYTES} bytes")
+            return _ADAPTER.validate_json(bytes(raw))
+        if isinstance(raw, str):
+            size = len(raw.encode("utf-8", errors="surrogatepass"))
             if size > MAX_PAYLOAD_BYTES:
                 raise InvalidEvent("<payload>", f"{size} bytes", f"exceeds {MAX_PAYLOAD_BYTES} bytes")
             return _ADAPTER.validate_json(raw)
+    except InvalidEvent:
+        raise
     except ValidationError as exc:
-        payload: Any = raw
-        if not isinstance(raw, dict):
-            import json
-
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = None
-        raise _to_invalid_event(exc, payload) from None
+        raise _to_invalid_event(exc) from None
     except RecursionError:
         raise InvalidEvent("<payload>", "<deeply nested>", "is nested too deeply") from None
+    except Exception as exc:  # whatever else the input provokes is still this input's fault
+        raise InvalidEvent(
+            "<payload>", type(raw).__name__, f"cannot be read ({type(exc).__name__})"
+        ) from None
     raise InvalidEvent("<payload>", type(raw).__name__, "must be JSON bytes, a JSON string or a dict")
 
 

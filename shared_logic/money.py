@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Final
 
 from iso4217 import Currency
+
+# Bounds that keep every sum of money exact, in Python and in the speed layer's Lua (whose
+# numbers are doubles, exact up to 2**53):
+#: One order's value, one fixed fee: below a thousand billion minor units (10 billion USD).
+MAX_AMOUNT_MINOR: Final = 10**12
+#: Every money counter (a campaign's spend of a budget day, its lifetime spend, its revenue of a
+#: UTC day) and every cap: at most 2**53 - 1 minor units, so at least 9,007 orders a day at the
+#: per-order maximum. A settlement that would pass it is refused before anything is written.
+MAX_COUNTER_MINOR: Final = 2**53 - 1
 
 
 @lru_cache(maxsize=512)

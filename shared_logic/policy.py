@@ -7,8 +7,22 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from shared_logic.campaigns import Campaign, Windows
+from shared_logic.timeutil import MS_PER_DAY
 
 DEFAULT_ALLOWED_LATENESS_MS = 60_000
+DEFAULT_MAX_FUTURE_MS = 5 * 60_000
+DEFAULT_CANCEL_HORIZON_DAYS = 7
+FUTURE_RULE = "is in the future"
+
+
+def in_future(event_time_ms: int, clock_ms: int, max_future_ms: int) -> bool:
+    """Whether an event is dated more than ``max_future_ms`` after the clock that received it.
+
+    Both layers drop such an event (a dead letter with ``FUTURE_RULE``): a click dated 2099
+    would otherwise carry a watermark to 2099 and decide every later order at once. The speed
+    layer and landing use the processing clock; the batch layer the time the event landed.
+    """
+    return event_time_ms > clock_ms + max_future_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +37,18 @@ class AttributionPolicy:
     default_windows: Windows = field(default_factory=Windows)
     overrides: Mapping[str, Windows] = field(default_factory=lambda: MappingProxyType({}))
     allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
+    cancel_horizon_days: int = DEFAULT_CANCEL_HORIZON_DAYS
 
     def __post_init__(self) -> None:
         if self.allowed_lateness_ms < 0:
             raise ValueError(f"allowed_lateness_ms = {self.allowed_lateness_ms}: must not be negative")
+        if self.cancel_horizon_days < 0:
+            raise ValueError(f"cancel_horizon_days = {self.cancel_horizon_days}: must not be negative")
+
+    def lookback_days(self, campaigns: Iterable[Campaign] = ()) -> int:
+        """How many days before an order its touches (and an early cancel) may be dated: the
+        longest window plus the allowed lateness, rounded up."""
+        return -(-(self.longest_window_ms(campaigns) + self.allowed_lateness_ms) // MS_PER_DAY)
 
     def windows_for(self, campaign: Campaign) -> Windows:
         override = self.overrides.get(campaign.campaign_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Final
 
 from shared_logic.campaigns import Campaign, Catalog, Lever
 from shared_logic.events import Click, Event, Impression, Order, PromoView
@@ -55,15 +56,17 @@ class Decision:
     price_minor: int
 
 
+#: The touch each event type records (impression and promo view: a view; click: a click).
+TOUCH_KINDS: Final = {"impression": TouchKind.VIEW, "click": TouchKind.CLICK, "promo_view": TouchKind.VIEW}
+
+
 def touch_from_event(event: Event) -> Touch | None:
-    """The touch an event records (impression and promo view: view; click: click)."""
-    if isinstance(event, Click):
-        kind = TouchKind.CLICK
-    elif isinstance(event, Impression | PromoView):
-        kind = TouchKind.VIEW
-    else:
+    """The touch an event records, or None for an order or a cancel."""
+    kind = TOUCH_KINDS.get(event.event_type)
+    if kind is None:
         return None
-    return Touch(event.event_id, event.user_id, event.campaign_id, kind, event.event_time)
+    touching: Impression | Click | PromoView = event  # type: ignore[assignment]  # a touch type, by its tag
+    return Touch(touching.event_id, touching.user_id, touching.campaign_id, kind, touching.event_time)
 
 
 def eligible_campaigns(order: Order, catalog: Catalog) -> dict[str, Campaign]:

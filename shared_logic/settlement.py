@@ -9,28 +9,43 @@ they were batched, replayed or interrupted.
 ``ChargeBook`` is the specification. The speed layer runs the same steps in
 Redis Lua scripts (they must be atomic there); a property test feeds random
 action sequences through both and demands identical ledgers and spend.
+
+A book can stop at a boundary and go on later: ``snapshot`` keeps what actions
+after the boundary can still read (lifetime spend, the spend of budget days a
+later order can fall on, the charges a later cancel may still refund, cancels
+that came before their order) and ``restore`` builds a book from it. Settling a
+sequence in one go, or its actions before a boundary, then a snapshot, a
+restore and the rest, gives the same ledger (a property test holds it). The
+nightly job carries its settlement between nights this way.
+
+``cancel_counts`` is the cancel horizon of both layers: a cancel refunds only
+when dated within the order's UTC day minus ``lookback_days`` and plus
+``horizon_days``, so a day's ledger is final once its horizon has passed and a
+checkpoint never carries a charge older than the horizon.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from shared_logic.budget import apply_caps, budget_day
 from shared_logic.campaigns import Catalog
 from shared_logic.events import Event, Order, OrderCancel
+from shared_logic.money import MAX_COUNTER_MINOR
 from shared_logic.policy import AttributionPolicy
 from shared_logic.rules import Decision, Touch, attribute_order, touch_from_event
+from shared_logic.timeutil import MS_PER_DAY, utc_day
 
 ActionKind = Literal["decide", "cancel"]
 LedgerKind = Literal["charge", "cancelled", "refund"]
-_KIND_RANK = {"decide": 0, "cancel": 1}
+KIND_RANK = {"decide": 0, "cancel": 1}
 
 
 def action_key(due_ms: int, kind: ActionKind, order_id: str) -> tuple[int, int, str]:
     """Total order of settlement actions, shared by both layers."""
-    return (due_ms, _KIND_RANK[kind], order_id)
+    return (due_ms, KIND_RANK[kind], order_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +84,53 @@ class LedgerEntry:
     touch_kind: int
     touch_time_ms: int
 
+    @classmethod
+    def of(
+        cls, kind: LedgerKind, d: Decision, due_ms: int, charge_minor: int, capped: bool, day: str
+    ) -> LedgerEntry:
+        """The ledger line of a settlement of decision ``d`` (the one way both layers build it)."""
+        return cls(
+            kind,
+            d.order_id,
+            d.campaign_id,
+            d.advertiser_id,
+            str(d.lever),
+            d.user_id,
+            d.order_time_ms,
+            due_ms,
+            d.amount_minor,
+            d.currency,
+            d.price_minor,
+            charge_minor,
+            capped,
+            day,
+            d.touch_event_id,
+            int(d.touch_kind),
+            d.touch_time_ms,
+        )
+
+
+def cancel_window(order_time_ms: int, lookback_days: int, horizon_days: int) -> tuple[int, int]:
+    """The cancel times ``[lo, hi)`` that may settle an order at ``order_time_ms``: from
+    ``lookback_days`` before the order's UTC day to the end of the ``horizon_days``-th day after
+    it (``cancel_counts``)."""
+    day_start = order_time_ms - order_time_ms % MS_PER_DAY
+    return day_start - lookback_days * MS_PER_DAY, day_start + (horizon_days + 1) * MS_PER_DAY
+
+
+def cancel_counts(order_time_ms: int, cancel_time_ms: int, lookback_days: int, horizon_days: int) -> bool:
+    """Whether a cancel at ``cancel_time_ms`` may settle an order at ``order_time_ms`` (both layers'
+    horizon).
+
+    It counts when dated from ``lookback_days`` before the order's UTC day to the end of the
+    ``horizon_days``-th day after it. Later, the order's day is final and nothing refunds it;
+    much earlier (a cancel dated days before its order) the job deciding the order never reads
+    it. Both bounds hold for every run, from scratch or from a checkpoint, so both settle the
+    same cancels; the speed layer applies the same window.
+    """
+    lo, hi = cancel_window(order_time_ms, lookback_days, horizon_days)
+    return lo <= cancel_time_ms < hi
+
 
 @dataclass(slots=True)
 class _Charged:
@@ -78,6 +140,46 @@ class _Charged:
     refunded: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ChargeRecord:
+    """A settled decision a later cancel may still name: its charge, budget day, and whether it was
+    refunded (or stopped by a cancel that came first: charge 0, refunded)."""
+
+    decision: Decision
+    charge_minor: int
+    budget_day: str
+    refunded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BookState:
+    """What a ``ChargeBook`` needs to go on settling after a boundary, and nothing else.
+
+    - ``spend_lifetime``: per campaign (campaigns that spent nothing are left out);
+    - ``spend_day``: per (campaign, local budget day) for the days a later order can fall
+      on, and only for campaigns with a daily cap;
+    - ``charges``: per order id, the charges a later cancel may still refund (or ignore,
+      when already refunded), so a refund after the boundary is the same amount on the
+      same day as in one go;
+    - ``cancelled``: orders cancelled before they were decided (the decision, when it
+      comes, charges nothing).
+    """
+
+    spend_lifetime: Mapping[str, int] = field(default_factory=dict)
+    spend_day: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    charges: Mapping[str, ChargeRecord] = field(default_factory=dict)
+    cancelled: frozenset[str] = frozenset()
+
+    def merge(self, other: BookState) -> BookState:
+        """The union of two states of disjoint campaigns (one book per campaign, then one state)."""
+        return BookState(
+            {**self.spend_lifetime, **other.spend_lifetime},
+            {**self.spend_day, **other.spend_day},
+            {**self.charges, **other.charges},
+            self.cancelled | other.cancelled,
+        )
+
+
 @dataclass(slots=True)
 class ChargeBook:
     """In-memory settlement of one stream of actions against the catalog's caps."""
@@ -85,9 +187,60 @@ class ChargeBook:
     catalog: Catalog
     spend_day: dict[tuple[str, str], int] = field(default_factory=dict)
     spend_lifetime: dict[str, int] = field(default_factory=dict)
+    # Revenue of charged orders per campaign and UTC day of the order: the speed layer's daily
+    # stats, bounded like every money counter (``MAX_COUNTER_MINOR``). Not in a snapshot: every
+    # charge of a UTC day is settled before the boundary that day's night checkpoints at, and a
+    # refund only lowers it.
+    revenue_day: dict[tuple[str, str], int] = field(default_factory=dict)
     charged: dict[str, _Charged] = field(default_factory=dict)
     cancelled: set[str] = field(default_factory=set)
     ledger: list[LedgerEntry] = field(default_factory=list)
+    # Orders whose charge was refused because a counter would pass MAX_COUNTER_MINOR.
+    refused: list[str] = field(default_factory=list)
+
+    @classmethod
+    def restore(cls, catalog: Catalog, state: BookState) -> ChargeBook:
+        """A book that goes on from ``state`` (a ``snapshot``), with an empty ledger."""
+        book = cls(catalog)
+        book.spend_lifetime.update(state.spend_lifetime)
+        book.spend_day.update(state.spend_day)
+        for order_id, r in state.charges.items():
+            book.charged[order_id] = _Charged(r.decision, r.charge_minor, r.budget_day, r.refunded)
+        book.cancelled.update(state.cancelled)
+        return book
+
+    def snapshot(self, open_from_ms: int, refundable_from_ms: int) -> BookState:
+        """The state after the actions settled so far, cut to what later actions can read.
+
+        The caller promises that every later decision is of an order at or after
+        ``open_from_ms`` (so a budget day before that instant's local day, in the campaign's
+        time zone, is closed: no later charge reads it), and that no later cancel names a
+        charged order before ``refundable_from_ms`` (its cancel horizon has passed). Zero
+        spend is left out: a missing entry reads as 0.
+        """
+        first_open: dict[str, str | None] = {}
+
+        def is_open(campaign_id: str, day: str) -> bool:
+            if campaign_id not in first_open:
+                campaign = self.catalog.get(campaign_id)
+                first_open[campaign_id] = (
+                    budget_day(open_from_ms, campaign.budget.timezone).isoformat()
+                    if campaign is not None and campaign.budget.daily_minor is not None
+                    else None
+                )
+            first = first_open[campaign_id]
+            return first is not None and day >= first
+
+        return BookState(
+            spend_lifetime={c: v for c, v in self.spend_lifetime.items() if v},
+            spend_day={k: v for k, v in self.spend_day.items() if v and is_open(*k)},
+            charges={
+                order_id: ChargeRecord(r.decision, r.charge, r.day, r.refunded)
+                for order_id, r in self.charged.items()
+                if r.decision.order_time_ms >= refundable_from_ms
+            },
+            cancelled=frozenset(o for o in self.cancelled if o not in self.charged),
+        )
 
     def settle(self, actions: Iterable[SettlementAction]) -> list[LedgerEntry]:
         """Apply actions in ``action_key`` order; returns the ledger entries they produced."""
@@ -100,27 +253,7 @@ class ChargeBook:
         return self.ledger[start:]
 
     def _entry(self, kind: LedgerKind, d: Decision, due: int, charge: int, capped: bool, day: str) -> None:
-        self.ledger.append(
-            LedgerEntry(
-                kind,
-                d.order_id,
-                d.campaign_id,
-                d.advertiser_id,
-                str(d.lever),
-                d.user_id,
-                d.order_time_ms,
-                due,
-                d.amount_minor,
-                d.currency,
-                d.price_minor,
-                charge,
-                capped,
-                day,
-                d.touch_event_id,
-                int(d.touch_kind),
-                d.touch_time_ms,
-            )
-        )
+        self.ledger.append(LedgerEntry.of(kind, d, due, charge, capped, day))
 
     def _decide(self, action: SettlementAction) -> None:
         d = action.decision
@@ -134,16 +267,19 @@ class ChargeBook:
             self.charged[action.order_id] = _Charged(d, 0, day, refunded=True)
             self._entry("cancelled", d, action.due_ms, 0, False, day)
             return
-        result = apply_caps(
-            d.price_minor,
-            campaign.budget,
-            self.spend_day.get((d.campaign_id, day), 0),
-            self.spend_lifetime.get(d.campaign_id, 0),
-        )
-        self.spend_day[(d.campaign_id, day)] = (
-            self.spend_day.get((d.campaign_id, day), 0) + result.charge_minor
-        )
-        self.spend_lifetime[d.campaign_id] = self.spend_lifetime.get(d.campaign_id, 0) + result.charge_minor
+        spent_day = self.spend_day.get((d.campaign_id, day), 0)
+        spent_life = self.spend_lifetime.get(d.campaign_id, 0)
+        stats_day = (d.campaign_id, utc_day(d.order_time_ms))
+        revenue = self.revenue_day.get(stats_day, 0)
+        result = apply_caps(d.price_minor, campaign.budget, spent_day, spent_life)
+        if max(
+            spent_day + result.charge_minor, spent_life + result.charge_minor, revenue + d.amount_minor
+        ) > (MAX_COUNTER_MINOR):
+            self.refused.append(action.order_id)
+            return
+        self.spend_day[(d.campaign_id, day)] = spent_day + result.charge_minor
+        self.spend_lifetime[d.campaign_id] = spent_life + result.charge_minor
+        self.revenue_day[stats_day] = revenue + d.amount_minor
         self.charged[action.order_id] = _Charged(d, result.charge_minor, day)
         self._entry("charge", d, action.due_ms, result.charge_minor, result.capped, day)
 
@@ -156,12 +292,13 @@ class ChargeBook:
             return
         record.refunded = True
         d = record.decision
-        self.spend_day[(d.campaign_id, record.day)] -= record.charge
-        self.spend_lifetime[d.campaign_id] -= record.charge
+        # A restored book may lack a closed day (see ``snapshot``): nothing reads it any more.
+        key = (d.campaign_id, record.day)
+        self.spend_day[key] = self.spend_day.get(key, 0) - record.charge
+        self.spend_lifetime[d.campaign_id] = self.spend_lifetime.get(d.campaign_id, 0) - record.charge
+        stats = (d.campaign_id, utc_day(d.order_time_ms))
+        self.revenue_day[stats] = self.revenue_day.get(stats, 0) - d.amount_minor
         self._entry("refund", d, action.due_ms, -record.charge, False, record.day)
-
-    def net_spend(self) -> dict[str, int]:
-        return dict(self.spend_lifetime)
 
 
 def settle_events(
@@ -171,18 +308,19 @@ def settle_events(
 
     The reference both layers must agree with: each order (the first event of
     its order id) is decided by ``attribute_order`` over all of its user's
-    touches, then decisions and cancels are settled in ``action_key`` order.
+    touches, its cancel is the first one inside its cancel window (``cancel_counts``), then
+    decisions and cancels are settled in ``action_key`` order.
     Returns the book and the decision of every order (``None``: organic).
     """
     touches: dict[str, list[Touch]] = {}
     orders: dict[str, Order] = {}
-    cancels: dict[str, OrderCancel] = {}
+    cancels: dict[str, list[OrderCancel]] = {}
     seen_touch: set[str] = set()
     for event in events:
         if isinstance(event, Order):
             orders.setdefault(event.order_id, event)
         elif isinstance(event, OrderCancel):
-            cancels.setdefault(event.order_id, event)
+            cancels.setdefault(event.order_id, []).append(event)
         else:
             touch = touch_from_event(event)
             if touch is not None and touch.event_id not in seen_touch:
@@ -195,7 +333,16 @@ def settle_events(
         decision = attribute_order(order, touches.get(order.user_id, ()), catalog, policy)
         decisions[order.order_id] = decision
         actions.append(SettlementAction(order.event_time + lateness, "decide", order.order_id, decision))
-    actions.extend(SettlementAction(c.event_time + lateness, "cancel", c.order_id) for c in cancels.values())
+    lookback, horizon = policy.lookback_days(catalog), policy.cancel_horizon_days
+    for order_id, copies in cancels.items():
+        named = orders.get(order_id)
+        counting = [
+            c
+            for c in copies
+            if named is None or cancel_counts(named.event_time, c.event_time, lookback, horizon)
+        ]
+        if counting:
+            actions.append(SettlementAction(counting[0].event_time + lateness, "cancel", order_id))
     book = ChargeBook(catalog)
     book.settle(actions)
     return book, decisions

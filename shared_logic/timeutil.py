@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 # Anything outside these bounds is a unit mistake (seconds sent as milliseconds)
 # or garbage, not a real event.
@@ -39,11 +39,18 @@ def to_epoch_ms(value: object) -> int:
     return ms
 
 
-def ms_to_datetime(ms: int) -> datetime:
-    """UTC datetime of epoch milliseconds."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+def utc_day(ms: int) -> str:
+    """The UTC calendar day (``YYYY-MM-DD``) of epoch milliseconds: the lake's ``dt``."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).date().isoformat()
 
 
-def iso(ms: int) -> str:
-    """RFC 3339 form (UTC, milliseconds) of epoch milliseconds."""
-    return ms_to_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_hour(ms: int) -> tuple[str, str]:
+    """The UTC day and hour (``("YYYY-MM-DD", "HH")``) of epoch milliseconds: raw partitions."""
+    t = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return t.date().isoformat(), f"{t.hour:02d}"
+
+
+def utc_day_bounds_ms(day: date) -> tuple[int, int]:
+    """Start (inclusive) and end (exclusive) of a UTC day in epoch milliseconds."""
+    start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+    return start, start + MS_PER_DAY

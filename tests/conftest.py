@@ -26,7 +26,7 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[object]:
     """One redis-server on a free port for the whole run (never the machine's shared one)."""
-    from realtime.localredis import LocalRedis
+    from devtools.servers import LocalRedis
 
     with LocalRedis() as server:
         yield server
@@ -35,20 +35,49 @@ def redis_server() -> Iterator[object]:
 @pytest.fixture
 def redis_url(redis_server: object) -> str:
     """The test server's URL, emptied before each test."""
-    import redis
+    from tests.helpers import flush
 
     url: str = redis_server.url  # type: ignore[attr-defined]
-    client = redis.Redis.from_url(url)
-    client.flushall()
-    client.close()
+    flush(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[object]:
+    """One 3-master Redis Cluster on free ports for the whole run (about 2 s to form)."""
+    from devtools.servers import LocalRedisCluster
+
+    with LocalRedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["server", "cluster"])
+def speed_redis_url(request: pytest.FixtureRequest) -> str:
+    """The speed layer's Redis, once a single server and once a 3-master Redis Cluster, emptied."""
+    from tests.helpers import flush
+
+    server = request.getfixturevalue("redis_server" if request.param == "server" else "redis_cluster")
+    url: str = server.url
+    flush(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[object]:
+    """One Kafka-protocol broker (Tansu, in memory) on a free port for the whole run; each test
+    uses its own topic prefix and consumer group."""
+    from devtools.servers import LocalBroker
+
+    with LocalBroker() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
     """One local Spark session for the whole run (local[2], UI off, UTC, few partitions)."""
     from batch.spark import spark_session
+    from shared_logic.settings import SparkSettings
 
-    session = spark_session("attribution-tests", **{"spark.sql.shuffle.partitions": "4"})
+    session = spark_session(SparkSettings(shuffle_partitions=4), "attribution-tests")
     yield session
     session.stop()

@@ -1,47 +1,68 @@
+-- contract: touch_member = kind|campaign_id|arrival_wm|event_id
+-- contract: count_field = campaign_id|counter
+-- contract: pending_field = o:order_id x:order_id
 -- Ingest a batch of one user bucket's events (all KEYS share the bucket's hash tag).
--- ARGV[1] retention of touches (ms), ARGV[2] TTL of counts (ms), ARGV[3] oldest event
--- time still counted, ARGV[4] a JSON array of ops (one argument, not six per event:
--- packing arguments is the client's main cost), each an array of 6 fields:
---   't', touches key index, counts key index (0: do not count), member, score, counts field
---   'p', claim key index (0 for a cancel), pending key index, pending field, payload, ''
+-- ARGV[1] retention of touches (ms), ARGV[2] TTL of counts (ms), ARGV[3] trim bound: touches
+-- older than it can earn no order still to be decided, ARGV[4] a JSON array of ops (one
+-- argument, not six per event: packing arguments is the client's main cost):
+--   {'t', touches key index, counts key index, member, score, counts field}
+--   {'p', claim key index (0 for a cancel), pending key index, pending field, payload}
 -- Returns one integer per op:
---   touch: 1 new, 0 already known (ZADD NX makes redelivery a no-op)
+--   touch: 1 new, 0 already known (a redelivery changes nothing)
 --   pending: 1 newly pending, 2 already pending, 0 already decided (nothing to do)
+-- Reads and checks first, then writes: an error leaves nothing behind.
+local MAX = 9007199254740991  -- 2^53 - 1: every counter stays exact in Lua's doubles
 local retention = tonumber(ARGV[1])
 local counts_ttl = tonumber(ARGV[2])
-local count_floor = tonumber(ARGV[3])
-local out = {}
--- Per call, not per touch: the newest score of each touched key (trim and expire
--- once at the end) and the sum of each counter field (one HINCRBY per field).
-local newest = {}
-local counts = {}
-for _, op in ipairs(cjson.decode(ARGV[4])) do
+local trim_bound = tonumber(ARGV[3])
+local ops = cjson.decode(ARGV[4])
+local out, touches, pendings, seen, newest, counts = {}, {}, {}, {}, {}, {}
+for i, op in ipairs(ops) do
   if op[1] == 't' then
     local zkey = KEYS[op[2]]
-    local score = op[5]
-    local added = redis.call('ZADD', zkey, 'NX', score, op[4])
-    if newest[zkey] == nil or score > newest[zkey] then newest[zkey] = score end
-    if added == 1 and op[3] > 0 and score >= count_floor then
+    local id = zkey .. '\n' .. op[4]
+    if seen[id] or redis.call('ZSCORE', zkey, op[4]) then
+      out[i] = 0
+    else
+      seen[id] = true
+      out[i] = 1
+      touches[#touches + 1] = op
+      if newest[zkey] == nil or op[5] > newest[zkey] then newest[zkey] = op[5] end
       local ckey = KEYS[op[3]]
       local fields = counts[ckey]
       if fields == nil then fields = {}; counts[ckey] = fields end
       fields[op[6]] = (fields[op[6]] or 0) + 1
     end
-    out[#out + 1] = added
   else
-    local claim_idx = op[2]
     local pkey = KEYS[op[3]]
-    if claim_idx > 0 and redis.call('EXISTS', KEYS[claim_idx]) == 1 then
-      out[#out + 1] = 0
-    elseif redis.call('HSETNX', pkey, op[4], op[5]) == 1 then
-      out[#out + 1] = 1
+    local id = pkey .. '\n' .. op[4]
+    if op[2] > 0 and redis.call('EXISTS', KEYS[op[2]]) == 1 then
+      out[i] = 0
+    elseif seen[id] or redis.call('HEXISTS', pkey, op[4]) == 1 then
+      out[i] = 2
     else
-      out[#out + 1] = 2
+      seen[id] = true
+      out[i] = 1
+      pendings[#pendings + 1] = op
     end
   end
 end
-for zkey, score in pairs(newest) do
-  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', string.format('(%d', score - retention))
+for ckey, fields in pairs(counts) do
+  for field, n in pairs(fields) do
+    if tonumber(redis.call('HGET', ckey, field) or '0') + n > MAX then
+      return redis.error_reply('counter ' .. field .. ' would pass 2^53 - 1')
+    end
+  end
+end
+-- writes below: nothing above this line writes
+for _, op in ipairs(touches) do
+  redis.call('ZADD', KEYS[op[2]], op[5], op[4])
+end
+for _, op in ipairs(pendings) do
+  redis.call('HSET', KEYS[op[3]], op[4], op[5])
+end
+for zkey, _ in pairs(newest) do
+  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', string.format('(%d', trim_bound))
   redis.call('PEXPIRE', zkey, retention)
 end
 for ckey, fields in pairs(counts) do

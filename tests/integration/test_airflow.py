@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from batch.lake import Lake, partition
-from batch.raw import land_events
-from realtime.replay import replay
-from realtime.settings import RealtimeSettings
-from shared_logic.synthetic import SyntheticConfig, generate
+from devtools.synthetic import SyntheticConfig, generate
+from storage import open_lake, partition
+from tests.helpers import land_and_replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DAGS = Path(__file__).resolve().parents[2] / "airflow_dags"
@@ -47,8 +43,8 @@ def test_dagbag_imports_cleanly(dagbag: Any) -> None:
         "load_analytics",
         "data_quality",
     ]
-    assert {t.task_id for t in rerun.tasks} == {"list_days", "rerun_day", "summarise"}
-    assert set(rerun.params.keys()) == {"start_date", "end_date", "models"}
+    assert {t.task_id for t in rerun.tasks} == {"run_days", "finish_day", "summarise"}
+    assert set(rerun.params.keys()) == {"start_date", "end_date", "models", "from_scratch", "follow"}
     assert nightly.catchup is False
     assert nightly.max_active_runs == 1
 
@@ -74,41 +70,39 @@ def small_lake(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> t
     redis.Redis.from_url(redis_server.url).flushall()
     folder = tmp_path_factory.mktemp("af")
     traffic = generate(SyntheticConfig(users=300, days=2))
-    url = f"file://{folder}/lake"
-    land_events(Lake(url), ((e.payload, e.arrival_ms) for e in traffic.events))
-    asyncio.run(
-        replay(
-            [e.payload for e in traffic.events],
-            traffic.catalog,
-            RealtimeSettings(redis_url=redis_server.url, user_buckets=16),
-            lake_url=url,
-            show_progress=False,
-        )
-    )
-    catalog = folder / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump({"campaigns": traffic.catalog.to_records()}))
-    return url, catalog
+    lake, _, catalog = land_and_replay(folder, traffic, redis_server.url, keys_user_buckets=16)
+    return lake.url, catalog
 
 
 @pytest.fixture
 def batch_env(small_lake: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, spark: Any) -> str:
     url, catalog = small_lake
-    monkeypatch.setenv("ATTRIBUTION_BATCH_LAKE_URL", url)
-    monkeypatch.setenv("ATTRIBUTION_BATCH_CATALOG_PATH", str(catalog))
+    monkeypatch.setenv("ATTRIBUTION_LAKE_URL", url)
+    monkeypatch.setenv("ATTRIBUTION_CATALOG_URL", str(catalog))
     monkeypatch.setenv("ATTRIBUTION_STORE_URL", "duckdb://")
     return url
 
 
-def test_nightly_dag_runs_the_day_before_its_logical_date(dagbag: Any, batch_env: str) -> None:
+def test_nightly_dag_runs_the_day_before_its_logical_date_after_refreshing_the_days_before(
+    dagbag: Any, batch_env: str
+) -> None:
     from airflow.utils.state import DagRunState
 
+    from batch.checkpoints import read_checkpoint
+
     dag = dagbag.dags["nightly_attribution"]
-    run = dag.test(logical_date=datetime(2026, 11, 2, 3, tzinfo=UTC))
+    run = dag.test(logical_date=datetime(2026, 11, 3, 3, tzinfo=UTC))
     assert run.state == DagRunState.SUCCESS
-    lake = Lake(batch_env)
-    assert lake.is_complete(partition("metrics/campaign_daily", dt="2026-11-01"))
-    assert lake.manifest(partition("reconciliation", dt="2026-11-01"))["discrepancy_pct"] == 0.0  # type: ignore[index]
-    assert not lake.is_complete(partition("metrics/campaign_daily", dt="2026-11-02"))
+    lake = open_lake(batch_env)
+    # D = 2026-11-02; the refresh window (the cancel horizon) holds 2026-11-01, the lake's first day.
+    for day in ("2026-11-01", "2026-11-02"):
+        assert lake.is_complete(partition("metrics/campaign_daily", dt=day))
+        assert lake.manifest(partition("reconciliation", dt=day))["discrepancy_pct"] == 0.0  # type: ignore[index]
+    assert not lake.is_complete(partition("metrics/campaign_daily", dt="2026-11-03"))
+    first, second = read_checkpoint(lake, date(2026, 11, 1)), read_checkpoint(lake, date(2026, 11, 2))
+    assert first is not None
+    assert second is not None
+    assert (first.parent_day, second.parent_day, second.parent_digest) == (None, first.day, first.digest)
 
 
 def test_rerun_dag_reruns_a_range_with_chosen_models(dagbag: Any, batch_env: str) -> None:
@@ -117,15 +111,34 @@ def test_rerun_dag_reruns_a_range_with_chosen_models(dagbag: Any, batch_env: str
     dag = dagbag.dags["rerun_attribution"]
     run = dag.test(run_conf={"start_date": "2026-11-01", "end_date": "2026-11-02", "models": ["last_touch"]})
     assert run.state == DagRunState.SUCCESS
-    lake = Lake(batch_env)
+    lake = open_lake(batch_env)
     for day in ("2026-11-01", "2026-11-02"):
         assert lake.is_complete(partition("attribution", model="last_touch", dt=day))
         metrics = lake.read([partition("metrics/campaign_daily", dt=day)]).to_pylist()
         assert {m["model"] for m in metrics} == {"billing", "last_touch"}
 
 
+def test_a_rerun_without_follow_is_refused_when_later_days_depend_on_it(dagbag: Any, batch_env: str) -> None:
+    from airflow.utils.state import DagRunState
+
+    from airflow_dags.tasks import nightly_days, run_days
+    from batch.errors import StaleCheckpoints
+
+    assert nightly_days("2026-11-02") == ("2026-11-01", "2026-11-02")
+    lake = open_lake(batch_env)
+    before = lake.manifest(partition("metrics/campaign_daily", dt="2026-11-01"))
+    with pytest.raises(StaleCheckpoints, match="checkpoints of 2026-11-02 stale"):
+        run_days("2026-11-01", "2026-11-01", follow=False)
+    run = dagbag.dags["rerun_attribution"].test(
+        run_conf={"start_date": "2026-11-01", "end_date": "2026-11-01", "follow": False}
+    )
+    assert run.state == DagRunState.FAILED
+    assert lake.manifest(partition("metrics/campaign_daily", dt="2026-11-01")) == before
+
+
 def test_quality_check_fails_loudly(batch_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_dags.tasks import DataQualityError, check_quality
+    from airflow_dags.tasks import check_quality
+    from batch.errors import DataQualityError
 
     with pytest.raises(DataQualityError, match="2026-12-25: metrics/campaign_daily has no rows"):
         check_quality("2026-12-25")

@@ -12,16 +12,16 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from batch.job import NoRawData, run_day
-from batch.lake import Lake, partition
-from batch.raw import land_events, read_raw, rows_to_payloads
+from batch.errors import NoRawData
+from batch.job import run_day
 from batch.reconcile import reconcile_day
-from batch.settings import BatchSettings
-from realtime.replay import replay
-from realtime.settings import RealtimeSettings
+from devtools.synthetic import SyntheticConfig, Traffic, generate
 from shared_logic import AttributionPolicy, parse_event
+from shared_logic.settings import Settings
 from shared_logic.settlement import settle_events
-from shared_logic.synthetic import SyntheticConfig, Traffic, generate
+from storage import Lake, open_lake, partition
+from storage.raw import land_events, read_raw, rows_to_payloads
+from tests.helpers import land_and_replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONFIG = SyntheticConfig(users=800, days=3, cancel_rate=0.15, duplicate_rate=0.02, malformed_rate=0.003)
@@ -31,20 +31,12 @@ def _build(
     tmp: Path, config: SyntheticConfig, redis_url: str, spark: Any
 ) -> tuple[Lake, Traffic, dict[str, Any]]:
     traffic = generate(config)
-    url = f"file://{tmp}/lake"
-    lake = Lake(url)
-    land_events(lake, ((e.payload, e.arrival_ms) for e in traffic.events))
-    settings = RealtimeSettings(redis_url=redis_url, user_buckets=32)
-    asyncio.run(
-        replay(
-            [e.payload for e in traffic.events], traffic.catalog, settings, lake_url=url, show_progress=False
-        )
-    )
+    lake, _, _ = land_and_replay(tmp, traffic, redis_url, keys_user_buckets=32)
     results: dict[str, Any] = {}
     for i in range(config.days):
         day = config.start + timedelta(days=i)
         results[day.isoformat()] = (
-            run_day(spark, lake, traffic.catalog, day, BatchSettings()),
+            run_day(spark, lake, traffic.catalog, day, Settings()),
             reconcile_day(spark, lake, day),
         )
     return lake, traffic, results
@@ -140,7 +132,7 @@ def test_rerun_replaces_exactly_the_dates_it_was_given(week, spark) -> None:
 
     before_target, before_other = snapshot(target), snapshot(other)
     mtimes = {f: os.stat(lake.path(f)).st_mtime_ns for m in before_other.values() for f in m[0]}
-    run_day(spark, lake, traffic.catalog, date.fromisoformat(target), BatchSettings())
+    run_day(spark, lake, traffic.catalog, date.fromisoformat(target), Settings())
     after_target, after_other = snapshot(target), snapshot(other)
     assert {m: v[1] for m, v in after_target.items()} == {m: v[1] for m, v in before_target.items()}
     assert after_other == before_other
@@ -224,7 +216,7 @@ def test_a_late_touch_is_a_difference_with_its_cause(tmp_path: Path, redis_url: 
         ),
     ]
     url = f"file://{tmp_path}/lake"
-    lake = Lake(url)
+    lake = open_lake(url)
     land_events(lake, deliveries)
     ordered = [p for p, _ in sorted(deliveries, key=lambda d: d[1])]
 
@@ -233,13 +225,13 @@ def test_a_late_touch_is_a_difference_with_its_cause(tmp_path: Path, redis_url: 
         # late click in: the effective lateness is the allowed lateness plus at most one batch).
         from redis.asyncio import Redis
 
+        from realtime.deadletters import MemoryDeadLetters
         from realtime.engine import SpeedLayer
         from realtime.ledger import LedgerFlusher
-        from realtime.sinks import MemoryDeadLetters
 
         redis = Redis.from_url(redis_url)
         engine = SpeedLayer(
-            redis, catalog, RealtimeSettings(redis_url=redis_url, user_buckets=4), MemoryDeadLetters()
+            redis, catalog, Settings().replace(redis_url=redis_url, keys_user_buckets=4), MemoryDeadLetters()
         )
         await engine.start()
         for payload in ordered:
@@ -250,7 +242,7 @@ def test_a_late_touch_is_a_difference_with_its_cause(tmp_path: Path, redis_url: 
 
     asyncio.run(live())
     day = date(2026, 11, 1)
-    run_day(spark, lake, catalog, day, BatchSettings())
+    run_day(spark, lake, catalog, day, Settings())
     rec = reconcile_day(spark, lake, day)
     assert (rec.orders, rec.matched, rec.causes) == (2, 1, {"late touch": 1})
     assert rec.spend_diff_minor == {"ad1": 100, "ad2": -300}
@@ -269,7 +261,7 @@ def test_a_late_touch_is_a_difference_with_its_cause(tmp_path: Path, redis_url: 
 def test_missing_day_is_a_clear_error(week, spark) -> None:
     lake, traffic, _ = week
     with pytest.raises(NoRawData, match="2027-01-01"):
-        run_day(spark, lake, traffic.catalog, date(2027, 1, 1), BatchSettings())
+        run_day(spark, lake, traffic.catalog, date(2027, 1, 1), Settings())
 
 
 def test_lake_round_trip_replays_the_same_events(week) -> None:

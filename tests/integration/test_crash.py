@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 
-from batch.lake import Lake
+from devtools.synthetic import SyntheticConfig, generate
 from realtime.keys import Keys
 from realtime.ledger import LedgerFlusher, read_ledger, read_stream
-from shared_logic.synthetic import SyntheticConfig, generate
+from storage import open_lake
+from tests.helpers import flush, redis_snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ATTRIBUTION = str(Path(sys.executable).with_name("attribution"))
@@ -54,47 +56,36 @@ def _replay_cmd(events: Path, catalog: Path, url: str) -> list[str]:
 
 
 async def _state(url: str) -> dict[str, Any]:
-    """Spend, stats and the ledger (stream ids dropped) of one Redis database."""
-    r = Redis.from_url(url)
-    out: dict[str, Any] = {}
-    async for key in r.scan_iter(match="attr:{b*"):
-        k = key.decode()
-        kind = await r.type(key)
-        if kind == b"string":
-            out[k] = await r.get(key)
-        elif kind == b"hash":
-            out[k] = await r.hgetall(key)
-    out["ledger"] = sorted(map(repr, await read_stream(r, Keys("attr", 256, 1))))
-    await r.aclose()
-    return out
+    """Spend, stats, charges and the ledger and budget-events streams (ids dropped) of one database."""
+    return await redis_snapshot(url, "attr:{b*", sort_streams=True)
 
 
 def test_sigkill_at_random_points_then_restart_charges_every_order_once(
-    redis_server: Any, traffic_files: tuple[Path, Path, int]
+    speed_redis_url: str, traffic_files: tuple[Path, Path, int]
 ) -> None:
+    """On one server and on a 3-master Redis Cluster."""
     events, catalog, _ = traffic_files
-    clean_url = redis_server.url.rsplit("/", 1)[0] + "/1"
-    crash_url = redis_server.url.rsplit("/", 1)[0] + "/2"
-    for url in (clean_url, crash_url):
-        import redis as sync_redis
-
-        sync_redis.Redis.from_url(url).flushdb()
+    url = speed_redis_url
     env = {**os.environ, "COLUMNS": "200"}
-    subprocess.run(
-        _replay_cmd(events, catalog, clean_url), check=True, env=env, capture_output=True, timeout=300
-    )
-    expected = asyncio.run(_state(clean_url))
-    assert len(expected["ledger"]) > 200
+    subprocess.run(_replay_cmd(events, catalog, url), check=True, env=env, capture_output=True, timeout=300)
+    expected = asyncio.run(_state(url))
+    assert len(expected["attr:{b0}:ledger"]) > 200
+    flush(url)
+    crash_url = url
 
     rng = random.Random(20261123)
-    import redis as sync_redis
+    from realtime.client import is_cluster
 
-    watch = sync_redis.Redis.from_url(crash_url)
+    watch: Any = (
+        __import__("redis").RedisCluster(host="127.0.0.1", port=int(url.split(",")[0].rsplit(":", 1)[1]))
+        if is_cluster(url)
+        else __import__("redis").Redis.from_url(url)
+    )
     ledger_key = Keys("attr", 256, 1).ledger(0)
     kills = 0
     # Kill when the ledger has grown to a random share of its final size: mid-charging, for sure.
     for share in sorted(rng.uniform(0.1, 0.9) for _ in range(3)):
-        target = int(share * len(expected["ledger"]))
+        target = int(share * len(expected["attr:{b0}:ledger"]))
         proc = subprocess.Popen(
             _replay_cmd(events, catalog, crash_url),
             env=env,
@@ -125,7 +116,7 @@ def test_ledger_flush_killed_between_write_and_commit_redoes_the_same_file(
 ) -> None:
     events, catalog, _ = traffic_files
     subprocess.run(_replay_cmd(events, catalog, redis_url), check=True, capture_output=True, timeout=300)
-    lake = Lake(f"file://{tmp_path}/lake")
+    lake = open_lake(f"file://{tmp_path}/lake")
 
     async def run() -> tuple[int, int]:
         redis = Redis.from_url(redis_url)
@@ -153,5 +144,42 @@ def test_ledger_flush_killed_between_write_and_commit_redoes_the_same_file(
     in_stream, _ = asyncio.run(run())
     days = [p["dt"] for p in lake.partitions("realtime_ledger")]
     rows = read_ledger(lake, days)
+    assert len(rows) == in_stream
+    assert len({(r.order_id, r.kind) for r in rows}) == in_stream
+
+
+def test_flushers_racing_on_the_same_shards_write_each_entry_once(
+    redis_url: str, tmp_path: Path, traffic_files: tuple[Path, Path, int]
+) -> None:
+    """Every Kafka worker flushes on a timer: three flushers at once, in small batches, interleaving
+    at every await, still land each ledger entry exactly once and empty the streams."""
+    events, catalog, _ = traffic_files
+    subprocess.run(_replay_cmd(events, catalog, redis_url), check=True, capture_output=True, timeout=300)
+    lake = open_lake(f"file://{tmp_path}/lake")
+    writes: Counter[str] = Counter()
+    put_file = lake.put_file
+
+    def counted(ref: Any, name: str, table: Any) -> None:
+        writes[f"{ref.path}/{name}"] += 1
+        put_file(ref, name, table)
+
+    lake.put_file = counted  # type: ignore[method-assign]
+
+    async def run() -> tuple[int, list[int]]:
+        redis = Redis.from_url(redis_url)
+        keys = Keys("attr", 256, 1)
+        in_stream = len(await read_stream(redis, keys))
+        flushers = [LedgerFlusher(redis, keys, lake, batch=97) for _ in range(3)]
+        counts = [0, 0, 0]
+        while await redis.xlen(keys.ledger(0)):
+            got = await asyncio.gather(*(f.flush() for f in flushers))
+            counts = [a + b for a, b in zip(counts, got, strict=True)]
+        await redis.aclose()
+        return in_stream, counts
+
+    in_stream, counts = asyncio.run(run())
+    assert sum(counts) == in_stream  # each range counted by the one flusher that committed it
+    assert max(writes.values()) >= 2  # they really raced: a range written by more than one
+    rows = read_ledger(lake, [p["dt"] for p in lake.partitions("realtime_ledger")])
     assert len(rows) == in_stream
     assert len({(r.order_id, r.kind) for r in rows}) == in_stream

@@ -9,10 +9,12 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from batch.lake import Lake, LakeError, S3Settings, partition
-from batch.raw import land_events, read_raw, rows_to_payloads
-from realtime.localredis import free_port
-from shared_logic.synthetic import SyntheticConfig, generate
+from devtools.servers import free_port
+from devtools.synthetic import SyntheticConfig, generate
+from shared_logic.settings import S3Settings
+from storage import open_lake, partition
+from storage.errors import LakeError, UnknownBackend
+from storage.raw import land_events, read_raw, rows_to_payloads
 
 pytestmark = pytest.mark.integration
 BUCKET = "attribution-lake"
@@ -41,7 +43,7 @@ def s3() -> Iterator[S3Settings]:
 
 
 def test_partition_write_list_read_and_markers(s3: S3Settings) -> None:
-    lake = Lake(f"s3://{BUCKET}/prod", s3)
+    lake = open_lake(f"s3://{BUCKET}/prod", s3)
     ref = partition("metrics/campaign_daily", dt="2026-11-01")
     assert not lake.is_complete(ref)
     first = pa.table({"campaign_id": ["a", "b"], "spend_minor": [1, 2]})
@@ -62,7 +64,7 @@ def test_partition_write_list_read_and_markers(s3: S3Settings) -> None:
 
 def test_raw_events_land_and_read_back_on_s3(s3: S3Settings) -> None:
     traffic = generate(SyntheticConfig(users=60, days=1, malformed_rate=0.05))
-    lake = Lake(f"s3://{BUCKET}/raw-test", s3)
+    lake = open_lake(f"s3://{BUCKET}/raw-test", s3)
     landed = land_events(lake, ((e.payload, e.arrival_ms) for e in traffic.events))
     assert landed.rejected == sum(e.malformed for e in traffic.events)
     table = read_raw(lake, traffic.config.start, traffic.config.start)
@@ -73,7 +75,7 @@ def test_raw_events_land_and_read_back_on_s3(s3: S3Settings) -> None:
 
 
 def test_append_only_files_and_uri(s3: S3Settings) -> None:
-    lake = Lake(f"s3://{BUCKET}/ledger-test", s3)
+    lake = open_lake(f"s3://{BUCKET}/ledger-test", s3)
     ref = partition("realtime_ledger", dt="2026-11-02")
     lake.put_file(ref, "part-s0-1-2.parquet", pa.table({"x": [1]}))
     lake.put_file(ref, "part-s0-1-2.parquet", pa.table({"x": [1]}))  # a retry: same name, same content
@@ -82,7 +84,13 @@ def test_append_only_files_and_uri(s3: S3Settings) -> None:
     assert lake.uri("raw") == f"s3a://{BUCKET}/ledger-test/raw"
 
 
-@pytest.mark.parametrize("url", ["ftp://x/y", "s3:///nobucket"])
-def test_bad_lake_urls(url: str, s3: Any) -> None:
-    with pytest.raises(LakeError, match="lake url"):
-        Lake(url, s3)
+@pytest.mark.parametrize(
+    ("url", "error", "rule"),
+    [
+        ("ftp://x/y", UnknownBackend, "scheme must be one of file://, s3://, s3a://"),
+        ("s3:///nobucket", LakeError, "an s3:// url needs a bucket"),
+    ],
+)
+def test_bad_lake_urls(url: str, error: type[Exception], rule: str, s3: Any) -> None:
+    with pytest.raises(error, match=f"lake url.*{rule}"):
+        open_lake(url, s3)

@@ -14,34 +14,40 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from realtime.app import Worker
+from devtools.synthetic import SyntheticConfig, generate
 from realtime.budget import BudgetReader, UnknownCampaign
+from realtime.client import connect
+from realtime.deadletters import MemoryDeadLetters, RedisDeadLetters
 from realtime.engine import SpeedLayer
 from realtime.keys import Keys
 from realtime.ledger import read_stream
 from realtime.replay import replay
-from realtime.settings import RealtimeSettings
-from realtime.sinks import MemoryDeadLetters, RedisDeadLetters
 from shared_logic import AttributionPolicy, Catalog, parse_event
+from shared_logic.settings import KeySettings, RedisSettings, Settings
 from shared_logic.settlement import LedgerEntry, settle_events
-from shared_logic.synthetic import SyntheticConfig, generate
 from tests.factories import HOUR, MIN, T0, campaign, promo
+from tests.helpers import redis_snapshot
 
 pytestmark = pytest.mark.integration
 
 TRAFFIC = SyntheticConfig(users=1_500, days=3, duplicate_rate=0.03, malformed_rate=0.005, cancel_rate=0.15)
 
 
-def _settings(url: str, **over: Any) -> RealtimeSettings:
-    return RealtimeSettings(redis_url=url, user_buckets=64, **over)
+def _settings(url: str, **over: Any) -> Settings:
+    return Settings().replace(redis_url=url, keys_user_buckets=64, **over)
 
 
 def _ledger_key(e: LedgerEntry) -> tuple[Any, ...]:
     return astuple(e)
 
 
-async def _engine(url: str, catalog: Catalog, **over: Any) -> SpeedLayer:
-    engine = SpeedLayer(Redis.from_url(url), catalog, _settings(url, **over), MemoryDeadLetters())
+async def _engine(
+    url: str, catalog: Catalog, source: Any = None, sources: Any = None, **over: Any
+) -> SpeedLayer:
+    where = {"source": source, "sources": sources} if source is not None else {}
+    engine = SpeedLayer(
+        connect(RedisSettings(url=url)), catalog, _settings(url, **over), MemoryDeadLetters(), **where
+    )
     await engine.start()
     return engine
 
@@ -53,31 +59,20 @@ async def _feed(engine: SpeedLayer, values: list[Any], chunk: int = 700) -> None
 
 
 async def _snapshot(url: str) -> dict[str, Any]:
-    """Every spend, stats and claim key with its value, and the ledger without stream ids."""
-    r = Redis.from_url(url)
-    out: dict[str, Any] = {}
-    async for key in r.scan_iter(match="attr:*"):
-        k = key.decode()
-        kind = await r.type(key)
-        if kind == b"string":
-            out[k] = await r.get(key)
-        elif kind == b"hash":
-            out[k] = await r.hgetall(key)
-        elif kind == b"zset":
-            out[k] = await r.zrange(key, 0, -1, withscores=True)
-        elif kind == b"stream":
-            out[k] = [fields for _, fields in await r.xrange(key)]
-    await r.aclose()
-    return out
+    """Every spend, stats and claim key with its value, and the ledger without stream ids (not the
+    consumers' positions: a replay of a prefix moves those, and only those)."""
+    state = await redis_snapshot(url)
+    state.pop("attr:clocks", None)
+    return state
 
 
-def test_same_decisions_and_charges_as_the_reference(redis_url: str) -> None:
+def test_same_decisions_and_charges_as_the_reference(speed_redis_url: str) -> None:
     """Traffic that arrives within the allowed lateness: the speed layer equals the one-process reference."""
     traffic = generate(TRAFFIC)
     values = [e.payload for e in traffic.events]
 
     async def run() -> list[LedgerEntry]:
-        engine = await _engine(redis_url, traffic.catalog)
+        engine = await _engine(speed_redis_url, traffic.catalog)
         await _feed(engine, values)
         entries = await read_stream(engine.redis, engine.keys)
         await engine.redis.aclose()
@@ -94,20 +89,20 @@ def test_same_decisions_and_charges_as_the_reference(redis_url: str) -> None:
     assert sum(d is None for d in decisions.values()) > 10  # organic orders exist and are not charged
 
 
-def test_replaying_everything_or_a_prefix_again_changes_nothing(redis_url: str) -> None:
+def test_replaying_everything_or_a_prefix_again_changes_nothing(speed_redis_url: str) -> None:
     traffic = generate(SyntheticConfig(users=600, days=2, cancel_rate=0.2))
     values = [e.payload for e in traffic.events]
 
     async def run() -> None:
-        engine = await _engine(redis_url, traffic.catalog)
+        engine = await _engine(speed_redis_url, traffic.catalog)
         await _feed(engine, values)
-        first = await _snapshot(redis_url)
+        first = await _snapshot(speed_redis_url)
         assert any(k.endswith(":ledger") for k in first)
         # A fresh worker (empty memory) sees the whole stream again, then a prefix again.
         for again in (values, values[: len(values) // 3]):
-            other = await _engine(redis_url, traffic.catalog)
+            other = await _engine(speed_redis_url, traffic.catalog)
             await _feed(other, again, chunk=311)
-            assert await _snapshot(redis_url) == first
+            assert await _snapshot(speed_redis_url) == first
             await other.redis.aclose()
         await engine.redis.aclose()
 
@@ -157,7 +152,14 @@ def _event_strategy() -> st.SearchStrategy[list[dict[str, Any]]]:
         st.sampled_from(["m1", "m2"]),
         st.integers(0, 5_000),
         st.sampled_from([[], [], ["SAVE"]]),
-        st.one_of(st.none(), st.integers(0, 3 * HOUR)),
+        # Cancels soon after, a day or two after (outside a zero-day horizon) or days before their
+        # order (before its look-back: they count for nothing either).
+        st.one_of(
+            st.none(),
+            st.integers(0, 3 * HOUR),
+            st.integers(20 * HOUR, 50 * HOUR),
+            st.integers(-12 * 24 * HOUR, -7 * 24 * HOUR),
+        ),
     )
     return st.lists(st.one_of(touch, order), min_size=1, max_size=50)
 
@@ -200,12 +202,14 @@ def test_two_workers_on_interleaved_events_never_pass_a_cap_or_charge_twice(
 
     # Both workers see every event eventually (a redelivery after a rebalance), in their own chunks.
     async def run() -> list[LedgerEntry]:
-        a = await _engine(redis_url, catalog)
-        b = await _engine(redis_url, catalog)
+        sources = [("a", 0), ("b", 0)]
+        a = await _engine(redis_url, catalog, source=sources[0], sources=sources)
+        b = await _engine(redis_url, catalog, source=sources[1], sources=sources)
         for i in range(0, max(len(a_vals), len(b_vals)), chunk):
             await asyncio.gather(a.process(a_vals[i : i + chunk]), b.process(b_vals[i : i + chunk]))
         await asyncio.gather(a.process(b_vals), b.process(a_vals))
         await asyncio.gather(a.drain(), b.drain())
+        await a.drain()  # both at the end of time now: whatever one left below the other's bound settles
         entries = await read_stream(a.redis, a.keys)
         await a.redis.aclose()
         await b.redis.aclose()
@@ -242,14 +246,15 @@ def test_lua_settlement_equals_the_python_specification(
     values = _materialise(raw)
 
     async def run() -> list[LedgerEntry]:
-        engine = await _engine(redis_url, catalog)
+        engine = await _engine(redis_url, catalog, rules_cancel_horizon_days=0)
         await _feed(engine, values, chunk=chunk)
         entries = await read_stream(engine.redis, engine.keys)
         await engine.redis.aclose()
         return entries
 
     ledger = asyncio.run(run())
-    book, _ = settle_events([parse_event(v) for v in values], catalog, AttributionPolicy())
+    policy = AttributionPolicy(cancel_horizon_days=0)
+    book, _ = settle_events([parse_event(v) for v in values], catalog, policy)
     assert list(map(_ledger_key, ledger)) == list(map(_ledger_key, book.ledger))
 
 
@@ -355,26 +360,35 @@ def test_dead_letters_carry_payload_and_reason(redis_url: str) -> None:
 
 
 def test_every_script_call_keeps_its_keys_in_one_cluster_slot(redis_url: str, monkeypatch) -> None:
-    from redis.commands.core import AsyncScript
+    """Declared keys, and the keys a settlement names in its payload, all hash to the call's slot."""
+    import orjson
+
+    from realtime.scripts import Scripts
 
     seen: list[list[str]] = []
-    original = AsyncScript.__call__
+    original = Scripts._queue
 
-    async def spy(self, keys=None, args=None, client=None):  # type: ignore[no-untyped-def]
-        seen.append([k if isinstance(k, str) else k.decode() for k in keys or []])
-        return await original(self, keys=keys, args=args, client=client)
+    def spy(self, pipe, call):  # type: ignore[no-untyped-def]
+        name, keys, args = call
+        named = [k if isinstance(k, str) else k.decode() for k in keys]
+        if name == "settle":
+            for _, _, payload in orjson.loads(args[4]):
+                p = orjson.loads(payload)
+                named += [p["ch"], p["sd"], p["sl"], p["st"]]
+        seen.append(named)
+        return original(self, pipe, call)
 
-    monkeypatch.setattr(AsyncScript, "__call__", spy)
+    monkeypatch.setattr(Scripts, "_queue", spy)
     traffic = generate(SyntheticConfig(users=300, days=2, cancel_rate=0.3))
 
     async def run() -> None:
-        engine = await _engine(redis_url, traffic.catalog, budget_shards=4)
+        engine = await _engine(redis_url, traffic.catalog, keys_budget_shards=4)
         await _feed(engine, [e.payload for e in traffic.events])
         await engine.redis.aclose()
 
     asyncio.run(run())
     assert len(seen) > 100
-    assert {len(k) for k in seen} - {0}
+    assert max(len(k) for k in seen) > 4  # settlements named their charge, spend and stats keys
     for keys in seen:
         slots = {key_slot(k.encode()) for k in keys}
         assert len(slots) == 1, keys
@@ -383,7 +397,7 @@ def test_every_script_call_keeps_its_keys_in_one_cluster_slot(redis_url: str, mo
     assert any(p.startswith("{u") for p in prefixes)
 
 
-def test_budget_reader_reports_spend_caps_remaining_and_pacing(redis_url: str) -> None:
+def test_budget_reader_reports_spend_caps_remaining_and_pacing(speed_redis_url: str) -> None:
     catalog = _tight_catalog()
     orders = [
         {
@@ -409,7 +423,7 @@ def test_budget_reader_reports_spend_caps_remaining_and_pacing(redis_url: str) -
     ]
 
     async def run() -> list[Any]:
-        engine = await _engine(redis_url, catalog)
+        engine = await _engine(speed_redis_url, catalog)
         await _feed(engine, orders)
         reader = BudgetReader(engine.redis, catalog, engine.keys)
         states = await reader.states(["ad1", "ad2", "pr1"], T0 + HOUR)
@@ -433,7 +447,7 @@ def test_budget_reader_reports_spend_caps_remaining_and_pacing(redis_url: str) -
     assert (pr1.daily_cap_minor, pr1.pacing, pr1.remaining_minor) == (None, None, 300)
 
 
-def test_budget_events_stream_tells_the_ad_server_of_exhaustion(redis_url: str) -> None:
+def test_budget_events_stream_tells_the_ad_server_of_exhaustion(speed_redis_url: str) -> None:
     catalog = _tight_catalog()
     events = [
         {"event_id": "c", "event_type": "click", "user_id": "u1", "campaign_id": "ad1", "event_time": T0}
@@ -462,7 +476,7 @@ def test_budget_events_stream_tells_the_ad_server_of_exhaustion(redis_url: str) 
     ]
 
     async def run() -> list[dict[bytes, bytes]]:
-        engine = await _engine(redis_url, catalog)
+        engine = await _engine(speed_redis_url, catalog)
         await _feed(engine, events)
         rows = await engine.redis.xrange(engine.keys.budget_events(engine.keys.shard("ad1")))
         await engine.redis.aclose()
@@ -475,39 +489,23 @@ def test_budget_events_stream_tells_the_ad_server_of_exhaustion(redis_url: str) 
     ]
 
 
-def test_agent_on_a_channel_and_through_test_context(redis_url: str) -> None:
+def test_agent_on_a_channel(redis_url: str) -> None:
+    """The Faust agent on its in-memory channel (the Kafka worker is tested on a broker: test_kafka)."""
     traffic = generate(SyntheticConfig(users=200, days=1))
     values = [e.payload for e in traffic.events]
-
-    async def run() -> None:
-        result = await replay(values, traffic.catalog, _settings(redis_url), show_progress=False)
-        assert result.sent == len(values)
-        assert result.accepted + result.dead_lettered == len(values)
-        assert result.decided > 0
-        # The Kafka-mode agent, driven by Faust's own test harness instead of a broker.
-        kafka = _settings(redis_url, broker_url="kafka://127.0.0.1:1", key_prefix="kt")
-        worker = Worker(kafka, traffic.catalog)
-        await worker.engine.start()
-        worker._ready.set()
-        async with worker.agent.test_context() as agent:
-            for v in values[:50]:
-                import orjson
-
-                await agent.put(orjson.dumps(v) if isinstance(v, dict) else v)
-            await worker.wait_processed(50, timeout_s=10)
-        assert worker.engine.metrics.value("attribution_events_total", type="impression") > 0
-        await worker.redis.aclose()
-
-    asyncio.run(run())
+    result = asyncio.run(replay(values, traffic.catalog, _settings(redis_url), show_progress=False))
+    assert result.sent == len(values)
+    assert result.accepted + result.dead_lettered == len(values)
+    assert result.decided > 0
 
 
 def test_settings_refuse_unknown_keys_and_bad_values() -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="allowed_lateness_ms"):
-        RealtimeSettings(allowed_lateness_ms=-1)
+        Settings().replace(rules_allowed_lateness_ms=-1)
     with pytest.raises(ValidationError, match="extra"):
-        RealtimeSettings(nonsense=1)  # type: ignore[call-arg]
+        KeySettings(nonsense=1)  # type: ignore[call-arg]
 
 
 def test_keys_hash_tags() -> None:
@@ -515,3 +513,38 @@ def test_keys_hash_tags() -> None:
     assert keys.touches("u1").startswith(f"attr:{{u{keys.bucket('u1')}}}:")
     assert key_slot(keys.touches("u1").encode()) == key_slot(keys.pending(keys.bucket("u1")).encode())
     assert key_slot(keys.charge("ad1", "o1").encode()) == key_slot(keys.ledger(keys.shard("ad1")).encode())
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    hostile=st.lists(
+        st.one_of(
+            st.binary(max_size=120),
+            st.text(max_size=120).map(lambda t: t + "\ud800"),
+            st.integers(1, 6_000).map(lambda d: "[" * d + "]" * d),
+            st.integers(1, 6_000).map(
+                lambda d: (
+                    '{"event_id":"h","event_type":"click","event_time":1793527200000,"user_id":"u",'
+                    '"campaign_id":"no-such-campaign","x":' + "[" * d + "]" * d + "}"
+                )
+            ),
+            st.dictionaries(st.text(max_size=5), json_scalars, max_size=5),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_a_live_agent_keeps_consuming_whatever_the_bytes(redis_url: str, hostile: list[Any]) -> None:
+    """Hostile values before, between and after real traffic, through the Faust agent itself."""
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushall()
+    traffic = generate(SyntheticConfig(users=60, days=1, malformed_rate=0.0, duplicate_rate=0.0))
+    valid = [e.payload for e in traffic.events]
+    values: list[Any] = hostile + valid[: len(valid) // 2] + hostile + valid[len(valid) // 2 :] + hostile
+    result = asyncio.run(replay(values, traffic.catalog, _settings(redis_url), show_progress=False))
+    assert result.sent == len(values)
+    assert result.accepted == len(valid)
+    assert result.dead_lettered == 3 * len(hostile)
+    expected = settle_events([parse_event(p) for p in valid], traffic.catalog, AttributionPolicy())[1]
+    assert result.decided == sum(d is not None for d in expected.values())

@@ -10,25 +10,23 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from batch.lake import Lake, partition
-from realtime.localredis import free_port
-from reporting.catalog_store import CassandraCatalogStore, CatalogUnavailable, open_catalog
-from reporting.stores import (
-    METRIC_COLUMNS,
-    DruidStore,
-    PostgresStore,
-    RoasQuery,
-    StoreError,
-    open_store,
-    roas_sql,
-)
+from devtools.servers import free_port
+from reporting.stores import RoasQuery, open_store, roas_sql
+from reporting.stores.base import METRIC_COLUMNS
+from reporting.stores.druid import DruidStore
+from reporting.stores.postgres import PostgresStore
+from shared_logic.errors import InvalidSetting
+from storage import Lake, open_lake, partition
+from storage.cassandra import CassandraCatalog
+from storage.catalog import open_catalog
+from storage.errors import CatalogUnavailable, UnknownBackend
 
 pytestmark = pytest.mark.integration
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def _metrics_lake(tmp: Path) -> Lake:
-    lake = Lake(f"file://{tmp}/lake")
+    lake = open_lake(f"file://{tmp}/lake")
     for day, spend in (("2026-11-01", 100), ("2026-11-02", 0)):
         rows = []
         for cid, adv in (("ad1", "adv1"), ("ad2", "adv2")):
@@ -122,18 +120,18 @@ def test_druid_up_to_the_client_boundary(tmp_path: Path) -> None:
 
 def test_cassandra_catalog_up_to_the_client_boundary(tmp_path: Path) -> None:
     port = free_port()
-    store = CassandraCatalogStore(["127.0.0.1"], "attribution", port=port, connect_timeout=1)
+    store = CassandraCatalog(["127.0.0.1"], "attribution", port=port, connect_timeout=1)
     assert store.select_cql == "SELECT campaign_id, record FROM attribution.campaigns"
     assert store.insert_cql.endswith("VALUES (?, ?)")
     with pytest.raises(CatalogUnavailable, match="no Cassandra/ScyllaDB host answers"):
         store.load()
     store.close()
-    with pytest.raises(CatalogUnavailable, match="keyspace"):
-        CassandraCatalogStore(["127.0.0.1"], "bad-name; DROP")
+    with pytest.raises(InvalidSetting, match="keyspace"):
+        CassandraCatalog(["127.0.0.1"], "bad-name; DROP")
     with pytest.raises(CatalogUnavailable):
         open_catalog(f"cassandra://127.0.0.1:{port}/attribution")
 
 
 def test_unknown_store_scheme(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="scheme"):
-        open_store("mysql://x", Lake(f"file://{tmp_path}"))
+    with pytest.raises(UnknownBackend, match="scheme must be one of druid://, druids://, duckdb://"):
+        open_store("mysql://x", open_lake(f"file://{tmp_path}"))

@@ -20,25 +20,17 @@ conversions and for value.
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import pandas as pd
 import pytest
 
 from attribution_models import get_model, paths_from_records
-from shared_logic.synthetic import random_path_records
+from devtools.peers import ca_markov, channelattribution
+from devtools.synthetic import random_path_records
 
 ChannelAttribution = pytest.importorskip("ChannelAttribution")
 
 pytestmark = pytest.mark.peer
 SHARE_TOLERANCE = 0.005
-
-
-def _quiet(fn, *args, **kwargs):
-    # ChannelAttribution prints a banner on every call; keep test output readable.
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn(*args, **kwargs)
 
 
 @pytest.fixture(
@@ -56,14 +48,7 @@ def path_set(request):
 )
 def test_heuristics_equal_channelattribution(path_set, ours: str, theirs: str) -> None:
     frame, paths = path_set
-    peer = _quiet(
-        ChannelAttribution.heuristic_models,
-        frame,
-        "path",
-        "total_conversions",
-        var_value="total_conversion_value",
-        flg_pro=False,
-    ).set_index("channel_name")
+    peer = channelattribution("heuristic_models", frame).set_index("channel_name")
     result = get_model(ours).attribute(paths)
     assert set(result.conversions) == set(peer.index)
     for channel in peer.index:
@@ -76,20 +61,7 @@ def test_heuristics_equal_channelattribution(path_set, ours: str, theirs: str) -
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_markov_agrees_within_simulation_noise(path_set, order: int) -> None:
     frame, paths = path_set
-    peer = _quiet(
-        ChannelAttribution.markov_model,
-        frame,
-        "path",
-        "total_conversions",
-        var_value="total_conversion_value",
-        var_null="total_null",
-        order=order,
-        nsim_start=1e6,
-        max_step=100,
-        verbose=False,
-        flg_pro=False,
-        seed=0,
-    ).set_index("channel_name")
+    peer = ca_markov(frame, order, nsim_start=1e6, max_step=100, seed=0).set_index("channel_name")
     result = get_model("markov", order=order).attribute(paths)
     total_conv = frame.total_conversions.sum()
     total_value = frame.total_conversion_value.sum()

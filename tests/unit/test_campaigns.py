@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from shared_logic import Catalog, InvalidCampaign, load_catalog
-from shared_logic.synthetic import SyntheticConfig, make_catalog
+from devtools.synthetic import SyntheticConfig, make_catalog
+from shared_logic import Catalog, InvalidCampaign
+from storage.catalog import open_catalog as load_catalog
 from tests.factories import campaign
 
 pytestmark = pytest.mark.unit
@@ -72,7 +73,7 @@ def test_catalog_file_errors(tmp_path: Path) -> None:
         load_catalog(bad)
     broken = tmp_path / "c.json"
     broken.write_text("{")
-    with pytest.raises(InvalidCampaign, match="not valid json"):
+    with pytest.raises(InvalidCampaign, match="not valid JSON"):
         load_catalog(broken)
 
 

@@ -15,7 +15,7 @@ from attribution_models import (
 )
 from attribution_models.markov import DENSE_LIMIT, Markov, collapse_repeats
 from attribution_models.shapley import Shapley
-from shared_logic.synthetic import random_path_records
+from devtools.synthetic import random_path_records
 
 pytestmark = pytest.mark.unit
 PATH_MODELS = [m for m in MODEL_NAMES if m != "time_decay"]

@@ -3,8 +3,8 @@ from collections import Counter
 
 import pytest
 
+from devtools.synthetic import SyntheticConfig, generate
 from shared_logic import InvalidEvent, Order, parse_event
-from shared_logic.synthetic import SyntheticConfig, generate
 
 pytestmark = pytest.mark.unit
 SMALL = SyntheticConfig(users=300, days=3, duplicate_rate=0.02, late_rate=0.02, malformed_rate=0.01)

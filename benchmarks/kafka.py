@@ -1,0 +1,280 @@
+"""The speed layer end to end through a Kafka-protocol broker: produce, consume, Redis.
+
+All on this machine: a Tansu broker (``devtools.servers.LocalBroker``, in memory), a private
+redis-server, the producer (this process) and the workers (``attribution worker`` processes).
+
+- ours, one worker and two workers: events/s from the first produced event until every event
+  is processed and every order settled (read from the workers' checkpoints in Redis), the
+  workers having joined their group beforehand;
+- baseline, in the same run: the textbook Faust agent that awaits Redis once per event
+  (``benchmarks.naive_faust``), on the same broker and Redis, measured the same way;
+- one worker draining a backlog of 1M events produced beforehand (its group join included,
+  and without it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+from benchmarks._harness import Row, console, print_table, quick
+from devtools.servers import LocalBroker, LocalRedis
+from devtools.synthetic import SyntheticConfig, generate
+from devtools.traffic import produce
+from realtime.kafka import ensure_topics
+from realtime.keys import Keys
+from realtime.routing import partition_for, route
+from shared_logic.settings import Settings
+
+EVENTS_PER_USER_DAY = 3.9  # the default traffic's mean
+
+
+def _traffic(events: int, seed: int) -> tuple[list[Any], Any]:
+    users = max(50, int(events / (3 * EVENTS_PER_USER_DAY)))
+    traffic = generate(SyntheticConfig(users=users, days=3, seed=seed, malformed_rate=0.0005))
+    return [e.payload for e in traffic.events], traffic.catalog
+
+
+def _ends(values: list[Any], settings: Settings) -> Counter[str]:
+    cfg = settings.realtime
+    ends: Counter[str] = Counter()
+    for v in values:
+        etype, key = route(v)
+        ends[f"{cfg.topic(etype)}/{partition_for(key, cfg.topic_partitions)}"] += 1
+    return ends
+
+
+def _settled(client: redis.Redis, settings: Settings, ends: Counter[str]) -> tuple[int, bool]:
+    keys = Keys.of(settings.keys)
+    clocks = {k.decode(): int(v.split(b"|")[0]) for k, v in client.hgetall(keys.clocks()).items()}
+    done = sum(min(clocks.get(tp, 0), n) for tp, n in ends.items())
+    if done < sum(ends.values()):
+        return done, False
+    pending = sum(client.hlen(keys.pending(b)) for b in range(keys.user_buckets))
+    return done, pending == 0 and not client.exists(keys.queue(0))
+
+
+class Workers:
+    """``n`` worker processes of one group, started and joined before the clock starts."""
+
+    def __init__(self, n: int, settings: Settings, catalog_path: str, folder: str) -> None:
+        cfg = settings.realtime
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+        env.update(
+            ATTRIBUTION_REDIS_URL=settings.redis.url,
+            ATTRIBUTION_CATALOG_URL=catalog_path,
+            ATTRIBUTION_REALTIME_BROKER_URL=cfg.broker_url,
+            ATTRIBUTION_REALTIME_TOPIC_PREFIX=cfg.topic_prefix,
+            ATTRIBUTION_REALTIME_APP_ID=cfg.app_id,
+            ATTRIBUTION_REALTIME_SESSION_TIMEOUT_MS="6000",
+            ATTRIBUTION_REALTIME_HEARTBEAT_INTERVAL_MS="1000",
+            ATTRIBUTION_KEYS_USER_BUCKETS=str(settings.keys.user_buckets),
+            ATTRIBUTION_LAKE_URL=f"file://{Path(folder, 'lake').resolve()}",  # the ledger flushes there
+        )
+        exe = str(Path(sys.executable).with_name("attribution"))
+        self.logs = [Path(folder, f"{cfg.app_id}-{i}.log") for i in range(n)]
+        self.procs = [
+            subprocess.Popen([exe, "worker"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+            for log in self.logs
+        ]
+
+    def wait_joined(self, partitions: int, timeout_s: float = 120) -> float:
+        """Seconds until every worker logged its share of the partitions."""
+        started = time.perf_counter()
+        share = partitions // len(self.procs)
+        while time.perf_counter() - started < timeout_s:
+            texts = [log.read_text(errors="replace") if log.exists() else "" for log in self.logs]
+            if all(f"assigned {share} partitions" in t for t in texts):
+                return time.perf_counter() - started
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError("a worker exited: " + " | ".join(t[-500:] for t in texts))
+            time.sleep(0.05)
+        raise RuntimeError("the workers did not join")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _settings(broker: LocalBroker, server: LocalRedis, db: int) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    url = server.url.rsplit("/", 1)[0] + f"/{db}"
+    return Settings().replace(
+        redis_url=url,
+        realtime_broker_url=broker.url,
+        realtime_topic_prefix=f"b{tag}",
+        realtime_app_id=f"bench-{tag}",
+        keys_user_buckets=256,
+    )
+
+
+def _run_ours(
+    workers: int,
+    values: list[Any],
+    catalog_path: str,
+    broker: LocalBroker,
+    server: LocalRedis,
+    folder: str,
+    db: int,
+) -> tuple[float, float]:
+    """(events/s end to end, seconds to join) for ``workers`` worker processes."""
+    settings = _settings(broker, server, db)
+    asyncio.run(ensure_topics(settings.realtime))
+    ends = _ends(values, settings)
+    procs = Workers(workers, settings, catalog_path, folder)
+    client = redis.Redis.from_url(settings.redis.url)
+    try:
+        joined = procs.wait_joined(5 * settings.realtime.topic_partitions)
+        started = time.perf_counter()
+        asyncio.run(produce(values, settings.realtime))
+        while not _settled(client, settings, ends)[1]:
+            if time.perf_counter() - started > 900:
+                raise RuntimeError("not drained in 15 minutes")
+            time.sleep(0.05)
+        return len(values) / (time.perf_counter() - started), joined
+    finally:
+        procs.stop()
+        client.close()
+
+
+def _run_naive(values: list[Any], broker: LocalBroker, server: LocalRedis, db: int) -> float:
+    prefix = f"n{uuid.uuid4().hex[:6]}"
+    settings = Settings().replace(realtime_broker_url=broker.url, realtime_topic_prefix=prefix)
+    asyncio.run(ensure_topics(settings.realtime))
+    url = server.url.rsplit("/", 1)[0] + f"/{db}"
+    env = {**os.environ, "BENCH_BROKER": broker.url, "BENCH_REDIS": url, "BENCH_PREFIX": prefix}
+    with tempfile.TemporaryDirectory() as cwd:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.naive_faust"],
+            env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(url)
+        try:
+            deadline = time.perf_counter() + 120
+            # Warm-up: one event, so the clock starts once the agent has joined and consumes.
+            asyncio.run(produce(values[:1], settings.realtime))
+            while int(client.get("naive:processed") or 0) < 1:
+                if time.perf_counter() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the naive agent did not start")
+                time.sleep(0.05)
+            started = time.perf_counter()
+            asyncio.run(produce(values[1:], settings.realtime))
+            while int(client.get("naive:processed") or 0) < len(values):
+                if time.perf_counter() - started > 900:
+                    raise RuntimeError("the naive agent did not finish in 15 minutes")
+                time.sleep(0.05)
+            return (len(values) - 1) / (time.perf_counter() - started)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            client.close()
+
+
+def _run_backlog(
+    values: list[Any], catalog_path: str, broker: LocalBroker, server: LocalRedis, folder: str, db: int
+) -> tuple[float, float]:
+    """(seconds from start, seconds from assignment) for one worker to drain a produced backlog."""
+    settings = _settings(broker, server, db)
+    asyncio.run(produce(values, settings.realtime))
+    ends = _ends(values, settings)
+    client = redis.Redis.from_url(settings.redis.url)
+    started = time.perf_counter()
+    procs = Workers(1, settings, catalog_path, folder)
+    try:
+        joined = procs.wait_joined(5 * settings.realtime.topic_partitions)
+        last = -1
+        while True:
+            done, settled = _settled(client, settings, ends)
+            if settled:
+                break
+            if done != last:
+                last = done
+                console.print(f"[dim]  kafka bench: backlog {done:,} / {len(values):,}[/dim]", end="\r")
+            time.sleep(0.1)
+        total = time.perf_counter() - started
+        return total, total - joined
+    finally:
+        procs.stop()
+        client.close()
+
+
+def run() -> list[Row]:
+    n, n_naive, n_backlog = (30_000, 3_000, 100_000) if quick() else (300_000, 20_000, 1_000_000)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as folder, LocalBroker() as broker, LocalRedis() as server:
+        values, catalog = _traffic(n, seed=41)
+        catalog_path = str(Path(folder, "catalog.yaml"))
+        Path(catalog_path).write_text(yaml.safe_dump({"campaigns": catalog.to_records()}))
+        console.print(f"[dim]kafka bench: naive Faust agent on {n_naive:,} events[/dim]")
+        naive = _run_naive(values[:n_naive], broker, server, db=1)
+        console.print(f"[dim]kafka bench: one worker, {len(values):,} events end to end[/dim]")
+        one, join1 = _run_ours(1, values, catalog_path, broker, server, folder, db=2)
+        console.print(f"[dim]kafka bench: two workers, {len(values):,} events end to end[/dim]")
+        two, _ = _run_ours(2, values, catalog_path, broker, server, folder, db=3)
+        rows.append(
+            Row(
+                "1 worker, end to end",
+                one,
+                naive,
+                "events/s",
+                f"{len(values):,} events; joined in {join1:.1f}s",
+                True,
+            )
+        )
+        rows.append(
+            Row(
+                "2 workers, end to end (sum)",
+                two,
+                naive,
+                "events/s",
+                f"{two / 2:,.0f} events/s per worker",
+                True,
+            )
+        )
+        del values
+        console.print(f"[dim]kafka bench: one worker draining a backlog of {n_backlog:,} events[/dim]")
+        backlog, _ = _traffic(n_backlog, seed=43)
+        total, after_join = _run_backlog(backlog, catalog_path, broker, server, folder, db=4)
+        rows.append(
+            Row(
+                f"drain a backlog of {len(backlog):,} events, 1 worker",
+                len(backlog) / after_join,
+                naive,
+                "events/s",
+                f"{total:.1f}s from start ({after_join:.1f}s after its group join)",
+                True,
+            )
+        )
+    print_table(
+        "Speed layer through a Kafka-protocol broker (Tansu), Redis and the producer on this machine",
+        rows,
+        baseline="naive Faust agent",
+    )
+    console.print(
+        f"targets: >= 25,000 events/s per worker (one worker: {one:,.0f}; two: {two / 2:,.0f} each) "
+        f"and >= 20x the naive agent ({one / naive:.1f}x)"
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    run()

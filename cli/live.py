@@ -1,0 +1,313 @@
+"""``attribution live`` (``make live``): the production loop on one machine, with traffic stamped now.
+
+It starts a Kafka-protocol broker (Tansu, in memory) and a ``redis-server`` on free loopback ports,
+then the parts as production runs them, each its own process: one ``attribution worker``, one
+``attribution lake-sink`` and ``attribution api``; and a traffic generator in this process that
+produces synthetic behaviour at a set rate, each event stamped with the wall clock. It prints where
+to look (the API with a ready admin key, the live budget table, the lake, the metrics), then a
+status table every few seconds. Ctrl-C (or ``--duration``) stops the traffic, then the worker (it
+flushes its ledger), the sink (it lands what it holds), the API, Redis and the broker, in that
+order, and says what is left behind.
+
+Every child runs in its own session, so the terminal's Ctrl-C reaches only this process, which
+stops them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+import yaml
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from cli.common import console, money
+
+#: Settings of the children that differ from the defaults: quick rolls and flushes to watch.
+LIVE_ENV = {
+    "ATTRIBUTION_REALTIME_TOPIC_PARTITIONS": "4",
+    "ATTRIBUTION_REALTIME_LEDGER_FLUSH_INTERVAL_S": "5",
+    "ATTRIBUTION_SINK_ROLL_AGE_S": "5",
+    "ATTRIBUTION_SINK_MARKER_INTERVAL_S": "5",
+}
+
+
+@dataclass
+class Child:
+    """A process this command started, its log, and how it ended."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    handle: IO[bytes]
+    ended: str = ""
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM, wait, SIGKILL if it would not go; remember which it took."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout_s)
+                self.ended = f"stopped (exit {code})"
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+                self.ended = f"killed: it did not stop within {timeout_s:.0f}s (see {self.log})"
+        else:
+            self.ended = f"had exited with {self.process.returncode} (see {self.log})"
+        self.handle.close()
+
+
+@dataclass
+class Loop:
+    folder: Path
+    env: dict[str, str]
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, *args: str) -> Child:
+        exe = str(Path(sys.executable).with_name("attribution"))
+        log = self.folder / "logs" / f"{name}.log"
+        handle = log.open("ab")
+        process = subprocess.Popen(
+            [exe, *args], env=self.env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        child = Child(name, process, log, handle)
+        self.children.append(child)
+        return child
+
+
+def live(
+    folder: Annotated[Path, typer.Option(help="where the lake, logs, catalog and keys go")] = Path(
+        "var/live"
+    ),
+    rate: Annotated[float, typer.Option(min=1, help="events per second the generator produces")] = 300.0,
+    users: Annotated[int, typer.Option(min=10, help="users in the synthetic population")] = 2_000,
+    seed: int = 7,
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="stop after this many seconds (default: at Ctrl-C)")
+    ] = None,
+    keep_lake: Annotated[
+        bool, typer.Option(help="keep the lake of an earlier run (default: start a fresh one)")
+    ] = False,
+) -> None:
+    """Run the production loop on this machine: broker, Redis, worker, lake sink, API and live
+    traffic; Ctrl-C stops it all."""
+    from devtools.livetraffic import LiveTraffic, live_catalog
+    from devtools.servers import LocalBroker, LocalRedis, free_port
+    from realtime.keys import Keys
+    from reporting.auth import add_key
+    from shared_logic.settings import load_settings
+
+    folder = folder.resolve()
+    lake_dir = folder / "lake"
+    if lake_dir.exists() and not keep_lake:
+        shutil.rmtree(lake_dir)  # its sink offsets name a broker that is gone
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    catalog = live_catalog(users, seed)
+    catalog_path = folder / "catalog.yaml"
+    catalog_path.write_text(yaml.safe_dump({"campaigns": catalog.to_records()}, sort_keys=False))
+    keys_path = folder / "keys.yaml"
+    keys_path.unlink(missing_ok=True)
+    admin_key = add_key(keys_path, "make live", "admin")
+
+    with console.status("starting Redis and the broker"):
+        redis_server = LocalRedis(own_session=True)
+        broker = LocalBroker(own_session=True)
+    api_port, worker_metrics, sink_metrics = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    env.update(
+        LIVE_ENV,
+        ATTRIBUTION_REDIS_URL=redis_server.url,
+        ATTRIBUTION_REALTIME_BROKER_URL=broker.url,
+        ATTRIBUTION_LAKE_URL=f"file://{lake_dir}",
+        ATTRIBUTION_CATALOG_URL=str(catalog_path),
+        ATTRIBUTION_API_KEYS_PATH=str(keys_path),
+        ATTRIBUTION_API_HOST="127.0.0.1",
+        ATTRIBUTION_API_PORT=str(api_port),
+        ATTRIBUTION_REALTIME_METRICS_PORT=str(worker_metrics),
+        ATTRIBUTION_SINK_METRICS_PORT=str(sink_metrics),
+    )
+    loop = Loop(folder, env)
+    settings = load_settings(
+        redis_url=redis_server.url,
+        realtime_broker_url=broker.url,
+        realtime_topic_partitions=int(LIVE_ENV["ATTRIBUTION_REALTIME_TOPIC_PARTITIONS"]),
+    )
+    traffic = LiveTraffic(settings.realtime, rate=rate, users=users, seed=seed)
+    api = f"http://127.0.0.1:{api_port}"
+    where = {
+        "api": api,
+        "admin_key": admin_key,
+        "redis_url": redis_server.url,
+        "broker_url": broker.url,
+        "lake": str(lake_dir),
+        "catalog": str(catalog_path),
+        "metrics": {
+            "worker": f"http://127.0.0.1:{worker_metrics}/metrics",
+            "lake_sink": f"http://127.0.0.1:{sink_metrics}/metrics",
+            "api": f"{api}/metrics",
+        },
+        "logs": str(folder / "logs"),
+    }
+    stopped_by = "Ctrl-C"
+    try:
+        loop.start("worker", "worker")
+        loop.start("lake-sink", "lake-sink")
+        loop.start("api", "api")
+        _wait_port(api_port, loop.children[-1])
+        where["pids"] = {
+            **{c.name: c.process.pid for c in loop.children},
+            "redis": redis_server.process.pid,
+            "broker": broker.process.pid,
+            "live": os.getpid(),
+        }
+        (folder / "live.json").write_text(json.dumps(where, indent=2))
+        console.print(_where(where, catalog_path, rate))
+        keys = Keys.of(settings.keys)
+        stopped_by = asyncio.run(_run(traffic, loop, where, catalog, keys, duration))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the children stop in order; a second Ctrl-C waits
+        console.print(
+            f"[bold]stopping[/bold] ({stopped_by}): traffic, worker (flushes its ledger), lake sink (lands "
+            "what it holds), API, Redis, broker"
+        )
+        for name in ("worker", "lake-sink", "api"):
+            for child in loop.children:
+                if child.name == name:
+                    child.stop()
+        redis_server.stop()
+        broker.stop()
+        console.print(_left_behind(loop, folder, lake_dir, traffic.sent))
+
+
+def _wait_port(port: int, child: Child, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.process.returncode}: see {child.log}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{child.name} did not listen on port {port} within {timeout_s:.0f}s: see {child.log}")
+
+
+def _where(where: dict[str, Any], catalog_path: Path, rate: float) -> Panel:
+    key, api = where["admin_key"], where["api"]
+    first = yaml.safe_load(catalog_path.read_text())["campaigns"][0]["campaign_id"]
+    exe = Path(sys.executable).with_name("attribution")
+    lines = [
+        f"[bold]API[/bold]        {api}   admin key: {key}",
+        f"  curl -s -H 'X-API-Key: {key}' '{api}/v1/budget?campaign_id={first}'",
+        f"  curl -s -H 'X-API-Key: {key}' '{api}/v1/roas?start=$(date -u +%F)&model=billing'",
+        f"  {api}/docs (send the key as X-API-Key)",
+        "[bold]Budgets[/bold]    a live table, in another terminal:",
+        f"  ATTRIBUTION_REDIS_URL={where['redis_url']} {exe} budget show --watch --catalog {catalog_path}",
+        f"[bold]Lake[/bold]       {where['lake']}  (raw/, realtime_ledger/, dead_letters/, raw/_landed/)",
+        f"[bold]Metrics[/bold]    worker {where['metrics']['worker']}",
+        f"           lake sink {where['metrics']['lake_sink']}",
+        f"           API {where['metrics']['api']} (with the admin key)",
+        f"[bold]Logs[/bold]       {where['logs']}/",
+        f"[bold]Traffic[/bold]    {rate:g} events/s, stamped now, to {where['broker_url']}",
+    ]
+    return Panel("\n".join(lines), title="make live: the production loop on this machine", expand=False)
+
+
+async def _run(
+    traffic: Any, loop: Loop, where: dict[str, Any], catalog: Any, keys: Any, duration: float | None
+) -> str:
+    """Produce until Ctrl-C or ``duration``; redraw the status every 2 s. Returns what stopped it."""
+    stop = asyncio.Event()
+    running = asyncio.get_running_loop()
+    reason = {"by": "Ctrl-C"}
+
+    def on_signal(name: str) -> None:
+        reason["by"] = name
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        running.add_signal_handler(sig, on_signal, sig.name)
+    producing = asyncio.create_task(traffic.run(stop))
+    started = time.monotonic()
+    with Live(console=console, auto_refresh=False) as screen:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+            if producing.done():
+                stop.set()
+                reason["by"] = f"the traffic generator ended ({producing.exception()!r})"
+            dead = [c for c in loop.children if c.process.poll() is not None]
+            if dead:
+                stop.set()
+                reason["by"] = f"{dead[0].name} exited (see {dead[0].log})"
+            if duration is not None and time.monotonic() - started >= duration:
+                stop.set()
+                reason["by"] = f"--duration {duration:g}s"
+            screen.update(await _status(traffic, where, catalog, keys, time.monotonic() - started))
+            screen.refresh()
+    with contextlib.suppress(Exception):
+        await producing
+    return reason["by"]
+
+
+async def _status(traffic: Any, where: dict[str, Any], catalog: Any, keys: Any, elapsed: float) -> Table:
+    from realtime.budget import BudgetReader
+    from realtime.client import connect
+    from shared_logic.settings import RedisSettings
+
+    redis = connect(RedisSettings(url=where["redis_url"]))
+    try:
+        states = await BudgetReader(redis, catalog, keys).states(
+            [c.campaign_id for c in catalog], int(time.time() * 1000)
+        )
+    finally:
+        await redis.aclose()
+    lake = Path(where["lake"])
+    raw = sum(1 for _ in (lake / "raw").glob("*/dt=*/hour=*/*.parquet"))
+    ledger = sum(1 for _ in (lake / "realtime_ledger").glob("dt=*/*.parquet"))
+    dead_letters = sum(1 for _ in (lake / "dead_letters").glob("dt=*/*.parquet"))
+    spend: dict[str, int] = {}
+    for s in states:
+        spend[s.currency] = spend.get(s.currency, 0) + s.spend_day_minor
+    table = Table(title=f"live for {elapsed:,.0f}s (Ctrl-C stops)", show_header=True)
+    for col in ("events sent", "synthetic days", "spend today", "campaigns capped", "lake files"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{traffic.sent:,} ({traffic.sent / max(elapsed, 1e-9):,.0f}/s)",
+        f"{traffic.days}",
+        ", ".join(money(v, c) for c, v in sorted(spend.items())) or "-",
+        f"{sum(s.exhausted for s in states)} of {len(states)}",
+        f"raw {raw:,}, ledger {ledger:,}, dead letters {dead_letters:,}",
+    )
+    return table
+
+
+def _left_behind(loop: Loop, folder: Path, lake: Path, sent: int) -> Panel:
+    files = [p for p in lake.rglob("*") if p.is_file()] if lake.exists() else []
+    size = sum(p.stat().st_size for p in files)
+    lines = [f"{sent:,} events sent."]
+    lines += [f"{c.name}: {c.ended}" for c in loop.children]
+    lines += [
+        "Redis and the broker: stopped; they kept everything in memory, so it is gone.",
+        f"Left behind in {folder}: the lake ({len(files):,} files, {size / 2**20:,.1f} MiB), "
+        "logs/, catalog.yaml, keys.yaml, live.json.",
+        f"The nightly job runs on it: attribution batch run --start $(date -u +%F) --lake-url file://{lake} "
+        f"--catalog {folder / 'catalog.yaml'}",
+        "The next `make live` starts a fresh lake (--keep-lake keeps it).",
+    ]
+    return Panel("\n".join(lines), title="make live stopped", expand=False)

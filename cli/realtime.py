@@ -1,0 +1,109 @@
+"""``attribution realtime replay`` and ``attribution worker``: the speed layer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from cli.common import CatalogOpt, catalog_of, console, settings
+from realtime.errors import BrokerUnavailable
+
+realtime_app = typer.Typer(help="Speed layer: replay events through the agents.", no_args_is_help=True)
+
+
+@realtime_app.command("replay")
+def replay(
+    catalog: CatalogOpt = None,
+    jsonl: Annotated[
+        Path | None, typer.Option(help="JSON-lines file of events", exists=True, dir_okay=False)
+    ] = None,
+    lake_from: Annotated[str | None, typer.Option(help="replay the lake's raw events from this day")] = None,
+    lake_to: Annotated[str | None, typer.Option(help="... to this day (inclusive)")] = None,
+    synthetic_users: Annotated[int | None, typer.Option(help="replay generated traffic of N users")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="default: ATTRIBUTION_REDIS_URL")] = None,
+    lake_url: Annotated[str | None, typer.Option(help="default: ATTRIBUTION_LAKE_URL")] = None,
+    flush_ledger: Annotated[bool, typer.Option(help="write the ledger to the lake at the end")] = True,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Feed events through the agents on in-memory channels, in arrival order."""
+    from realtime.replay import jsonl_source, lake_source, run
+
+    config = settings(catalog_url=catalog, redis_url=redis_url, lake_url=lake_url)
+    sources = [jsonl is not None, lake_from is not None, synthetic_users is not None]
+    if sum(sources) != 1:
+        raise typer.BadParameter("give exactly one of --jsonl, --lake-from/--lake-to, --synthetic-users")
+    values: list[Any]
+    if jsonl is not None:
+        values = list(jsonl_source(jsonl))
+    elif lake_from is not None:
+        values = lake_source(config, date.fromisoformat(lake_from), date.fromisoformat(lake_to or lake_from))
+    else:
+        from devtools.synthetic import SyntheticConfig
+        from devtools.synthetic import generate as gen
+
+        values = [e.payload for e in gen(SyntheticConfig(users=synthetic_users or 1)).events]
+    result = run(values, catalog_of(config), config, flush_ledger=flush_ledger, show_progress=progress)
+    table = Table(
+        title=f"replay: {result.sent:,} events in {result.seconds:.2f}s ({result.rate:,.0f} events/s)"
+    )
+    for col in ("accepted", "dead-lettered", "duplicates", "orders attributed", "organic", "ledger to lake"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        *(
+            f"{v:,}"
+            for v in (
+                result.accepted,
+                result.dead_lettered,
+                result.duplicates,
+                result.decided,
+                result.organic,
+                result.ledger_flushed,
+            )
+        )
+    )
+    console.print(table)
+
+
+def worker(
+    catalog: CatalogOpt = None,
+    broker_url: Annotated[str | None, typer.Option(help="default: ATTRIBUTION_REALTIME_BROKER_URL")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="default: ATTRIBUTION_REDIS_URL")] = None,
+) -> None:
+    """Run one speed-layer worker of the consumer group on Kafka (kafka://host:port)."""
+    from realtime.kafka import run_worker
+
+    config = settings(catalog_url=catalog, realtime_broker_url=broker_url, redis_url=redis_url)
+    if config.realtime.broker_url.startswith("memory://"):
+        raise typer.BadParameter(
+            "the worker needs a Kafka broker (--broker-url kafka://host:port or "
+            "ATTRIBUTION_REALTIME_BROKER_URL); use `realtime replay` for memory://"
+        )
+    check_kafka(config.realtime.broker_url)
+    logging.getLogger("realtime").setLevel(logging.INFO)  # assignments, recoveries: what an operator follows
+    asyncio.run(run_worker(config, catalog_of(config)))
+
+
+def check_kafka(url: str) -> None:
+    """Fail fast, in one line, when no broker answers (the Kafka client would retry forever)."""
+
+    async def probe() -> None:
+        from aiokafka import AIOKafkaClient
+        from aiokafka.errors import KafkaConnectionError
+
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        hosts = url.split("://", 1)[1]
+        client = AIOKafkaClient(bootstrap_servers=hosts.replace(";", ","), request_timeout_ms=5_000)
+        try:
+            await client.bootstrap()
+        except KafkaConnectionError as exc:
+            raise BrokerUnavailable(f"broker_url = {url!r}: no Kafka broker answers ({exc})") from None
+        finally:
+            await client.close()
+
+    asyncio.run(probe())

@@ -1,0 +1,92 @@
+"""Live traffic for ``make live``: synthetic behaviour replayed at a set rate, stamped now.
+
+The generator's days (``devtools.synthetic``, in arrival order: touches before the orders
+they earn, cancels after their orders, a few duplicates and malformed payloads) are sent one
+event after another, each with ``event_time`` set to the wall clock as it leaves, so the worker
+sees traffic of today. When a day is used up the next one starts with the next seed (new event
+and order ids) on the same catalog. The pace is kept by ``aiolimiter`` (a leaky bucket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from devtools.synthetic import SyntheticConfig, generate, make_catalog
+from devtools.traffic import encode
+from realtime.kafka import bootstrap, ensure_topics
+from realtime.routing import partition_for, route
+from shared_logic import Catalog
+from shared_logic.settings import RealtimeSettings
+
+#: The catalog's lifetime caps are sized for this many days of traffic.
+CATALOG_DAYS = 30
+
+
+def live_catalog(users: int, seed: int) -> Catalog:
+    """The catalog the live traffic is drawn on (the generator's, lifetime caps for a month)."""
+    return make_catalog(_config(users, seed, seed, days=CATALOG_DAYS))
+
+
+def _config(users: int, seed: int, catalog_seed: int, days: int = 1) -> SyntheticConfig:
+    today = datetime.now(UTC).date()
+    return SyntheticConfig(
+        seed=seed, catalog_seed=catalog_seed, users=users, days=days, start=today, late_rate=0.0
+    )
+
+
+@dataclass
+class LiveTraffic:
+    """Produces to the input topics at ``rate`` events per second until stopped."""
+
+    config: RealtimeSettings
+    rate: float = 300.0
+    users: int = 2_000
+    seed: int = 7
+    sent: int = 0
+    days: int = 0  # synthetic days used so far
+
+    def payloads(self) -> Iterator[Any]:
+        """One synthetic day after another (seed, seed + 1, ...) on the catalog of ``seed``."""
+        seed = self.seed
+        while True:
+            for event in generate(_config(self.users, seed, self.seed)).events:
+                yield event.payload
+            self.days += 1
+            seed += 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from aiolimiter import AsyncLimiter
+
+        await ensure_topics(self.config)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap(self.config.broker_url), linger_ms=20)
+        await producer.start()
+        chunk = max(1, int(self.rate // 20))  # acquire a few at a time: 20 wake-ups a second
+        limiter = AsyncLimiter(self.rate, 1.0)
+        n = self.config.topic_partitions
+        source = self.payloads()
+        try:
+            while not stop.is_set():
+                await limiter.acquire(chunk)
+                now = int(time.time() * 1000)
+                for _ in range(chunk):
+                    value = stamped(next(source), now)
+                    etype, key = route(value)
+                    topic = self.config.topic(etype)
+                    await producer.send(topic, encode(value), key=key, partition=partition_for(key, n))
+                    self.sent += 1
+        finally:
+            await producer.stop()
+
+
+def stamped(payload: Any, now_ms: int) -> Any:
+    """The payload with its event time set to ``now_ms`` (a malformed one as it is)."""
+    if isinstance(payload, dict) and isinstance(payload.get("event_time"), int):
+        return {**payload, "event_time": now_ms}
+    return payload

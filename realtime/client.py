@@ -1,0 +1,56 @@
+"""The speed layer's Redis client, from the ``redis`` settings section: one server or a Redis Cluster.
+
+- ``redis://host:port/db`` (or ``rediss://``): one server.
+- ``redis+cluster://host:port[,host:port…]`` (or ``rediss+cluster://``): a Redis Cluster; every
+  listed node is a startup node. Every key carries a hash tag and every script's keys share a
+  slot (``realtime.keys``), so the cluster client routes each script call to one node.
+
+Code that uses the client stays on the API both clients share: pipelines with
+``transaction=False`` (``True`` only for one slot), scripts queued with ``execute_command``
+(``realtime.scripts``), ``scan_iter`` and single-key commands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from shared_logic.errors import InvalidSetting
+from shared_logic.settings import RedisSettings
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def is_cluster(url: str) -> bool:
+    return urlparse(url).scheme in CLUSTER_SCHEMES
+
+
+def connect(section: RedisSettings) -> Any:
+    """An asyncio client for ``section.url`` (``Redis`` or ``RedisCluster``)."""
+    url = section.url
+    if not is_cluster(url):
+        return Redis.from_url(url)
+    parsed = urlparse(url)
+    nodes = []
+    for part in parsed.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidSetting(
+                "ATTRIBUTION_REDIS_URL", url, "a cluster URL lists host:port nodes, comma-separated"
+            )
+        nodes.append(ClusterNode(host, int(port)))
+    if parsed.path not in ("", "/", "/0"):
+        raise InvalidSetting("ATTRIBUTION_REDIS_URL", url, "Redis Cluster has one database: give none, or /0")
+    # Every script and command of the speed layer is idempotent, so a retried pipeline is safe.
+    return RedisCluster(
+        startup_nodes=nodes,
+        ssl=parsed.scheme.startswith("rediss"),
+        username=parsed.username,
+        password=parsed.password,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+    )

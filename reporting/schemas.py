@@ -1,0 +1,74 @@
+"""The API's response models. A ROAS row is derived from the contract's ``MetricRow``: a new
+metric column appears in the API (and its OpenAPI schema) without an edit here."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, create_model
+
+from shared_logic.contract import METRIC_DIMENSIONS, METRIC_MEASURES, METRIC_ROW, ColumnType
+
+_PY: dict[ColumnType, Any] = {
+    ColumnType.STRING: str,
+    ColumnType.INT64: int,
+    ColumnType.FLOAT64: float,
+    ColumnType.BOOL: bool,
+}
+
+
+Source = Literal["batch", "speed"]
+
+
+class Windows(BaseModel):
+    click_ms: int
+    view_ms: int
+
+
+def _fields(names: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in names:
+        c = METRIC_ROW.column(name)
+        py = _PY[c.type]
+        out[name] = (py | None if c.nullable else py, Field(description=c.doc or None))
+    return out
+
+
+RoasRow: type[BaseModel] = create_model(
+    "RoasRow",
+    day=(date, Field(description="UTC day")),
+    **_fields(METRIC_DIMENSIONS),
+    source=(Source, Field(description="batch view, or the speed layer after it")),
+    windows=(Windows, Field(description="the attribution windows applied")),
+    **_fields(METRIC_MEASURES),
+)
+
+
+class RoasReport(BaseModel):
+    rows: list[RoasRow]
+    batch_through: date | None = Field(
+        description="last day of the batch view; later days are from the speed layer"
+    )
+    start: date
+    end: date
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}
+
+
+class ProblemDetails(BaseModel):
+    """An error, as RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str = Field(description="the problem type: a tag: URI, or about:blank for a plain HTTP status")
+    title: str = Field(description="short summary of the problem type")
+    status: int = Field(description="the HTTP status code")
+    detail: str = Field(description="what went wrong with this request (values cut short)")
+    instance: str = Field(description="the path of the request")
+    parameter: str | None = Field(None, description="the request parameter at fault, when there is one")
+    retry_after: int | None = Field(None, description="429: seconds to wait, as in the Retry-After header")
+    cost: int | None = Field(None, description="cost-limit: days x campaigns the request asked for")
+    limit: int | None = Field(None, description="cost-limit: the most one request may ask for")
+    checks: dict[str, str] | None = Field(None, description="/ready: the state of each dependency")

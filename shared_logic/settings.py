@@ -1,0 +1,382 @@
+"""One settings tree for every service: ``ATTRIBUTION_<SECTION>_<NAME>``.
+
+Each section is a frozen pydantic model that refuses unknown keys; the tree
+reads the environment once, when a service builds it (``Settings()``), and
+every service takes the sections it needs from that one object, so the
+worker and the API cannot disagree on, say, the Redis key layout: both read
+``keys``. The environment spells a value with the section and the field
+joined by one underscore, e.g. ``ATTRIBUTION_REDIS_URL``,
+``ATTRIBUTION_KEYS_USER_BUCKETS``, ``ATTRIBUTION_REALTIME_BATCH_SIZE``.
+
+No module reads ``os.environ`` for a setting; tests and entry points change
+a value with ``settings.replace(redis_url=..., keys_user_buckets=16)``, the
+same names without the prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from shared_logic.contract import MODEL_NAMES
+from shared_logic.errors import InvalidSetting
+from shared_logic.policy import (
+    DEFAULT_ALLOWED_LATENESS_MS,
+    DEFAULT_CANCEL_HORIZON_DAYS,
+    DEFAULT_MAX_FUTURE_MS,
+    AttributionPolicy,
+)
+from shared_logic.timeutil import MS_PER_DAY
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RedisSettings(_Section):
+    """Where the speed layer keeps its state; the API and the budget reader read the same."""
+
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="redis://host:port/db, rediss://…, or redis+cluster://host:port[,host:port…] "
+        "for Redis Cluster",
+    )
+
+
+class KeySettings(_Section):
+    """The Redis key layout. Writers and readers must agree, so they share this one section."""
+
+    prefix: str = Field("attr", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    user_buckets: int = Field(
+        64, ge=1, le=16384, description="hash-tag buckets for user state (cluster slots it spreads over)"
+    )
+    budget_shards: int = Field(1, ge=1, le=1024, description="hash-tag shards for budget state")
+
+
+class LakeSettings(_Section):
+    url: str = Field("file://./var/lake", description="lake root: file:///path or s3://bucket/prefix")
+
+
+class S3Settings(_Section):
+    """Connection to S3 or an S3-compatible endpoint (for an ``s3://`` lake)."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000; empty for AWS")
+    access_key: str | None = None
+    secret_key: SecretStr | None = None
+    region: str = "us-east-1"
+
+
+class SparkSettings(_Section):
+    master: str = Field("local[2]", description="local[N], spark://…, k8s://…")
+    shuffle_partitions: int = Field(8, ge=1)
+    driver_memory: str = "4g"
+
+
+class StoreSettings(_Section):
+    url: str = Field("duckdb://", description="duckdb://[path], postgresql://…, druid://host:port")
+
+
+class CatalogSettings(_Section):
+    url: str = Field(
+        "var/demo/catalog.yaml",
+        description="a catalog file (YAML or JSON, a path or file://…) or cassandra://host[,host]:port/keyspace",
+    )
+
+
+class RulesSettings(_Section):
+    """Time rules both layers apply (they must agree, so they live in one section)."""
+
+    allowed_lateness_ms: int = Field(DEFAULT_ALLOWED_LATENESS_MS, ge=0)
+    max_future_ms: int = Field(
+        DEFAULT_MAX_FUTURE_MS, ge=0, description="an event dated further ahead of its clock is a dead letter"
+    )
+    cancel_horizon_days: int = Field(
+        DEFAULT_CANCEL_HORIZON_DAYS,
+        ge=0,
+        description="a cancel refunds its order when dated up to this many days after the order's "
+        "day; later it counts for nothing (so a day's figures are final once its horizon has landed)",
+    )
+
+    def policy(self) -> AttributionPolicy:
+        """The rules' policy these settings describe (what both layers decide and settle with)."""
+        return AttributionPolicy(
+            allowed_lateness_ms=self.allowed_lateness_ms, cancel_horizon_days=self.cancel_horizon_days
+        )
+
+
+RateRole = Literal["admin", "advertiser", "ad_server", "anonymous"]
+
+
+class ApiSettings(_Section):
+    """The HTTP API: where it listens, its keys, and the limits it puts on every caller.
+
+    Rate limits are token buckets (GCRA) kept in the speed layer's Redis, so every API process
+    shares them: a key of a role gets ``rate_<role>_per_s`` requests a second on average and up
+    to ``rate_<role>_burst`` at once; requests without a valid key share one bucket per client
+    address (``anonymous``)."""
+
+    keys_path: str = Field("var/demo/api-keys.yaml", description="file of hashed API keys")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    docs_public: bool = Field(
+        False, description="serve /docs, /redoc and /openapi.json without a key (default: a key is needed)"
+    )
+    metrics_public: bool = Field(
+        False, description="serve /metrics without a key (default: an admin key is needed)"
+    )
+    rate_limit: bool = Field(True, description="apply the per-key and per-address rate limits")
+    rate_admin_per_s: float = Field(20.0, gt=0, description="requests a second an admin key may average")
+    rate_admin_burst: int = Field(60, ge=1, description="requests an admin key may send at once")
+    rate_advertiser_per_s: float = Field(5.0, gt=0, description="requests a second per advertiser key")
+    rate_advertiser_burst: int = Field(20, ge=1, description="burst per advertiser key")
+    rate_ad_server_per_s: float = Field(500.0, gt=0, description="requests a second per ad-server key")
+    rate_ad_server_burst: int = Field(1_000, ge=1, description="burst per ad-server key")
+    rate_anonymous_per_s: float = Field(
+        1.0, gt=0, description="requests a second per client address without a valid key"
+    )
+    rate_anonymous_burst: int = Field(10, ge=1, description="burst per client address without a valid key")
+    rate_limit_fail_open: bool = Field(
+        True,
+        description="when Redis cannot answer the limiter, serve the request (true) or answer 503 (false)",
+    )
+    rate_limit_timeout_ms: int = Field(
+        250, ge=1, le=10_000, description="longest wait for the limiter's Redis before it counts as down"
+    )
+    roas_max_cost: int = Field(
+        5_000,
+        ge=1,
+        description="most (days x campaigns) one ROAS request may ask for; more answers 422",
+    )
+    max_url_bytes: int = Field(
+        32_768, ge=256, description="longest path plus query string; longer answers 414"
+    )
+    max_header_bytes: int = Field(
+        8_192, ge=1_024, description="largest request header block; larger answers 431"
+    )
+    max_body_bytes: int = Field(
+        0, ge=0, description="largest request body (all routes are GETs: none by default); larger answers 413"
+    )
+
+    def rate(self, role: RateRole) -> tuple[float, int]:
+        """``(requests a second, burst)`` for a role, or ``anonymous`` for callers without a valid key."""
+        per_s: float = getattr(self, f"rate_{role}_per_s")
+        burst: int = getattr(self, f"rate_{role}_burst")
+        return per_s, burst
+
+
+class BatchSettings(_Section):
+    """What the nightly job runs and how far it looks."""
+
+    models: tuple[str, ...] = MODEL_NAMES
+    channel_key: Literal["campaign", "lever", "placement"] = Field(
+        "campaign", description="what a touch's channel is for the multi-touch models"
+    )
+    markov_order: int = Field(1, ge=1, le=4)
+    time_decay_half_life_ms: int = Field(7 * MS_PER_DAY, gt=0)
+    refresh_days: int | None = Field(
+        None,
+        ge=0,
+        description="the nightly run for D also recomputes this many days before D, oldest first, so "
+        "cancels landed since reach their order's day; default: rules.cancel_horizon_days",
+    )
+    history_start: str | None = Field(
+        None,
+        description="first day settled for budget caps (YYYY-MM-DD); default: the first day of raw orders",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, models: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in models if m not in MODEL_NAMES]
+        if unknown:
+            raise ValueError(f"{unknown!r}: must be among {', '.join(MODEL_NAMES)}")
+        return models
+
+
+class RealtimeSettings(_Section):
+    """Where the worker reads and how it batches."""
+
+    broker_url: str = Field(
+        "memory://", description="kafka://host:port[;host:port] for Kafka, memory:// for in-memory channels"
+    )
+    app_id: str = "attribution"
+    topic_prefix: str = "attribution"
+    topic_partitions: int = Field(12, ge=1)
+    dead_letters_url: str | None = Field(
+        None,
+        description="memory://, redis:// (the speed layer's Redis) or kafka:// (the broker's dead-letter "
+        "topic); default: beside the input",
+    )
+    dead_letter_maxlen: int = Field(
+        100_000, ge=1, description="entries of the Redis dead-letter stream, at most"
+    )
+    dead_letter_max_mib: int = Field(
+        256, ge=1, description="memory of the Redis dead-letter stream, at most (entries are cut to 4 KiB)"
+    )
+    session_timeout_ms: int = Field(10_000, ge=1_000, description="consumer group session timeout")
+    heartbeat_interval_ms: int = Field(3_000, ge=100, description="consumer group heartbeat")
+    batch_size: int = Field(4_000, ge=1, description="events taken from the stream per batch")
+    batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
+    decision_ttl_ms: int = Field(35 * MS_PER_DAY, gt=0, description="how long claims and charges are kept")
+    counts_ttl_ms: int = Field(10 * MS_PER_DAY, gt=0)
+    budget_events_maxlen: int = Field(100_000, ge=1)
+    timer_interval_s: float = Field(
+        1.0, gt=0, description="live mode: how often the clock moves idle partitions"
+    )
+
+    ledger_flush_interval_s: float = Field(
+        60.0, ge=0, description="how often a Kafka worker moves the ledger streams to the lake (0: never)"
+    )
+    metrics_host: str = Field("127.0.0.1", description="the worker's /metrics listens here")
+    metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics here (0: off)")
+
+    def topic(self, event_type: str) -> str:
+        return f"{self.topic_prefix}.{event_type}"
+
+
+class SinkSettings(_Section):
+    """The lake sink: a consumer group of its own that lands raw events in the lake."""
+
+    group_suffix: str = Field("lake-sink", description="its group is <realtime.app_id>-<group_suffix>")
+    roll_records: int = Field(
+        50_000, ge=1, description="a partition's buffer is written at this many records"
+    )
+    roll_mib: int = Field(64, ge=1, description="... or at this many MiB")
+    roll_age_s: float = Field(
+        300.0, gt=0, description="... or when its oldest record waited this long (so a quiet hour lands)"
+    )
+    marker_interval_s: float = Field(5.0, gt=0, description="how often hourly landing markers are checked")
+    metrics_host: str = Field("127.0.0.1", description="the sink's /metrics listens here")
+    metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics here (0: off)")
+
+
+_SECTIONS = (
+    "redis",
+    "keys",
+    "lake",
+    "s3",
+    "spark",
+    "store",
+    "catalog",
+    "rules",
+    "api",
+    "batch",
+    "realtime",
+    "sink",
+)
+
+
+PREFIX = "ATTRIBUTION_"
+
+
+class _StrictEnv(EnvSettingsSource):
+    """The environment source, refusing an ``ATTRIBUTION_*`` variable of no section (a typo, an old name).
+
+    Unknown fields of a known section are refused by the section itself (``extra="forbid"``).
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        for name in self.env_vars:
+            upper = name.upper()
+            if upper.startswith(PREFIX) and upper[len(PREFIX) :].split("_", 1)[0].lower() not in _SECTIONS:
+                raise InvalidSetting(
+                    upper,
+                    "<hidden>",  # values may be secrets: never echo them
+                    f"is not a setting: names are {PREFIX}<SECTION>_<NAME>, "
+                    f"sections {', '.join(s.upper() for s in _SECTIONS)}",
+                )
+        return super().__call__()
+
+
+class Settings(BaseSettings):
+    """The whole tree; each service reads the sections it needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        frozen=True,
+        extra="forbid",
+    )
+
+    redis: RedisSettings = RedisSettings()
+    keys: KeySettings = KeySettings()
+    lake: LakeSettings = LakeSettings()
+    s3: S3Settings = S3Settings()
+    spark: SparkSettings = SparkSettings()
+    store: StoreSettings = StoreSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    rules: RulesSettings = RulesSettings()
+    api: ApiSettings = ApiSettings()
+    batch: BatchSettings = BatchSettings()
+    realtime: RealtimeSettings = RealtimeSettings()
+    sink: SinkSettings = SinkSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _StrictEnv(settings_cls), file_secret_settings)
+
+    @model_validator(mode="after")
+    def _charges_outlive_their_cancels(self) -> Self:
+        need = (self.rules.cancel_horizon_days + 1) * MS_PER_DAY + self.rules.allowed_lateness_ms
+        if self.realtime.decision_ttl_ms < need:
+            raise ValueError(
+                f"realtime.decision_ttl_ms = {self.realtime.decision_ttl_ms}: must be at least {need} "
+                f"(rules.cancel_horizon_days = {self.rules.cancel_horizon_days} days, plus one, plus the "
+                "allowed lateness), or a cancel inside the horizon would find no charge to refund"
+            )
+        return self
+
+    @property
+    def nightly_refresh_days(self) -> int:
+        """How many days before D the nightly run recomputes (``batch.refresh_days``, or the cancel
+        horizon)."""
+        return self.rules.cancel_horizon_days if self.batch.refresh_days is None else self.batch.refresh_days
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with values changed, named like the environment without its prefix:
+        ``settings.replace(redis_url="redis://…", keys_user_buckets=16)``. ``None`` changes nothing."""
+        sections: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            if value is None:
+                continue
+            section, _, field = name.partition("_")
+            if section not in _SECTIONS or not field:
+                raise KeyError(
+                    f"{name!r}: settings are named <section>_<field>, sections {', '.join(_SECTIONS)}"
+                )
+            sections.setdefault(section, {})[field] = value
+        data = self.model_dump()  # python mode: secrets stay SecretStr, not masked text
+        for section, values in sections.items():
+            data[section] = {**data[section], **values}
+        return type(self).model_validate(data)
+
+
+def load_settings(**changes: Any) -> Settings:
+    """The tree from the environment (and ``changes``), with a bad value reported as
+    ``InvalidSetting`` naming the variable: what entry points call."""
+    try:
+        return Settings().replace(**changes)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        name = PREFIX + "_".join(str(p) for p in err["loc"]).upper()
+        value = "<hidden>" if "secret" in name.lower() else err.get("input")
+        rule = str(err["ctx"]["error"]) if err["type"] == "value_error" and "ctx" in err else err["msg"]
+        raise InvalidSetting(name, value, rule) from None

@@ -1,0 +1,170 @@
+"""Each extra installs alone: fresh virtualenvs with only ``.[api]`` and only ``.[realtime]``.
+
+The API, from its own environment, serves ROAS from a DuckDB view of a lake and from the speed
+layer's Redis; the worker, from its own, runs the agents on in-memory channels. Neither
+environment can import the other layers' libraries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pytest
+import yaml
+
+from devtools.synthetic import SyntheticConfig, make_catalog
+from reporting.auth import add_key
+from shared_logic.contract import METRICS, metric_row
+from storage import open_lake, partition
+from tests.helpers import running_api
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+
+
+def _venv(folder: Path, extra: str) -> Path:
+    assert UV is not None, "uv is installed by `make setup`"
+    subprocess.run([UV, "venv", "-q", "--python", sys.executable, str(folder)], check=True, timeout=120)
+    python = folder / "bin" / "python"
+    subprocess.run(
+        [
+            UV,
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(python),
+            "-c",
+            str(ROOT / "constraints.txt"),
+            f"{ROOT}[{extra}]",
+        ],
+        check=True,
+        timeout=900,
+    )
+    return python
+
+
+def _importable(python: Path, modules: list[str]) -> list[str]:
+    code = (
+        "import importlib.util, sys; print(','.join(m for m in sys.argv[1:] if importlib.util.find_spec(m)))"
+    )
+    out = subprocess.run([str(python), "-c", code, *modules], capture_output=True, text=True, check=True)
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("ATTRIBUTION_", "VIRTUAL_ENV", "PYSPARK"))
+    }
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def api_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _venv(tmp_path_factory.mktemp("venv-api"), "api")
+
+
+@pytest.fixture(scope="module")
+def realtime_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _venv(tmp_path_factory.mktemp("venv-realtime"), "realtime")
+
+
+@pytest.fixture
+def served_alone(api_env: Path, tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
+    catalog = make_catalog(SyntheticConfig())
+    (tmp_path / "catalog.yaml").write_text(yaml.safe_dump({"campaigns": catalog.to_records()}))
+    lake = open_lake(f"file://{tmp_path}/lake")
+    campaign = next(iter(catalog))
+    row = metric_row(
+        dt="2026-11-01",
+        campaign_id=campaign.campaign_id,
+        advertiser_id=campaign.advertiser_id,
+        lever=str(campaign.lever),
+        currency=campaign.currency,
+        model="markov",
+        impressions=10,
+        clicks=2,
+        promo_views=0,
+        orders=1.5,
+        revenue_minor=4_000.0,
+        spend_minor=100,
+        capped_orders=0,
+        roas=40.0,
+    )
+    lake.write_partition(partition(METRICS, dt="2026-11-01"), pa.Table.from_pylist([row]).drop(["dt"]))
+    admin = add_key(tmp_path / "keys.yaml", "ops", "admin")
+    env = _clean_env(
+        ATTRIBUTION_LAKE_URL=lake.url,
+        ATTRIBUTION_CATALOG_URL=str(tmp_path / "catalog.yaml"),
+        ATTRIBUTION_API_KEYS_PATH=str(tmp_path / "keys.yaml"),
+        ATTRIBUTION_REDIS_URL=redis_url,
+    )
+    with running_api(env, exe=api_env.with_name("attribution")) as base:
+        yield {"base": base, "key": admin, "campaign": campaign.campaign_id}
+
+
+def test_the_api_serves_roas_with_only_its_extra(api_env: Path, served_alone: dict[str, Any]) -> None:
+    assert _importable(api_env, ["pyspark", "pandas", "faust", "fastapi", "duckdb"]) == ["fastapi", "duckdb"]
+    resp = httpx.get(
+        served_alone["base"] + "/v1/roas",
+        params={"start": "2026-11-01", "end": "2026-11-02", "model": ["markov", "billing"]},
+        headers={"X-API-Key": served_alone["key"]},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["batch_through"] == "2026-11-01"
+    batch = [r for r in body["rows"] if r["source"] == "batch"]
+    assert [(r["campaign_id"], r["model"], r["spend_minor"], r["roas"]) for r in batch] == [
+        (served_alone["campaign"], "markov", 100, 40.0)
+    ]
+    # The day after the batch view comes from the speed layer's Redis (empty here): no row, no error.
+    assert all(r["day"] == "2026-11-01" for r in body["rows"])
+
+
+def test_the_worker_runs_on_in_memory_channels_with_only_its_extra(
+    realtime_env: Path, tmp_path: Path, redis_url: str
+) -> None:
+    assert _importable(realtime_env, ["pyspark", "pandas", "fastapi", "duckdb", "faust"]) == ["faust"]
+    exe = str(realtime_env.with_name("attribution"))
+    env = _clean_env(COLUMNS="200")
+    gen = subprocess.run(
+        [exe, "generate", "--out", str(tmp_path), "--users", "60", "--days", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert gen.returncode == 0, gen.stderr
+    replay = subprocess.run(
+        [
+            exe,
+            "realtime",
+            "replay",
+            "--jsonl",
+            str(tmp_path / "events.jsonl"),
+            "--catalog",
+            str(tmp_path / "catalog.yaml"),
+            "--redis-url",
+            redis_url,
+            "--no-flush-ledger",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert replay.returncode == 0, replay.stderr
+    assert "orders attributed" in replay.stdout
+    events = sum(1 for _ in (tmp_path / "events.jsonl").open())
+    assert f"replay: {events:,} events" in replay.stdout
