@@ -28,7 +28,12 @@ def _run(
 @pytest.mark.parametrize(
     ("args", "status", "line"),
     [
-        (["lake-snk"], 2, "error: No such command 'lake-snk'. (see 'attribution --help')"),
+        (
+            ["lake-snk"],
+            2,
+            "error: No such command 'lake-snk'. Did you mean 'lake-sink'? (see 'attribution --help')",
+        ),
+        (["frobnicate"], 2, "error: No such command 'frobnicate'. (see 'attribution --help')"),
         (["batch", "run"], 2, "error: Missing option '--start'. (see 'attribution batch run --help')"),
         (
             ["api-key", "create", "--name", "x", "--role", "admin", "--advertiser-id", "adv00"],

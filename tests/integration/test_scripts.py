@@ -65,7 +65,7 @@ def test_an_error_right_after_the_checks_leaves_redis_unchanged(
         for i in range(0, len(values), 400):
             await engine.process(values[i : i + 400])
         await engine.drain()
-        await LedgerFlusher(redis, engine.keys, open_lake(f"file://{tmp_path}/lake"), batch=50).flush()
+        await LedgerFlusher(redis, engine.keys, open_lake(f"file://{tmp_path}/lake"), batch=5).flush()
         await redis.aclose()
 
     asyncio.run(feed())
