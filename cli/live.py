@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -62,7 +63,8 @@ class Child:
             self.process.send_signal(signal.SIGTERM)
             try:
                 code = self.process.wait(timeout_s)
-                self.ended = f"stopped (exit {code})"
+                # uvicorn shuts down and then re-raises the SIGTERM it caught: -15 is a clean stop too
+                self.ended = "stopped" if code in (0, -signal.SIGTERM) else f"stopped (exit {code})"
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
@@ -100,6 +102,14 @@ def live(
     duration: Annotated[
         float | None, typer.Option(min=1, help="stop after this many seconds (default: at Ctrl-C)")
     ] = None,
+    lateness: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="allowed lateness in seconds: an order is decided this long after it happens "
+            "(production default 60; short here so budgets move at once)",
+        ),
+    ] = 10.0,
     keep_lake: Annotated[
         bool, typer.Option(help="keep the lake of an earlier run (default: start a fresh one)")
     ] = False,
@@ -117,7 +127,7 @@ def live(
     if lake_dir.exists() and not keep_lake:
         shutil.rmtree(lake_dir)  # its sink offsets name a broker that is gone
     (folder / "logs").mkdir(parents=True, exist_ok=True)
-    catalog = live_catalog(users, seed)
+    catalog = live_catalog(users, seed, rate)
     catalog_path = folder / "catalog.yaml"
     catalog_path.write_text(yaml.safe_dump({"campaigns": catalog.to_records()}, sort_keys=False))
     keys_path = folder / "keys.yaml"
@@ -140,12 +150,18 @@ def live(
         ATTRIBUTION_API_PORT=str(api_port),
         ATTRIBUTION_REALTIME_METRICS_PORT=str(worker_metrics),
         ATTRIBUTION_SINK_METRICS_PORT=str(sink_metrics),
+        ATTRIBUTION_RULES_ALLOWED_LATENESS_MS=str(round(lateness * 1000)),
+    )
+    # The settings every part runs with, for a shell: `set -a; . live.env; set +a`, then any command
+    (folder / "live.env").write_text(
+        "".join(f"{k}={v}\n" for k, v in sorted(env.items()) if k.startswith("ATTRIBUTION_"))
     )
     loop = Loop(folder, env)
     settings = load_settings(
         redis_url=redis_server.url,
         realtime_broker_url=broker.url,
         realtime_topic_partitions=int(LIVE_ENV["ATTRIBUTION_REALTIME_TOPIC_PARTITIONS"]),
+        rules_allowed_lateness_ms=round(lateness * 1000),
     )
     traffic = LiveTraffic(settings.realtime, rate=rate, users=users, seed=seed)
     api = f"http://127.0.0.1:{api_port}"
@@ -162,6 +178,7 @@ def live(
             "api": f"{api}/metrics",
         },
         "logs": str(folder / "logs"),
+        "env": str(folder / "live.env"),
     }
     stopped_by = "Ctrl-C"
     try:
@@ -179,12 +196,13 @@ def live(
         console.print(_where(where, catalog_path, rate))
         keys = Keys.of(settings.keys)
         stopped_by = asyncio.run(_run(traffic, loop, where, catalog, keys, duration))
+        _settle(where["metrics"]["worker"], lateness)
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the children stop in order; a second Ctrl-C waits
         console.print(
-            f"[bold]stopping[/bold] ({stopped_by}): traffic, worker (flushes its ledger), lake sink (lands "
+            f"\n[bold]stopping[/bold] ({stopped_by}): traffic, worker (flushes its ledger), lake sink (lands "
             "what it holds), API, Redis, broker"
         )
         for name in ("worker", "lake-sink", "api"):
@@ -194,6 +212,32 @@ def live(
         redis_server.stop()
         broker.stop()
         console.print(_left_behind(loop, folder, lake_dir, traffic.sent))
+
+
+def _settle(metrics_url: str, lateness_s: float) -> None:
+    """With the traffic stopped, let the worker decide the orders it still holds: its partitions are
+    idle, so the wall clock moves its watermark past them within the allowed lateness. Then the
+    ledger it flushes on stop holds every order the lake holds, and the reconciliation can be exact.
+    A second Ctrl-C skips the wait."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + lateness_s + 30
+    pending: float | None = None
+    with console.status(f"settling the orders the worker still holds (allowed lateness {lateness_s:g}s)"):
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(metrics_url, timeout=2) as page:
+                    text = page.read().decode()
+                pending = sum(
+                    sample.value
+                    for family in text_string_to_metric_families(text)
+                    if family.name == "attribution_pending_actions"
+                    for sample in family.samples
+                )
+                if pending == 0:
+                    return
+            time.sleep(0.5)
+    console.print(f"the worker still holds {pending} pending action(s); the next worker decides them")
 
 
 def _wait_port(port: int, child: Child, timeout_s: float = 60.0) -> None:
@@ -216,8 +260,8 @@ def _where(where: dict[str, Any], catalog_path: Path, rate: float) -> Panel:
         f"  curl -s -H 'X-API-Key: {key}' '{api}/v1/budget?campaign_id={first}'",
         f"  curl -s -H 'X-API-Key: {key}' '{api}/v1/roas?start=$(date -u +%F)&model=billing'",
         f"  {api}/docs (send the key as X-API-Key)",
-        "[bold]Budgets[/bold]    a live table, in another terminal:",
-        f"  ATTRIBUTION_REDIS_URL={where['redis_url']} {exe} budget show --watch --catalog {catalog_path}",
+        "[bold]Budgets[/bold]    a live table, in another terminal (live.env holds every setting):",
+        f"  set -a; . {where['env']}; set +a; {exe} budget show --watch",
         f"[bold]Lake[/bold]       {where['lake']}  (raw/, realtime_ledger/, dead_letters/, raw/_landed/)",
         f"[bold]Metrics[/bold]    worker {where['metrics']['worker']}",
         f"           lake sink {where['metrics']['lake_sink']}",
@@ -305,9 +349,10 @@ def _left_behind(loop: Loop, folder: Path, lake: Path, sent: int) -> Panel:
     lines += [
         "Redis and the broker: stopped; they kept everything in memory, so it is gone.",
         f"Left behind in {folder}: the lake ({len(files):,} files, {size / 2**20:,.1f} MiB), "
-        "logs/, catalog.yaml, keys.yaml, live.json.",
-        f"The nightly job runs on it: attribution batch run --start $(date -u +%F) --lake-url file://{lake} "
-        f"--catalog {folder / 'catalog.yaml'}",
+        "logs/, catalog.yaml, keys.yaml, live.env, live.json.",
+        "The nightly job and the reconciliation run on it with the same settings:",
+        f"  set -a; . {folder / 'live.env'}; set +a",
+        "  attribution batch run --start $(date -u +%F) && attribution reconcile --start $(date -u +%F)",
         "The next `make live` starts a fresh lake (--keep-lake keeps it).",
     ]
     return Panel("\n".join(lines), title="make live stopped", expand=False)

@@ -29,9 +29,28 @@ from shared_logic.settings import RealtimeSettings
 CATALOG_DAYS = 30
 
 
-def live_catalog(users: int, seed: int) -> Catalog:
-    """The catalog the live traffic is drawn on (the generator's, lifetime caps for a month)."""
-    return make_catalog(_config(users, seed, seed, days=CATALOG_DAYS))
+def live_catalog(users: int, seed: int, rate: float) -> Catalog:
+    """The catalog the live traffic is drawn on: the generator's, lifetime caps for a month, every
+    cap times ``cap_scale(rate)``.
+
+    Live traffic plays a synthetic day in about ``events_per_day / rate`` seconds (half a minute at
+    300/s), so the generator's caps, sized for a day, would all bind within a minute or two. Scaled,
+    the tight third of the campaigns caps within the first few minutes and the rest keep spending.
+    """
+    scale = cap_scale(rate)
+    records = []
+    for record in make_catalog(_config(users, seed, seed, days=CATALOG_DAYS)).to_records():
+        budget = dict(record["budget"])
+        for name in ("daily_minor", "lifetime_minor"):
+            if budget.get(name) is not None:
+                budget[name] *= scale
+        records.append({**record, "budget": budget})
+    return Catalog.from_records(records)
+
+
+def cap_scale(rate: float) -> int:
+    """How much the live caps exceed the generator's: one per 50 events a second, at least one."""
+    return max(1, round(rate / 50))
 
 
 def _config(users: int, seed: int, catalog_seed: int, days: int = 1) -> SyntheticConfig:
