@@ -258,7 +258,7 @@ def _where(where: dict[str, Any], catalog_path: Path, rate: float) -> Panel:
     lines = [
         f"[bold]API[/bold]        {api}   admin key: {key}",
         f"  curl -s -H 'X-API-Key: {key}' '{api}/v1/budget?campaign_id={first}'",
-        f"  curl -s -H 'X-API-Key: {key}' '{api}/v1/roas?start=$(date -u +%F)&model=billing'",
+        f"  curl -s -H 'X-API-Key: {key}' '{api}/v1/roas?start=$(date -u +%F)&end=$(date -u +%F)&model=billing'",
         f"  {api}/docs (send the key as X-API-Key)",
         "[bold]Budgets[/bold]    a live table, in another terminal (live.env holds every setting):",
         f"  set -a; . {where['env']}; set +a; {exe} budget show --watch",
