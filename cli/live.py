@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -219,15 +218,15 @@ def _settle(metrics_url: str, lateness_s: float) -> None:
     idle, so the wall clock moves its watermark past them within the allowed lateness. Then the
     ledger it flushes on stop holds every order the lake holds, and the reconciliation can be exact.
     A second Ctrl-C skips the wait."""
+    import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     deadline = time.monotonic() + lateness_s + 30
     pending: float | None = None
     with console.status(f"settling the orders the worker still holds (allowed lateness {lateness_s:g}s)"):
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(metrics_url, timeout=2) as page:
-                    text = page.read().decode()
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                text = httpx.get(metrics_url, timeout=2).text
                 pending = sum(
                     sample.value
                     for family in text_string_to_metric_families(text)
@@ -258,7 +257,8 @@ def _where(where: dict[str, Any], catalog_path: Path, rate: float) -> Panel:
     lines = [
         f"[bold]API[/bold]        {api}   admin key: {key}",
         f"  curl -s -H 'X-API-Key: {key}' '{api}/v1/budget?campaign_id={first}'",
-        f"  curl -s -H 'X-API-Key: {key}' '{api}/v1/roas?start=$(date -u +%F)&end=$(date -u +%F)&model=billing'",
+        f"  curl -s -H 'X-API-Key: {key}' "
+        f"'{api}/v1/roas?start=$(date -u +%F)&end=$(date -u +%F)&model=billing'",
         f"  {api}/docs (send the key as X-API-Key)",
         "[bold]Budgets[/bold]    a live table, in another terminal (live.env holds every setting):",
         f"  set -a; . {where['env']}; set +a; {exe} budget show --watch",
