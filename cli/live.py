@@ -164,7 +164,7 @@ def live(
     )
     traffic = LiveTraffic(settings.realtime, rate=rate, users=users, seed=seed)
     api = f"http://127.0.0.1:{api_port}"
-    where = {
+    where: dict[str, Any] = {
         "api": api,
         "admin_key": admin_key,
         "redis_url": redis_server.url,
