@@ -354,11 +354,17 @@ async def run_worker(settings: Settings, catalog: Catalog) -> None:
     """Run one worker until SIGTERM or SIGINT, then flush its ledger and leave the group cleanly."""
     worker = KafkaWorker(settings, catalog)
     cfg = settings.realtime
-    if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=worker.metrics.registry)
-        log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, cfg.metrics_port)
-    await worker.start()
+    await serve(worker, worker.metrics.registry, cfg.metrics_host, cfg.metrics_port)
+
+
+async def serve(service: Any, registry: Any, metrics_host: str, metrics_port: int) -> None:
+    """Run a consumer service (``start``, ``run``, ``stop``) until SIGTERM or SIGINT, its Prometheus
+    registry served on ``metrics_host:metrics_port`` unless the port is 0."""
+    if metrics_port:
+        start_http_server(metrics_port, addr=metrics_host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
+    await service.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
-    await worker.run()
+        loop.add_signal_handler(sig, service.stop)
+    await service.run()

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,10 +35,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from realtime.clock import Clocks
-from realtime.kafka import bootstrap, ensure_topics, input_topics
+from realtime.kafka import bootstrap, ensure_topics, input_topics, serve
 from shared_logic.contract import RAW
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
@@ -306,12 +305,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka sh
 async def run_sink(settings: Settings) -> None:
     """Run one lake sink until SIGTERM or SIGINT."""
     sink = LakeSink(settings)
-    cfg = settings.sink
-    if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=sink.metrics.registry)
-        log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, cfg.metrics_port)
-    await sink.start()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, sink.stop)
-    await sink.run()
+    await serve(sink, sink.metrics.registry, settings.sink.metrics_host, settings.sink.metrics_port)

@@ -101,28 +101,7 @@ async def speed_view(
             c = counts.get(cid, {})
             if not stats and not c:
                 continue
-            campaign = catalog.get(cid)
-            assert campaign is not None
-            spend = stats.get("spend", 0)
-            revenue = stats.get("revenue", 0)
-            rows.append(
-                metric_row(
-                    dt=day,
-                    campaign_id=cid,
-                    advertiser_id=campaign.advertiser_id,
-                    lever=str(campaign.lever),
-                    currency=campaign.currency,
-                    model=BILLING_MODEL,
-                    impressions=c.get("impressions", 0),
-                    clicks=c.get("clicks", 0),
-                    promo_views=c.get("promo_views", 0),
-                    orders=float(stats.get("orders", 0)),
-                    revenue_minor=float(revenue),
-                    spend_minor=spend,
-                    capped_orders=stats.get("capped_orders", 0),
-                    roas=revenue / spend if spend > 0 else None,
-                )
-            )
+            rows.append(_billing_row(catalog, day, cid, stats, c))
     return rows
 
 
@@ -194,25 +173,31 @@ def lake_view(
             stats, c = money.get((day, cid), {}), touches.get((day, cid), {})
             if not stats and not c:
                 continue
-            campaign = catalog.get(cid)
-            assert campaign is not None
-            spend, revenue = stats.get("spend", 0), stats.get("revenue", 0)
-            rows.append(
-                metric_row(
-                    dt=day,
-                    campaign_id=cid,
-                    advertiser_id=campaign.advertiser_id,
-                    lever=str(campaign.lever),
-                    currency=campaign.currency,
-                    model=BILLING_MODEL,
-                    impressions=c.get("impressions", 0),
-                    clicks=c.get("clicks", 0),
-                    promo_views=c.get("promo_views", 0),
-                    orders=float(stats.get("orders", 0)),
-                    revenue_minor=float(revenue),
-                    spend_minor=spend,
-                    capped_orders=stats.get("capped_orders", 0),
-                    roas=revenue / spend if spend > 0 else None,
-                )
-            )
+            rows.append(_billing_row(catalog, day, cid, stats, c))
     return rows
+
+
+def _billing_row(
+    catalog: Catalog, day: str, cid: str, stats: dict[str, int], touches: dict[str, int]
+) -> dict[str, Any]:
+    """One metric row of the billing model: the speed layer's stats of a campaign and day (orders,
+    revenue, spend, capped orders) and its touch counts, wherever both were read from."""
+    campaign = catalog.get(cid)
+    assert campaign is not None
+    spend, revenue = stats.get("spend", 0), stats.get("revenue", 0)
+    return metric_row(
+        dt=day,
+        campaign_id=cid,
+        advertiser_id=campaign.advertiser_id,
+        lever=str(campaign.lever),
+        currency=campaign.currency,
+        model=BILLING_MODEL,
+        impressions=touches.get("impressions", 0),
+        clicks=touches.get("clicks", 0),
+        promo_views=touches.get("promo_views", 0),
+        orders=float(stats.get("orders", 0)),
+        revenue_minor=float(revenue),
+        spend_minor=spend,
+        capped_orders=stats.get("capped_orders", 0),
+        roas=revenue / spend if spend > 0 else None,
+    )

@@ -1,5 +1,5 @@
 """Helpers several suites share: a Redis snapshot to compare runs, a lake built from traffic, the API
-in its own process and the shape of its errors."""
+in its own process and the shape of its errors, a valid order, a batch metric row."""
 
 from __future__ import annotations
 
@@ -23,6 +23,41 @@ from realtime.replay import replay
 from shared_logic.settings import RedisSettings, Settings
 from storage import Lake, open_lake
 from storage.raw import land_events
+
+#: A valid order event, as a producer sends it.
+ORDER: dict[str, Any] = {
+    "event_id": "e1",
+    "event_type": "order",
+    "event_time": 1_793_527_200_000,
+    "user_id": "u1",
+    "order_id": "o1",
+    "merchant_id": "m1",
+    "amount_minor": 1234,
+    "currency": "USD",
+    "promo_codes": ["SAVE10"],
+}
+
+
+def markov_row(campaign: Any, dt: str) -> dict[str, Any]:
+    """A batch metric row of the Markov model for ``campaign`` on ``dt`` (ROAS 40)."""
+    from shared_logic.contract import metric_row
+
+    return metric_row(
+        dt=dt,
+        campaign_id=campaign.campaign_id,
+        advertiser_id=campaign.advertiser_id,
+        lever=str(campaign.lever),
+        currency=campaign.currency,
+        model="markov",
+        impressions=10,
+        clicks=2,
+        promo_views=0,
+        orders=1.5,
+        revenue_minor=4_000.0,
+        spend_minor=100,
+        capped_orders=0,
+        roas=40.0,
+    )
 
 
 def flush(url: str) -> None:

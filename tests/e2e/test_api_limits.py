@@ -23,9 +23,9 @@ import yaml
 from devtools.servers import LocalRedis
 from devtools.synthetic import SyntheticConfig, make_catalog
 from reporting.auth import add_key
-from shared_logic.contract import METRICS, metric_row
+from shared_logic.contract import METRICS
 from storage import open_lake, partition
-from tests.helpers import SECURITY_HEADERS, assert_problem, running_api
+from tests.helpers import SECURITY_HEADERS, assert_problem, markov_row, running_api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TODAY = datetime.now(UTC).date()
@@ -48,25 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     catalog = make_catalog(SyntheticConfig())
     (folder / "catalog.yaml").write_text(yaml.safe_dump({"campaigns": catalog.to_records()}))
     lake = open_lake(f"file://{folder}/lake")
-    rows = [
-        metric_row(
-            dt=BATCH_DAY,
-            campaign_id=c.campaign_id,
-            advertiser_id=c.advertiser_id,
-            lever=str(c.lever),
-            currency=c.currency,
-            model="markov",
-            impressions=10,
-            clicks=2,
-            promo_views=0,
-            orders=1.5,
-            revenue_minor=4_000.0,
-            spend_minor=100,
-            capped_orders=0,
-            roas=40.0,
-        )
-        for c in catalog
-    ]
+    rows = [markov_row(c, BATCH_DAY) for c in catalog]
     lake.write_partition(partition(METRICS, dt=BATCH_DAY), pa.Table.from_pylist(rows).drop(["dt"]))
     keys_path = folder / "keys.yaml"
     keys = {

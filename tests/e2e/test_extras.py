@@ -22,9 +22,9 @@ import yaml
 
 from devtools.synthetic import SyntheticConfig, make_catalog
 from reporting.auth import add_key
-from shared_logic.contract import METRICS, metric_row
+from shared_logic.contract import METRICS
 from storage import open_lake, partition
-from tests.helpers import running_api
+from tests.helpers import markov_row, running_api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,22 +84,7 @@ def served_alone(api_env: Path, tmp_path: Path, redis_url: str) -> Iterator[dict
     (tmp_path / "catalog.yaml").write_text(yaml.safe_dump({"campaigns": catalog.to_records()}))
     lake = open_lake(f"file://{tmp_path}/lake")
     campaign = next(iter(catalog))
-    row = metric_row(
-        dt="2026-11-01",
-        campaign_id=campaign.campaign_id,
-        advertiser_id=campaign.advertiser_id,
-        lever=str(campaign.lever),
-        currency=campaign.currency,
-        model="markov",
-        impressions=10,
-        clicks=2,
-        promo_views=0,
-        orders=1.5,
-        revenue_minor=4_000.0,
-        spend_minor=100,
-        capped_orders=0,
-        roas=40.0,
-    )
+    row = markov_row(campaign, "2026-11-01")
     lake.write_partition(partition(METRICS, dt="2026-11-01"), pa.Table.from_pylist([row]).drop(["dt"]))
     admin = add_key(tmp_path / "keys.yaml", "ops", "admin")
     env = _clean_env(

@@ -8,20 +8,9 @@ from hypothesis import strategies as st
 
 from shared_logic import Click, Impression, InvalidEvent, Order, OrderCancel, PromoView, parse_event
 from shared_logic.events import MAX_PAYLOAD_BYTES, event_to_dict
+from tests.helpers import ORDER
 
 pytestmark = pytest.mark.unit
-
-ORDER: dict[str, Any] = {
-    "event_id": "e1",
-    "event_type": "order",
-    "event_time": 1_793_527_200_000,
-    "user_id": "u1",
-    "order_id": "o1",
-    "merchant_id": "m1",
-    "amount_minor": 1234,
-    "currency": "USD",
-    "promo_codes": ["SAVE10"],
-}
 
 
 def test_parses_every_type_from_json_and_dict() -> None:

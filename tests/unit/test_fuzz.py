@@ -11,20 +11,11 @@ from hypothesis import strategies as st
 
 from shared_logic import InvalidEvent, parse_event
 from shared_logic.events import EVENT_TYPES
+from tests.helpers import ORDER
 
 pytestmark = pytest.mark.unit
 
-VALID: dict[str, Any] = {
-    "event_id": "e1",
-    "event_type": "order",
-    "event_time": 1_793_527_200_000,
-    "user_id": "u1",
-    "order_id": "o1",
-    "merchant_id": "m1",
-    "amount_minor": 1234,
-    "currency": "USD",
-    "promo_codes": ["SAVE10"],
-}
+VALID = ORDER
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
