@@ -151,16 +151,7 @@ class KafkaWorker:
             self.redis, self.catalog, self.settings, dead, metrics=self.metrics, sources=self.sources
         )
         await self.engine.start()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap(cfg.broker_url),
-            group_id=cfg.app_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=cfg.session_timeout_ms,
-            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-            max_poll_records=cfg.batch_size,
-        )
+        self.consumer = group_consumer(cfg, cfg.app_id, cfg.batch_size)
         self.consumer.subscribe(input_topics(cfg), listener=_Listener(self))
         await self.consumer.start()
 
@@ -348,6 +339,22 @@ def _summary(tps: list[Any]) -> str:
     for tp in tps:
         by_topic.setdefault(tp.topic, []).append(tp.partition)
     return "; ".join(f"{t}: {min(p)}..{max(p)} ({len(p)})" for t, p in sorted(by_topic.items()))
+
+
+def group_consumer(cfg: RealtimeSettings, group: str, max_poll_records: int) -> AIOKafkaConsumer:
+    """A member of consumer group ``group`` over the input topics as every service here consumes:
+    offsets committed by hand after the effects, from the earliest offset when the group has none,
+    the Range assignor (a member gets the same partition numbers of every topic)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap(cfg.broker_url),
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        session_timeout_ms=cfg.session_timeout_ms,
+        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+        max_poll_records=max_poll_records,
+    )
 
 
 async def run_worker(settings: Settings, catalog: Catalog) -> None:

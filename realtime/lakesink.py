@@ -34,11 +34,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from realtime.clock import Clocks
-from realtime.kafka import bootstrap, ensure_topics, input_topics, serve
+from realtime.kafka import ensure_topics, group_consumer, input_topics, serve
 from shared_logic.contract import RAW
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
@@ -118,16 +117,7 @@ class LakeSink:
     async def start(self) -> None:
         await ensure_topics(self.settings.realtime)
         cfg = self.settings.realtime
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap(cfg.broker_url),
-            group_id=self.group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=cfg.session_timeout_ms,
-            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-            max_poll_records=self.config.roll_records,
-        )
+        self.consumer = group_consumer(cfg, self.group, self.config.roll_records)
         self.consumer.subscribe(self.topics, listener=_Listener(self))
         await self.consumer.start()
 
