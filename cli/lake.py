@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,13 +33,7 @@ def lake_sink(
     from realtime.lakesink import run_sink
 
     config = settings(realtime_broker_url=broker_url, lake_url=lake_url, sink_metrics_port=metrics_port)
-    if config.realtime.broker_url.startswith("memory://"):
-        raise typer.BadParameter(
-            "the lake sink needs a Kafka broker (--broker-url kafka://host:port or "
-            "ATTRIBUTION_REALTIME_BROKER_URL); `attribution land` lands files"
-        )
-    check_kafka(config.realtime.broker_url)
-    logging.getLogger("realtime").setLevel(logging.INFO)
+    check_kafka(config.realtime.broker_url, "the lake sink", "`attribution land` lands files")
     asyncio.run(run_sink(config))
 
 

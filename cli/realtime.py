@@ -79,18 +79,19 @@ def worker(
     from realtime.kafka import run_worker
 
     config = settings(catalog_url=catalog, realtime_broker_url=broker_url, redis_url=redis_url)
-    if config.realtime.broker_url.startswith("memory://"):
-        raise typer.BadParameter(
-            "the worker needs a Kafka broker (--broker-url kafka://host:port or "
-            "ATTRIBUTION_REALTIME_BROKER_URL); use `realtime replay` for memory://"
-        )
-    check_kafka(config.realtime.broker_url)
-    logging.getLogger("realtime").setLevel(logging.INFO)  # assignments, recoveries: what an operator follows
+    check_kafka(config.realtime.broker_url, "the worker", "use `realtime replay` for memory://")
     asyncio.run(run_worker(config, catalog_of(config)))
 
 
-def check_kafka(url: str) -> None:
-    """Fail fast, in one line, when no broker answers (the Kafka client would retry forever)."""
+def check_kafka(url: str, who: str, instead: str) -> None:
+    """Before a consumer service starts: refuse an in-memory URL (naming ``instead``), and fail fast,
+    in one line, when no broker answers (the Kafka client would retry forever). Then log at INFO
+    what an operator follows: assignments, recoveries, rolls."""
+    if url.startswith("memory://"):
+        raise typer.BadParameter(
+            f"{who} needs a Kafka broker (--broker-url kafka://host:port or "
+            f"ATTRIBUTION_REALTIME_BROKER_URL); {instead}"
+        )
 
     async def probe() -> None:
         from aiokafka import AIOKafkaClient
@@ -107,3 +108,4 @@ def check_kafka(url: str) -> None:
             await client.close()
 
     asyncio.run(probe())
+    logging.getLogger("realtime").setLevel(logging.INFO)

@@ -34,6 +34,19 @@ def _run(
             "error: No such command 'lake-snk'. Did you mean 'lake-sink'? (see 'attribution --help')",
         ),
         (["frobnicate"], 2, "error: No such command 'frobnicate'. (see 'attribution --help')"),
+        (
+            ["lake-sink"],
+            2,
+            "error: Invalid value: the lake sink needs a Kafka broker (--broker-url kafka://host:port or "
+            "ATTRIBUTION_REALTIME_BROKER_URL); `attribution land` lands files "
+            "(see 'attribution lake-sink --help')",
+        ),
+        (
+            ["worker", "--broker-url", "kafka://127.0.0.1:1"],
+            3,
+            "error: broker_url = 'kafka://127.0.0.1:1': no Kafka broker answers (KafkaConnectionError: "
+            "Unable to bootstrap from [('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)])",
+        ),
         (["batch", "run"], 2, "error: Missing option '--start'. (see 'attribution batch run --help')"),
         (
             ["api-key", "create", "--name", "x", "--role", "admin", "--advertiser-id", "adv00"],
