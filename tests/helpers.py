@@ -39,25 +39,27 @@ ORDER: dict[str, Any] = {
 
 
 def markov_row(campaign: Any, dt: str) -> dict[str, Any]:
-    """A batch metric row of the Markov model for ``campaign`` on ``dt`` (ROAS 40)."""
-    from shared_logic.contract import metric_row
+    """A batch metric row of the Markov model for ``campaign`` on ``dt`` (ROAS 40); a column added
+    later is null."""
+    from shared_logic.contract import METRIC_ROW, metric_row
 
-    return metric_row(
-        dt=dt,
-        campaign_id=campaign.campaign_id,
-        advertiser_id=campaign.advertiser_id,
-        lever=str(campaign.lever),
-        currency=campaign.currency,
-        model="markov",
-        impressions=10,
-        clicks=2,
-        promo_views=0,
-        orders=1.5,
-        revenue_minor=4_000.0,
-        spend_minor=100,
-        capped_orders=0,
-        roas=40.0,
-    )
+    values = {
+        "dt": dt,
+        "campaign_id": campaign.campaign_id,
+        "advertiser_id": campaign.advertiser_id,
+        "lever": str(campaign.lever),
+        "currency": campaign.currency,
+        "model": "markov",
+        "impressions": 10,
+        "clicks": 2,
+        "promo_views": 0,
+        "orders": 1.5,
+        "revenue_minor": 4_000.0,
+        "spend_minor": 100,
+        "capped_orders": 0,
+        "roas": 40.0,
+    }
+    return metric_row(**{**dict.fromkeys(METRIC_ROW.names), **values})
 
 
 def flush(url: str) -> None:
