@@ -210,6 +210,7 @@ def _run_backlog(
                 last = done
                 console.print(f"[dim]  kafka bench: backlog {done:,} / {len(values):,}[/dim]", end="\r")
             time.sleep(0.1)
+        console.print()  # end the progress line
         total = time.perf_counter() - started
         return total, total - joined
     finally:
