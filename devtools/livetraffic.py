@@ -49,8 +49,8 @@ def live_catalog(users: int, seed: int, rate: float) -> Catalog:
 
 
 def cap_scale(rate: float) -> int:
-    """How much the live caps exceed the generator's: one per 50 events a second, at least one."""
-    return max(1, round(rate / 50))
+    """How much the live caps exceed the generator's: one per 150 events a second, at least one."""
+    return max(1, round(rate / 150))
 
 
 def _config(users: int, seed: int, catalog_seed: int, days: int = 1) -> SyntheticConfig:
