@@ -14,7 +14,7 @@ import pandas as pd
 
 from attribution_models import AttributionModel, Journey, TouchPoint, get_model
 from shared_logic import Catalog
-from shared_logic.contract import BILLING_MODEL, COUNTERS, FACT_ROW, METRIC_ROW, metric_row
+from shared_logic.contract import BILLING_MODEL, COUNTERS, FACT_ROW, METRIC_ROW, metric_row, roas
 from shared_logic.settings import BatchSettings
 
 FACT_COLUMNS = list(FACT_ROW.names)
@@ -121,7 +121,7 @@ def metrics_frame(rows: pd.DataFrame, catalog: Catalog, dt: str, models: list[st
                     revenue_minor=revenue,
                     spend_minor=spend,
                     capped_orders=counted["capped_orders"],
-                    roas=revenue / spend if spend > 0 else None,
+                    roas=roas(revenue, spend),
                 )
             )
     return pd.DataFrame(out, columns=list(METRIC_ROW.names))

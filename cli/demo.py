@@ -27,7 +27,7 @@ from rich.table import Table
 from cli.common import console as default_console
 from cli.common import settings
 from devtools.synthetic import SyntheticConfig, generate
-from shared_logic.contract import BILLING_MODEL, METRICS, MODEL_NAMES
+from shared_logic.contract import BILLING_MODEL, METRICS, REPORT_MODELS, roas
 from shared_logic.money import format_minor
 
 
@@ -173,7 +173,7 @@ def _roas_table(metrics: list[dict[str, Any]], console: Console) -> dict[tuple[s
         slot[1] += m["revenue_minor"]
         slot[2] += m["spend_minor"]
         currency[m["campaign_id"]] = m["currency"]
-    models = [m for m in (BILLING_MODEL, *MODEL_NAMES) if any(k[1] == m for k in agg)]
+    models = [m for m in REPORT_MODELS if any(k[1] == m for k in agg)]
     table = Table(
         title="ROAS per campaign and model over the week (revenue / spend; spend is what billing charged)"
     )
@@ -188,7 +188,7 @@ def _roas_table(metrics: list[dict[str, Any]], console: Console) -> dict[tuple[s
         cells = []
         for name in models:
             revenue = agg[(cid, name)][1]
-            value = revenue / spend if spend > 0 else None
+            value = roas(revenue, spend)
             out[(cid, name)] = value
             cells.append("-" if value is None else f"{value:.1f}")
         table.add_row(

@@ -26,6 +26,7 @@ from shared_logic.contract import (
     REALTIME_LEDGER,
     metric_row,
     parse_count_field,
+    roas,
 )
 from shared_logic.timeutil import utc_day, utc_day_bounds_ms
 from storage.lake import Lake, partition
@@ -199,5 +200,5 @@ def _billing_row(
         revenue_minor=float(revenue),
         spend_minor=spend,
         capped_orders=stats.get("capped_orders", 0),
-        roas=revenue / spend if spend > 0 else None,
+        roas=roas(revenue, spend),
     )

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 
@@ -27,12 +27,10 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
-from redis import exceptions as redis_errors
 from starlette.types import ASGIApp
 
 from realtime.budget import BudgetReader, BudgetState
 from realtime.client import connect
-from realtime.errors import RedisUnavailable
 from realtime.keys import Keys
 from realtime.views import Retention, closed_days, lake_view, speed_view
 from reporting.auth import ApiKey, KeyRing
@@ -85,15 +83,30 @@ class State:
         self.settled_ms = lateness + 2 * flush_ms + 60_000 if flush_ms else None
         self.lake_cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self.lake_ttl_s = max(rt.ledger_flush_interval_s, 1.0)
+        self.closed: set[str] = set()  # a closed day stays closed: its markers are never removed
+        self._batch_days: tuple[float, str | None] = (0.0, None)
 
-    async def closed_view(
-        self, days: list[str], campaigns: list[str], now_ms: int
-    ) -> dict[str, list[dict[str, Any]]]:
+    async def batch_through(self) -> date | None:
+        """The last day the analytics store holds (the nightly job's load), asked at most every
+        5 s: the store answers with a scan, and it changes once a night. Called under ``lock``."""
+        at, last = self._batch_days
+        if time.monotonic() >= at:
+            days = await asyncio.to_thread(self.store.days)
+            last = days[-1] if days else None
+            self._batch_days = (time.monotonic() + 5.0, last)
+        return date.fromisoformat(last) if last else None
+
+    async def closed_view(self, days: list[str], now_ms: int) -> dict[str, list[dict[str, Any]]]:
         """Rows of the closed days among ``days`` (``realtime.views.lake_view``), every campaign of
         the catalog per day, cached; ``{}`` when the workers do not flush their ledger."""
         if self.settled_ms is None or not days:
             return {}
-        closed = await asyncio.to_thread(closed_days, self.lake, days, now_ms, self.settled_ms)
+        unknown = [d for d in days if d not in self.closed]
+        if unknown:
+            self.closed.update(
+                await asyncio.to_thread(closed_days, self.lake, unknown, now_ms, self.settled_ms)
+            )
+        closed = [d for d in days if d in self.closed]
         now = time.monotonic()
         if len(self.lake_cache) > 256:  # days asked once long ago
             self.lake_cache = {d: v for d, v in self.lake_cache.items() if v[0] > now}
@@ -127,15 +140,6 @@ def caller(request: Request, key: Annotated[str | None, Security(_api_key_header
 # Module level: FastAPI resolves string annotations (from __future__) in module globals.
 Caller = Annotated[ApiKey, Depends(caller)]
 _KEYED = openapi_responses(401, 413, 414, 429, 431, 500)
-
-
-@contextmanager
-def _speed_layer() -> Iterator[None]:
-    """Redis's connection errors as the error tree's ``Unavailable`` (a 503 naming the speed layer)."""
-    try:
-        yield
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterError) as exc:
-        raise RedisUnavailable(f"the speed layer's Redis did not answer ({type(exc).__name__})") from exc
 
 
 class _Api(FastAPI):
@@ -292,8 +296,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         models = tuple(model) if model else None
         async with state.lock:
-            batch_days = await asyncio.to_thread(state.store.days)
-            batch_through = date.fromisoformat(batch_days[-1]) if batch_days else None
+            batch_through = await state.batch_through()
             rows = (
                 await asyncio.to_thread(
                     state.store.roas,
@@ -310,20 +313,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ]
             now_ms = int(time.time() * 1000)
             # Closed days from the lake (landed, settled, the ledger flushed), the others from Redis.
-            closed = await state.closed_view(asked, campaigns, now_ms)
+            closed = await state.closed_view(asked, now_ms)
             open_days = [d for d in asked if d not in closed]
             # Only days whose keys can still exist: older ones expired, later ones are in the future.
             counted = state.retention.days(open_days, now_ms, "counts")
             kept = set(counted) | set(state.retention.days(open_days, now_ms, "stats"))
-            with _speed_layer():
-                speed = await speed_view(
-                    state.redis,
-                    state.keys,
-                    state.catalog,
-                    [d for d in open_days if d in kept],
-                    campaigns,
-                    counted,
-                )
+            speed = await speed_view(
+                state.redis,
+                state.keys,
+                state.catalog,
+                [d for d in open_days if d in kept],
+                campaigns,
+                counted,
+            )
             wanted = set(campaigns)
             speed += [r for day in asked if day in closed for r in closed[day] if r["campaign_id"] in wanted]
         body = await asyncio.to_thread(_report, state, rows, speed, batch_through, start, end)
@@ -354,8 +356,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if cid not in state.catalog:
                 raise CampaignNotFound(cid)
         reader = BudgetReader(state.redis, state.catalog, state.keys)
-        with _speed_layer():
-            states = await reader.states(ids, at if at is not None else int(time.time() * 1000))
+        states = await reader.states(ids, at if at is not None else int(time.time() * 1000))
         # The ad server's hot path: orjson encodes the dataclasses directly (the schema above
         # documents them), skipping a validation pass over values this process just built.
         return Response(orjson.dumps(states), media_type="application/json")  # type: ignore[return-value]

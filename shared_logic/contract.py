@@ -312,6 +312,12 @@ def dead_letter(
     )
 
 
+def roas(revenue_minor: float, spend_minor: float) -> float | None:
+    """Return on ad spend: credited revenue over what billing charged; None when nothing was spent
+    (the ``roas`` column's rule, for both layers and every report)."""
+    return revenue_minor / spend_minor if spend_minor > 0 else None
+
+
 def metric_row(**values: Any) -> dict[str, Any]:
     """A metric row as a dict in column order; raises naming a missing or unknown column."""
     unknown = set(values) - set(METRIC_ROW.names)
