@@ -133,7 +133,7 @@ def run_demo(
     total_orders = sum(r.orders for r in discrepancies)
     differing = sum(r.differing for r in discrepancies)
     pct = 100.0 * differing / total_orders if total_orders else 0.0
-    roas = _roas_table(metrics, console)
+    by_campaign = _roas_table(metrics, console)
     chart = _chart(metrics, folder / "roas_by_day.png")
     keys = folder / "api-keys.yaml"
     admin = add_key(keys, "demo admin", "admin")
@@ -160,7 +160,7 @@ def run_demo(
         f"  OpenAPI: http://127.0.0.1:8000/docs"
     )
     console.print(f"demo finished in {seconds:.0f}s")
-    return DemoResult(folder, len(traffic.events), pct, chart, roas, seconds, admin, advertiser_key)
+    return DemoResult(folder, len(traffic.events), pct, chart, by_campaign, seconds, admin, advertiser_key)
 
 
 def _roas_table(metrics: list[dict[str, Any]], console: Console) -> dict[tuple[str, str], float | None]:
