@@ -61,9 +61,8 @@ def land(
     """Backfill raw events from a file through the lake sink's writer (same schema, validation and
     dead letters), then mark their days landed for the nightly job."""
     from storage import open_lake
-    from storage.raw import HOURS
     from storage.raw import land as land_rows
-    from storage.raw import mark_landed as mark
+    from storage.raw import mark_days_landed
 
     config = settings(lake_url=lake_url)
     lake = open_lake(config.lake.url, config.s3)
@@ -84,12 +83,10 @@ def land(
                 rejected + landed.rejected,
                 files + len(landed.files),
             )
-            days |= {f.split("/dt=", 1)[1][:10] for f in landed.files if f.startswith("raw/")}
+            days |= landed.days
             progress.advance(task, size)
     if mark_landed:
-        for day in sorted(days):
-            for hour in HOURS:
-                mark(lake, day, hour, {"by": "attribution land", "name": base})
+        mark_days_landed(lake, days, {"by": "attribution land", "name": base})
     seconds = time.perf_counter() - started
     table = Table(title=f"landed {jsonl} in {seconds:.1f}s -> {lake.url}")
     for col in ("events", "dead letters", "files", "days", "marked landed"):

@@ -192,7 +192,7 @@ def live(
             "live": os.getpid(),
         }
         (folder / "live.json").write_text(json.dumps(where, indent=2))
-        console.print(_where(where, catalog_path, rate))
+        console.print(_where(where, next(iter(catalog)).campaign_id, rate))
         keys = Keys.of(settings.keys)
         stopped_by = asyncio.run(_run(traffic, loop, where, catalog, keys, duration))
         _settle(where["metrics"]["worker"], lateness)
@@ -250,9 +250,8 @@ def _wait_port(port: int, child: Child, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"{child.name} did not listen on port {port} within {timeout_s:.0f}s: see {child.log}")
 
 
-def _where(where: dict[str, Any], catalog_path: Path, rate: float) -> Panel:
+def _where(where: dict[str, Any], first: str, rate: float) -> Panel:
     key, api = where["admin_key"], where["api"]
-    first = yaml.safe_load(catalog_path.read_text())["campaigns"][0]["campaign_id"]
     exe = Path(sys.executable).with_name("attribution")
     lines = [
         f"[bold]API[/bold]        {api}   admin key: {key}",
@@ -276,6 +275,10 @@ async def _run(
     traffic: Any, loop: Loop, where: dict[str, Any], catalog: Any, keys: Any, duration: float | None
 ) -> str:
     """Produce until Ctrl-C or ``duration``; redraw the status every 2 s. Returns what stopped it."""
+    from realtime.budget import BudgetReader
+    from realtime.client import connect
+    from shared_logic.settings import RedisSettings
+
     stop = asyncio.Event()
     running = asyncio.get_running_loop()
     reason = {"by": "Ctrl-C"}
@@ -288,6 +291,8 @@ async def _run(
         running.add_signal_handler(sig, on_signal, sig.name)
     producing = asyncio.create_task(traffic.run(stop))
     started = time.monotonic()
+    redis = connect(RedisSettings(url=where["redis_url"]))
+    reader, ids = BudgetReader(redis, catalog, keys), [c.campaign_id for c in catalog]
     with Live(console=console, auto_refresh=False) as screen:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -302,25 +307,16 @@ async def _run(
             if duration is not None and time.monotonic() - started >= duration:
                 stop.set()
                 reason["by"] = f"--duration {duration:g}s"
-            screen.update(await _status(traffic, where, catalog, keys, time.monotonic() - started))
+            screen.update(await _status(traffic, where, reader, ids, time.monotonic() - started))
             screen.refresh()
+    await redis.aclose()
     with contextlib.suppress(Exception):
         await producing
     return reason["by"]
 
 
-async def _status(traffic: Any, where: dict[str, Any], catalog: Any, keys: Any, elapsed: float) -> Table:
-    from realtime.budget import BudgetReader
-    from realtime.client import connect
-    from shared_logic.settings import RedisSettings
-
-    redis = connect(RedisSettings(url=where["redis_url"]))
-    try:
-        states = await BudgetReader(redis, catalog, keys).states(
-            [c.campaign_id for c in catalog], int(time.time() * 1000)
-        )
-    finally:
-        await redis.aclose()
+async def _status(traffic: Any, where: dict[str, Any], reader: Any, ids: list[str], elapsed: float) -> Table:
+    states = await reader.states(ids, int(time.time() * 1000))
     lake = Path(where["lake"])
     raw = sum(1 for _ in (lake / "raw").glob("*/dt=*/hour=*/*.parquet"))
     ledger = sum(1 for _ in (lake / "realtime_ledger").glob("dt=*/*.parquet"))

@@ -36,6 +36,18 @@ class Landed:
     files: tuple[str, ...] = ()  # what was written, relative to the lake root
     max_event_ms: int = 0  # the latest event time landed (0: none)
 
+    @property
+    def days(self) -> set[str]:
+        """The UTC days (YYYY-MM-DD) its raw files fall in."""
+        return {f.split("/dt=", 1)[1][:10] for f in self.files if f.startswith("raw/")}
+
+
+def mark_days_landed(lake: Lake, days: Iterable[str], meta: dict[str, Any]) -> None:
+    """Mark every hour of whole ``days`` landed (a backfill of complete days)."""
+    for dt in sorted(days):
+        for hour in HOURS:
+            mark_landed(lake, dt, hour, meta)
+
 
 def land(
     lake: Lake, deliveries: Iterable[tuple[Any, int]], name: str, max_future_ms: int = DEFAULT_MAX_FUTURE_MS
@@ -110,10 +122,7 @@ def land_events(
     """A backfill of whole days: ``land`` them (file name ``append_as``, by default ``land``), then
     mark every hour of every day they touched landed."""
     landed = land(lake, deliveries, append_as or "land", max_future_ms)
-    days = sorted({f.split("/dt=", 1)[1][:10] for f in landed.files if f.startswith("raw/")})
-    for dt in days:
-        for hour in HOURS:
-            mark_landed(lake, dt, hour, {"by": "backfill", "name": append_as or "land"})
+    mark_days_landed(lake, landed.days, {"by": "backfill", "name": append_as or "land"})
     return landed
 
 
