@@ -173,10 +173,6 @@ class LocalBroker(ChildServer):
     def url(self) -> str:
         return f"kafka://127.0.0.1:{self.port}"
 
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
 
 def free_cluster_port() -> int:
     """A free port whose cluster bus port (+10000) is free too."""

@@ -24,7 +24,7 @@ def encode(raw: Any) -> bytes:
     return json.dumps(raw, separators=(",", ":")).encode()
 
 
-async def produce(values: Iterable[Any], config: RealtimeSettings, batch_bytes: int = 256 * 1024) -> int:
+async def produce(values: Iterable[Any], config: RealtimeSettings) -> int:
     """Send ``values`` to the input topics in order (creating the topics first when missing);
     returns how many were sent."""
     await ensure_topics(config)
@@ -44,7 +44,7 @@ async def produce(values: Iterable[Any], config: RealtimeSettings, batch_bytes: 
                 pending.append(await producer.send_batch(batch, tp[0], partition=tp[1]))
                 batch = open_batches[tp] = producer.create_batch()
                 if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"a payload of {len(value)} bytes does not fit a batch of {batch_bytes}")
+                    raise ValueError(f"a payload of {len(value)} bytes does not fit one producer batch")
             sent += 1
         for tp, batch in open_batches.items():
             if batch.record_count():

@@ -43,7 +43,3 @@ class ApiMetrics:
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-    def value(self, name: str, **labels: str) -> float:
-        """Current value of a sample (0 when it has not moved)."""
-        return self.registry.get_sample_value(name, labels) or 0.0
