@@ -14,7 +14,6 @@ Every failure is one line on stderr, never a traceback.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from shared_logic.errors import (
@@ -24,6 +23,7 @@ from shared_logic.errors import (
     MissingExtra,
     NotFound,
     Unavailable,
+    foreign_unavailable,
 )
 
 USAGE, UNAVAILABLE, MISSING_EXTRA, INTERRUPTED = 2, 3, 4, 130
@@ -38,23 +38,6 @@ _BY_CATEGORY: tuple[tuple[type[BaseException], int], ...] = (
     (TimeoutError, UNAVAILABLE),
     (OSError, 1),
 )
-# Clients' own connection errors, mapped without importing their packages up front.
-_FOREIGN_UNAVAILABLE = (
-    ("redis.exceptions", "ConnectionError"),
-    ("redis.exceptions", "TimeoutError"),
-    ("redis.exceptions", "ClusterDownError"),
-    ("aiokafka.errors", "KafkaConnectionError"),
-    ("psycopg", "OperationalError"),
-)
-
-
-def _foreign(exc: BaseException) -> bool:
-    for module_name, name in _FOREIGN_UNAVAILABLE:
-        module = sys.modules.get(module_name)
-        cls = getattr(module, name, None) if module is not None else None
-        if cls is not None and isinstance(exc, cls):
-            return True
-    return False
 
 
 def is_usage_error(exc: BaseException) -> bool:
@@ -68,7 +51,7 @@ def describe(exc: BaseException) -> tuple[int, str]:
         ctx: Any = getattr(exc, "ctx", None)
         path = ctx.command_path if ctx is not None else "attribution"
         return USAGE, f"{exc.format_message()} (see '{path} --help')"  # type: ignore[attr-defined]
-    if _foreign(exc):
+    if foreign_unavailable(exc) is not None:
         return UNAVAILABLE, f"{type(exc).__name__}: {exc}"
     for category, code in _BY_CATEGORY:
         if isinstance(exc, category):

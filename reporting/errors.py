@@ -22,7 +22,6 @@ problems with the status phrase as ``title`` (``reporting.problems`` builds thos
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -33,8 +32,10 @@ from shared_logic.errors import (
     InvalidInput,
     NotFound,
     Unavailable,
+    foreign_unavailable_classes,
     short_repr,
 )
+from shared_logic.errors import foreign_unavailable as shared_foreign_unavailable
 
 PROBLEM_TYPE = "tag:attribution-engine,2026:problem:"
 INVALID_PARAMETER = PROBLEM_TYPE + "invalid-parameter"
@@ -104,41 +105,18 @@ def _cut(text: str, limit: int = MAX_DETAIL) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# Clients' own "could not reach the server" errors, recognised without importing their packages
-# up front (psycopg is an optional extra): (module, class, the dependency's name in the answer).
-_FOREIGN_UNAVAILABLE = (
-    ("redis.exceptions", "ConnectionError", "redis"),
-    ("redis.exceptions", "TimeoutError", "redis"),
-    ("redis.exceptions", "ClusterDownError", "redis"),
-    ("redis.exceptions", "ClusterError", "redis"),
-    ("redis.exceptions", "ReadOnlyError", "redis"),
-    ("psycopg", "OperationalError", "the analytics store"),
-    ("duckdb", "IOException", "the analytics store"),
-    ("duckdb", "ConnectionException", "the analytics store"),
-    ("httpx", "TransportError", "the analytics store"),
-)
-
-
 def foreign_unavailable(exc: BaseException) -> str | None:
-    """The dependency a client library's connection error is about, or None for any other error."""
-    for module_name, name, what in _FOREIGN_UNAVAILABLE:
-        module = sys.modules.get(module_name)
-        cls = getattr(module, name, None) if module is not None else None
-        if isinstance(cls, type) and isinstance(exc, cls):
-            return what
-    if isinstance(exc, ConnectionError | TimeoutError):
+    """The dependency a connection error is about (a client's, or the standard library's), or None."""
+    what = shared_foreign_unavailable(exc)
+    if what is None and isinstance(exc, ConnectionError | TimeoutError):
         return "a dependency"
-    return None
+    return what
 
 
 def unavailable_classes() -> tuple[type[Exception], ...]:
     """The connection-error classes of the clients imported so far (to register handlers for)."""
-    out: list[type[Exception]] = [ConnectionError, TimeoutError]
-    for module_name, name, _ in _FOREIGN_UNAVAILABLE:
-        cls = getattr(sys.modules.get(module_name), name, None)
-        if isinstance(cls, type) and issubclass(cls, Exception):
-            out.append(cls)
-    return tuple(out)
+    foreign = [c for c in foreign_unavailable_classes() if issubclass(c, Exception)]
+    return (ConnectionError, TimeoutError, *foreign)
 
 
 def problem_of(exc: BaseException) -> Problem:

@@ -16,7 +16,45 @@ boundaries map categories, never single classes: the CLI to an exit status
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+# Clients' own "could not reach the server" errors, recognised without importing their packages
+# (each is an optional extra): (module, class, the dependency's name in an answer). The CLI maps
+# them to its "unavailable" exit status, the API to a 503 problem.
+FOREIGN_UNAVAILABLE: tuple[tuple[str, str, str], ...] = (
+    ("redis.exceptions", "ConnectionError", "the speed layer's Redis"),
+    ("redis.exceptions", "TimeoutError", "the speed layer's Redis"),
+    ("redis.exceptions", "ClusterDownError", "the speed layer's Redis"),
+    ("redis.exceptions", "ClusterError", "the speed layer's Redis"),
+    ("redis.exceptions", "ReadOnlyError", "the speed layer's Redis"),
+    ("aiokafka.errors", "KafkaConnectionError", "the broker"),
+    ("psycopg", "OperationalError", "the analytics store"),
+    ("duckdb", "IOException", "the analytics store"),
+    ("duckdb", "ConnectionException", "the analytics store"),
+    ("httpx", "TransportError", "the analytics store"),
+)
+
+
+def _foreign_classes() -> list[tuple[type[BaseException], str]]:
+    out = []
+    for module_name, name, what in FOREIGN_UNAVAILABLE:
+        cls = getattr(sys.modules.get(module_name), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            out.append((cls, what))
+    return out
+
+
+def foreign_unavailable(exc: BaseException) -> str | None:
+    """The dependency a client library's connection error is about (of the clients imported so
+    far), or None for any other error."""
+    return next((what for cls, what in _foreign_classes() if isinstance(exc, cls)), None)
+
+
+def foreign_unavailable_classes() -> tuple[type[BaseException], ...]:
+    """The connection-error classes of the clients imported so far."""
+    return tuple(cls for cls, _ in _foreign_classes())
+
 
 MAX_VALUE_REPR = 80
 
