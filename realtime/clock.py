@@ -26,11 +26,6 @@ def tp_name(tp: TP) -> str:
     return f"{tp[0]}/{tp[1]}"
 
 
-def parse_tp(name: str) -> TP:
-    topic, _, partition = name.rpartition("/")
-    return topic, int(partition)
-
-
 @dataclass(slots=True)
 class PartitionClock:
     watermark: int = 0

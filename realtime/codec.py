@@ -57,7 +57,6 @@ class Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     accepted: Counter[str] = field(default_factory=Counter)
     dead_fields: Counter[str] = field(default_factory=Counter)
-    skipped: int = 0  # records below their partition's checkpointed offset: applied before
     too_late: int = 0  # touches that arrived too far behind their partition to earn any order
 
 
@@ -93,8 +92,7 @@ def build(records: Iterable[Record], ctx: BuildContext, clocks: Clocks, day_cach
     batch = Batch()
     for tp, offset, raw in records:
         clock = clocks.parts.get(tp) or clocks.assign(tp, offset)
-        if offset < clock.next_offset:
-            batch.skipped += 1
+        if offset < clock.next_offset:  # applied before the checkpoint: a redelivery
             continue
         try:
             moved = _add(batch, raw, clock.watermark, tp, ctx, day_cache)

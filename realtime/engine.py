@@ -61,7 +61,7 @@ from shared_logic import AttributionPolicy, Catalog, Decision, attribute_order, 
 from shared_logic.contract import cap_arg, parse_claim, pending_field, pending_kind, queue_member
 from shared_logic.money import MAX_COUNTER_MINOR
 from shared_logic.settings import Settings
-from shared_logic.settlement import ActionKind, cancel_window
+from shared_logic.settlement import ActionKind, cancel_counts, cancel_window
 from shared_logic.timeutil import utc_day
 
 log = logging.getLogger(__name__)
@@ -355,8 +355,8 @@ class SpeedLayer:
             return None
         d = codec.decode_decision(raw_decision)
         if a.kind != "decide":
-            lo, hi = self._cancel_window(d.order_time_ms)
-            if not lo <= a.payload["event_time"] < hi:
+            horizon = self.policy.cancel_horizon_days
+            if not cancel_counts(d.order_time_ms, a.payload["event_time"], self.lookback_days, horizon):
                 self.metrics.cancels_outside.inc()
                 return None
         campaign = self.catalog.get(d.campaign_id)

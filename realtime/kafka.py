@@ -127,7 +127,6 @@ class KafkaWorker:
         self.lock = asyncio.Lock()  # a batch and a rebalance never interleave
         self.stopping = asyncio.Event()
         self.processed = 0
-        self.batches = 0
         self._paused: set[str] = set()
 
     async def start(self) -> None:
@@ -193,7 +192,6 @@ class KafkaWorker:
                         await engine.process_records(records)
                         await self._commit(tp for tp in fetched if tp in held)
                         self.processed += len(records)
-                        self.batches += 1
                     if not records or time.monotonic() - last_tick >= cfg.timer_interval_s:
                         await engine.tick()  # the wall clock moves idle partitions
                         last_tick = time.monotonic()

@@ -94,7 +94,6 @@ class LakeSink:
         self.consumer: AIOKafkaConsumer | None = None
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
-        self.landed = 0
         self.complete_days: set[str] = set()  # days whose 24 hours are marked: not looked at again
 
     # lake paths of the sink's own state -------------------------------------------------
@@ -190,7 +189,9 @@ class LakeSink:
         first, last = rows[0][0], rows[-1][0]
         self._write(self._intent_path(tp), {"first": first, "last": last})
         name = f"{tp.topic}-p{tp.partition}-{first:012d}-{last:012d}"
-        landed = await asyncio.to_thread(land, self.lake, [(value, ts) for _, value, ts in rows], name)
+        deliveries = [(value, ts) for _, value, ts in rows]
+        max_future_ms = self.settings.rules.max_future_ms  # the bound both layers apply
+        landed = await asyncio.to_thread(land, self.lake, deliveries, name, max_future_ms)
         assert self.consumer is not None
         await self.consumer.commit({tp: last + 1})
         buf.records, buf.target = rest, None
@@ -205,7 +206,6 @@ class LakeSink:
         m.dead_letters.inc(landed.rejected)
         m.files.inc(len(landed.files))
         m.rolls.inc()
-        self.landed += len(rows)
         log.debug(
             "landed %s [%d, %d]: %d events, %d dead letters",
             tp,

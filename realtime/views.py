@@ -21,6 +21,7 @@ from realtime.keys import Keys
 from shared_logic import Catalog
 from shared_logic.contract import (
     BILLING_MODEL,
+    COUNTERS,
     LANDED,
     RAW,
     REALTIME_LEDGER,
@@ -106,10 +107,6 @@ async def speed_view(
     return rows
 
 
-#: Touch types counted per campaign, and the counter each feeds.
-_TOUCH_COUNTERS = {"impression": "impressions", "click": "clicks", "promo_view": "promo_views"}
-
-
 def closed_days(lake: Lake, days: Sequence[str], now_ms: int, settled_ms: int) -> list[str]:
     """The days of ``days`` the lake answers for: every raw hour marked landed (the lake sink passed
     the day's end plus the allowed lateness on every partition, or a backfill) and ``settled_ms``
@@ -151,7 +148,7 @@ def lake_view(
                     slot["revenue"] = slot.get("revenue", 0) + sign * r["amount_minor"]
                     slot["spend"] = slot.get("spend", 0) + r["charge_minor"]
                     slot["capped_orders"] = slot.get("capped_orders", 0) + (sign > 0 and bool(r["capped"]))
-        for etype, counter in _TOUCH_COUNTERS.items():
+        for etype, counter in COUNTERS.items():
             refs = [
                 partition(RAW, event_type=etype, dt=day, hour=p["hour"])
                 for p in lake.partitions(RAW.at(event_type=etype), depth=2)
