@@ -43,7 +43,7 @@ from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
 from shared_logic.timeutil import MS_PER_HOUR
 from storage import Lake, open_lake
-from storage.raw import HOURS, land, landed_hours, mark_landed
+from storage.raw import HOURS, land, landed_by_day, mark_landed
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +248,12 @@ class LakeSink:
             return
         days = {d["dt"] for t in EVENT_TYPES for d in self.lake.partitions(RAW.at(event_type=t))}
         last_day = datetime.fromtimestamp(bound / 1000, tz=UTC).date()
+        marked = landed_by_day(self.lake) if days - self.complete_days else {}
         for day in sorted(days - self.complete_days):
             d = datetime.fromisoformat(day).date()
             if d > last_day:
                 continue
-            done = set(landed_hours(self.lake, d))
+            done = marked.get(day, set())
             if done >= set(HOURS):
                 self.complete_days.add(day)
                 continue

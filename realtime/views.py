@@ -22,7 +22,6 @@ from shared_logic import Catalog
 from shared_logic.contract import (
     BILLING_MODEL,
     COUNTERS,
-    LANDED,
     RAW,
     REALTIME_LEDGER,
     metric_row,
@@ -30,8 +29,8 @@ from shared_logic.contract import (
     roas,
 )
 from shared_logic.timeutil import utc_day, utc_day_bounds_ms
-from storage.lake import Lake, partition
-from storage.raw import HOURS
+from storage.lake import Lake, PartitionRef, partition
+from storage.raw import HOURS, landed_by_day
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +113,7 @@ def closed_days(lake: Lake, days: Sequence[str], now_ms: int, settled_ms: int) -
     ended = [d for d in days if utc_day_bounds_ms(date.fromisoformat(d))[1] + settled_ms <= now_ms]
     if not ended:
         return []
-    marked: dict[str, set[str]] = {}
-    for p in lake.partitions(LANDED.at(), depth=2):
-        marked.setdefault(p["dt"], set()).add(p["hour"])
+    marked = landed_by_day(lake)
     return [d for d in ended if marked.get(d, set()) >= set(HOURS)]
 
 
@@ -133,6 +130,12 @@ def lake_view(
     wanted = pa.array(sorted(set(campaign_ids)))
     money: dict[tuple[str, str], dict[str, int]] = {}
     touches: dict[tuple[str, str], dict[str, int]] = {}
+    hours: dict[tuple[str, str], list[PartitionRef]] = {}  # (type, day) -> its hour partitions
+    asked = set(days)
+    for etype in COUNTERS:
+        for p in lake.partitions(RAW.at(event_type=etype), depth=2):
+            if p["dt"] in asked:
+                hours.setdefault((etype, p["dt"]), []).append(partition(RAW, event_type=etype, **p))
     for day in days:
         ledger = lake.read(
             [partition(REALTIME_LEDGER, dt=day)],
@@ -149,11 +152,7 @@ def lake_view(
                     slot["spend"] = slot.get("spend", 0) + r["charge_minor"]
                     slot["capped_orders"] = slot.get("capped_orders", 0) + (sign > 0 and bool(r["capped"]))
         for etype, counter in COUNTERS.items():
-            refs = [
-                partition(RAW, event_type=etype, dt=day, hour=p["hour"])
-                for p in lake.partitions(RAW.at(event_type=etype), depth=2)
-                if p["dt"] == day
-            ]
+            refs = hours.get((etype, day), [])
             raw = lake.read(refs, columns=["campaign_id", "event_id"]) if refs else None
             if raw is None or not raw.num_rows:
                 continue

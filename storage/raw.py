@@ -104,13 +104,21 @@ def mark_landed(lake: Lake, dt: str, hour: str, meta: dict[str, Any]) -> None:
     lake.write_marker(partition(LANDED, dt=dt, hour=hour), meta)
 
 
+def landed_by_day(lake: Lake) -> dict[str, set[str]]:
+    """The hours marked landed, per day (one listing of the markers)."""
+    out: dict[str, set[str]] = {}
+    for p in lake.partitions(LANDED.at(), depth=2):
+        out.setdefault(p["dt"], set()).add(p["hour"])
+    return out
+
+
 def landed_hours(lake: Lake, day: date) -> list[str]:
-    return [p["hour"] for p in lake.partitions(LANDED.at(), depth=2) if p["dt"] == day.isoformat()]
+    return sorted(landed_by_day(lake).get(day.isoformat(), set()))
 
 
 def is_landed(lake: Lake, day: date) -> bool:
     """Whether all 24 hours of ``day`` have been landed completely."""
-    return set(landed_hours(lake, day)) >= set(HOURS)
+    return landed_by_day(lake).get(day.isoformat(), set()) >= set(HOURS)
 
 
 def land_events(
