@@ -32,7 +32,7 @@ from benchmarks._harness import Row, best_of, console, print_table, quick
 from devtools.servers import LocalBroker, LocalRedis
 from devtools.synthetic import SyntheticConfig, generate
 from devtools.traffic import encode, produce
-from realtime.kafka import ensure_topics
+from realtime.broker import ensure_topics
 from realtime.keys import Keys
 from realtime.routing import partition_for, route
 from shared_logic.settings import Settings

@@ -33,7 +33,7 @@ def lake_sink(
     from realtime.lakesink import run_sink
 
     config = settings(realtime_broker_url=broker_url, lake_url=lake_url, sink_metrics_port=metrics_port)
-    check_kafka(config.realtime.broker_url, "the lake sink", "`attribution land` lands files")
+    check_kafka(config.realtime, "the lake sink", "`attribution land` lands files")
     asyncio.run(run_sink(config))
 
 

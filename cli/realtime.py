@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from cli.common import CatalogOpt, catalog_of, console, settings
-from realtime.errors import BrokerUnavailable
+from shared_logic.settings import RealtimeSettings
 
 realtime_app = typer.Typer(help="Speed layer: replay events through the agents.", no_args_is_help=True)
 
@@ -79,33 +79,22 @@ def worker(
     from realtime.kafka import run_worker
 
     config = settings(catalog_url=catalog, realtime_broker_url=broker_url, redis_url=redis_url)
-    check_kafka(config.realtime.broker_url, "the worker", "use `realtime replay` for memory://")
+    check_kafka(config.realtime, "the worker", "use `realtime replay` for memory://")
     asyncio.run(run_worker(config, catalog_of(config)))
 
 
-def check_kafka(url: str, who: str, instead: str) -> None:
+def check_kafka(cfg: RealtimeSettings, who: str, instead: str) -> None:
     """Before a consumer service starts: refuse an in-memory URL (naming ``instead``), and fail fast,
     in one line, when no broker answers (the Kafka client would retry forever). Then log at INFO
     what an operator follows: assignments, recoveries, rolls."""
-    if url.startswith("memory://"):
+    if cfg.broker_url.startswith("memory://"):
         raise typer.BadParameter(
             f"{who} needs a Kafka broker (--broker-url kafka://host:port or "
             f"ATTRIBUTION_REALTIME_BROKER_URL); {instead}"
         )
 
-    async def probe() -> None:
-        from aiokafka import AIOKafkaClient
-        from aiokafka.errors import KafkaConnectionError
+    from realtime import broker
 
-        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-        hosts = url.split("://", 1)[1]
-        client = AIOKafkaClient(bootstrap_servers=hosts.replace(";", ","), request_timeout_ms=5_000)
-        try:
-            await client.bootstrap()
-        except KafkaConnectionError as exc:
-            raise BrokerUnavailable(f"broker_url = {url!r}: no Kafka broker answers ({exc})") from None
-        finally:
-            await client.close()
-
-    asyncio.run(probe())
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    asyncio.run(broker.probe(cfg))
     logging.getLogger("realtime").setLevel(logging.INFO)

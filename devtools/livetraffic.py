@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
 from devtools.synthetic import SyntheticConfig, generate, make_catalog
 from devtools.traffic import encode
-from realtime.kafka import bootstrap, ensure_topics
+from realtime import broker
+from realtime.broker import ensure_topics
 from realtime.routing import partition_for, route
 from shared_logic import Catalog
 from shared_logic.settings import RealtimeSettings
@@ -84,7 +83,7 @@ class LiveTraffic:
         from aiolimiter import AsyncLimiter
 
         await ensure_topics(self.config)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap(self.config.broker_url), linger_ms=20)
+        producer = broker.producer(self.config, linger_ms=20)
         await producer.start()
         chunk = max(1, int(self.rate // 20))  # acquire a few at a time: 20 wake-ups a second
         limiter = AsyncLimiter(self.rate, 1.0)

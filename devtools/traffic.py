@@ -8,9 +8,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
-from realtime.kafka import bootstrap, ensure_topics
+from realtime import broker
+from realtime.broker import ensure_topics
 from realtime.routing import partition_for, route
 from shared_logic.settings import RealtimeSettings
 
@@ -28,7 +27,7 @@ async def produce(values: Iterable[Any], config: RealtimeSettings) -> int:
     """Send ``values`` to the input topics in order (creating the topics first when missing);
     returns how many were sent."""
     await ensure_topics(config)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(config.broker_url), acks=1, linger_ms=5)
+    producer = broker.producer(config, acks=1, linger_ms=5)
     await producer.start()
     open_batches: dict[tuple[str, int], Any] = {}
     pending = []

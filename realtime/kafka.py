@@ -27,72 +27,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from prometheus_client import start_http_server
 
+from realtime import broker
+from realtime.broker import ensure_topics, group_consumer, input_topics, serve
 from realtime.client import connect
 from realtime.clock import TP
 from realtime.codec import Record
 from realtime.deadletters import DEAD_LETTERS, DeadLetterSink
 from realtime.engine import SpeedLayer
-from realtime.errors import BrokerUnavailable
 from realtime.keys import Keys
 from realtime.ledger import LedgerFlusher
 from realtime.metrics import Metrics
 from shared_logic import Catalog
-from shared_logic.errors import InvalidSetting
-from shared_logic.events import EVENT_TYPES
-from shared_logic.settings import RealtimeSettings, Settings
+from shared_logic.settings import Settings
 from storage import Lake, open_lake
 
 log = logging.getLogger(__name__)
-
-
-def bootstrap(url: str) -> str:
-    """``kafka://h1:9092;h2:9092`` -> ``h1:9092,h2:9092``."""
-    return url.split("://", 1)[-1].replace(";", ",")
-
-
-def input_topics(config: RealtimeSettings) -> list[str]:
-    return [config.topic(t) for t in EVENT_TYPES]
-
-
-async def ensure_topics(config: RealtimeSettings) -> None:
-    """Create the input and dead-letter topics with the configured partition count if missing, and
-    refuse to start when an existing input topic has another count (the settlement bound is the
-    minimum over every partition: a worker must know them all)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(config.broker_url), request_timeout_ms=10_000)
-    try:
-        await admin.start()
-    except Exception as exc:
-        raise BrokerUnavailable(
-            f"broker_url = {config.broker_url!r}: no Kafka broker answers ({exc})"
-        ) from None
-    try:
-        wanted = [*input_topics(config), config.topic("dead_letters")]
-        existing = set(await admin.list_topics())
-        missing = [t for t in wanted if t not in existing]
-        if missing:
-            await admin.create_topics([NewTopic(t, config.topic_partitions, 1) for t in missing])
-            log.info("created topics %s with %d partitions", missing, config.topic_partitions)
-        for meta in await admin.describe_topics(input_topics(config)):
-            n = len(meta.get("partitions", []))
-            if n and n != config.topic_partitions:
-                raise InvalidSetting(
-                    "ATTRIBUTION_REALTIME_TOPIC_PARTITIONS",
-                    config.topic_partitions,
-                    f"topic {meta['topic']} has {n} partitions: every input topic needs this count",
-                )
-    finally:
-        await admin.close()
 
 
 class KafkaWorker:
@@ -136,7 +92,7 @@ class KafkaWorker:
         if dead is None:
             url = cfg.dead_letters_url or "kafka://"
             if url.startswith("kafka"):
-                self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap(cfg.broker_url), linger_ms=5)
+                self.producer = broker.producer(cfg, linger_ms=5)
                 await self.producer.start()
             dead = DEAD_LETTERS.open(
                 url,
@@ -339,37 +295,8 @@ def _summary(tps: list[Any]) -> str:
     return "; ".join(f"{t}: {min(p)}..{max(p)} ({len(p)})" for t, p in sorted(by_topic.items()))
 
 
-def group_consumer(cfg: RealtimeSettings, group: str, max_poll_records: int) -> AIOKafkaConsumer:
-    """A member of consumer group ``group`` over the input topics as every service here consumes:
-    offsets committed by hand after the effects, from the earliest offset when the group has none,
-    the Range assignor (a member gets the same partition numbers of every topic)."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap(cfg.broker_url),
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        partition_assignment_strategy=(RangePartitionAssignor,),
-        session_timeout_ms=cfg.session_timeout_ms,
-        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-        max_poll_records=max_poll_records,
-    )
-
-
 async def run_worker(settings: Settings, catalog: Catalog) -> None:
     """Run one worker until SIGTERM or SIGINT, then flush its ledger and leave the group cleanly."""
     worker = KafkaWorker(settings, catalog)
     cfg = settings.realtime
     await serve(worker, worker.metrics.registry, cfg.metrics_host, cfg.metrics_port)
-
-
-async def serve(service: Any, registry: Any, metrics_host: str, metrics_port: int) -> None:
-    """Run a consumer service (``start``, ``run``, ``stop``) until SIGTERM or SIGINT, its Prometheus
-    registry served on ``metrics_host:metrics_port`` unless the port is 0."""
-    if metrics_port:
-        start_http_server(metrics_port, addr=metrics_host, registry=registry)
-        log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
-    await service.start()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.stop)
-    await service.run()

@@ -36,8 +36,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from realtime.broker import ensure_topics, group_consumer, input_topics, serve
 from realtime.clock import Clocks
-from realtime.kafka import ensure_topics, group_consumer, input_topics, serve
 from shared_logic.contract import RAW
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings

@@ -140,7 +140,7 @@ async def _dead_letters(settings: Settings) -> list[dict[str, Any]]:
     import orjson
     from aiokafka import AIOKafkaConsumer
 
-    from realtime.kafka import bootstrap
+    from realtime.broker import bootstrap
 
     consumer = AIOKafkaConsumer(
         settings.realtime.topic("dead_letters"),
