@@ -57,6 +57,19 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.misrouted = Counter(
+            "attribution_misrouted_total",
+            "Events in another partition than Kafka's default partitioner puts their user_id in "
+            "(a producer with another partitioner or key; decided correctly under realtime.release=group)",
+            ["topic"],
+            registry=r,
+        )
+        self.undecodable = Counter(
+            "attribution_undecodable_batches_total",
+            "Record batches the consumer could not decode (corrupt, unknown codec), by topic",
+            ["topic"],
+            registry=r,
+        )
         self.pending = Gauge("attribution_pending_actions", "Orders and cancels waiting", registry=r)
         self.too_late = Counter(
             "attribution_too_late_touches_total",

@@ -234,6 +234,19 @@ class RealtimeSettings(_Section):
         1.0, gt=0, description="live mode: how often the clock moves idle partitions"
     )
 
+    release: Literal["group", "partition"] = Field(
+        "group",
+        description="when an order is decided: 'group' once every partition of every input topic (all "
+        "workers') has passed its release time, whatever partitioner or key each producer uses; "
+        "'partition' on the worker's own partitions alone, a little sooner, correct only when every "
+        "producer keys by user_id with Kafka's default (murmur2) partitioner",
+    )
+    undecodable: Literal["dead-letter", "stop"] = Field(
+        "dead-letter",
+        description="a record batch the consumer cannot decode (corrupt, unknown codec): 'dead-letter' "
+        "its offset range and go on, or 'stop' consuming that partition until an operator acts",
+    )
+
     ledger_flush_interval_s: float = Field(
         60.0, ge=0, description="how often a Kafka worker moves the ledger streams to the lake (0: never)"
     )
