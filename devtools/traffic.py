@@ -10,7 +10,7 @@ from typing import Any
 
 from realtime import broker
 from realtime.broker import ensure_topics
-from realtime.routing import partition_for, route
+from realtime.routing import Producers, place
 from shared_logic.settings import RealtimeSettings
 
 
@@ -23,9 +23,10 @@ def encode(raw: Any) -> bytes:
     return json.dumps(raw, separators=(",", ":")).encode()
 
 
-async def produce(values: Iterable[Any], config: RealtimeSettings) -> int:
-    """Send ``values`` to the input topics in order (creating the topics first when missing);
-    returns how many were sent."""
+async def produce(values: Iterable[Any], config: RealtimeSettings, producers: Producers | None = None) -> int:
+    """Send ``values`` to the input topics in order (creating the topics first when missing),
+    each partitioned and keyed as its type's producer does (``producers``; by default by user with
+    Kafka's default partitioner); returns how many were sent."""
     await ensure_topics(config)
     producer = broker.producer(config, acks=1, linger_ms=5)
     await producer.start()
@@ -34,8 +35,8 @@ async def produce(values: Iterable[Any], config: RealtimeSettings) -> int:
     sent = 0
     try:
         for raw in values:
-            etype, key = route(raw)
-            tp = (config.topic(etype), partition_for(key, config.topic_partitions))
+            topic, key, partition = place(raw, config, producers)
+            tp = (topic, partition)
             batch = open_batches.get(tp) or open_batches.setdefault(tp, producer.create_batch())
             value = encode(raw)
             if batch.append(key=key, value=value, timestamp=None) is None:

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from realtime.app import CHANNEL_CHUNK, Worker
 from realtime.clock import TP
 from realtime.codec import Record
-from realtime.routing import all_partitions, topic_partition
+from realtime.routing import Producers, all_partitions, topic_partition
 from shared_logic import Catalog
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
@@ -57,14 +57,17 @@ class ReplayResult:
 REPLAY_PREFIX = "replay:"
 
 
-def partitioned(values: Sequence[Any], settings: Settings) -> tuple[list[Record], dict[TP, int]]:
-    """The records a broker would hold: each value in its type's topic, partitioned by user, with
-    offsets in arrival order; and how many each partition holds. Partitions are named
+def partitioned(
+    values: Sequence[Any], settings: Settings, producers: Producers | None = None
+) -> tuple[list[Record], dict[TP, int]]:
+    """The records a broker would hold: each value in its type's topic, in the partition its
+    producer puts it in (``producers``; by default keyed by user with Kafka's default partitioner),
+    with offsets in arrival order; and how many each partition holds. Partitions are named
     ``replay:<topic>`` so a replay's checkpoints never mix with a Kafka worker's."""
     counts: dict[TP, int] = dict.fromkeys(all_partitions(settings.realtime, REPLAY_PREFIX), 0)
     records: list[Record] = []
     for value in values:
-        tp = topic_partition(value, settings.realtime, REPLAY_PREFIX)
+        tp = topic_partition(value, settings.realtime, REPLAY_PREFIX, producers)
         records.append((tp, counts[tp], value))
         counts[tp] += 1
     return records, counts
@@ -82,10 +85,12 @@ async def replay(
     flush_ledger: bool = False,
     show_progress: bool = True,
     stop_after: int | None = None,
+    producers: Producers | None = None,
 ) -> ReplayResult:
     """Feed ``values`` through the agent, settle everything, and (``flush_ledger``) flush the
-    ledger to the lake of ``settings``."""
-    records, ends = partitioned(values, settings)
+    ledger to the lake of ``settings``. ``producers``: how each topic's producer partitions
+    (``realtime.routing``), to meet the events in the partitions a broker holds them in."""
+    records, ends = partitioned(values, settings, producers)
     worker = Worker(settings.replace(realtime_broker_url="memory://"), catalog, sources=list(ends))
     await worker.start_in_memory(ends)
     started = time.perf_counter()
