@@ -13,6 +13,7 @@ import orjson
 from realtime.clock import TP, Clocks, tp_name
 from realtime.deadletters import DeadLetter
 from realtime.keys import Keys
+from realtime.routing import UserPartitions
 from shared_logic import Catalog, Decision, InvalidEvent, Lever, Order, PromoView, Touch, parse_event
 from shared_logic.contract import (
     count_field,
@@ -58,6 +59,7 @@ class Batch:
     accepted: Counter[str] = field(default_factory=Counter)
     dead_fields: Counter[str] = field(default_factory=Counter)
     too_late: int = 0  # touches that arrived too far behind their partition to earn any order
+    misrouted: Counter[str] = field(default_factory=Counter)  # by topic: not in their user's partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ class BuildContext:
     retention_ms: int  # longest window + allowed lateness
     max_future_ms: int
     now_ms: int
+    user_partitions: UserPartitions | None = None  # to count events outside their user's partition
 
 
 def check_touch(event: Event, catalog: Catalog) -> str | None:
@@ -121,6 +124,8 @@ def _add(
     if in_future(t, ctx.now_ms, ctx.max_future_ms):
         raise InvalidEvent("event_time", t, FUTURE_RULE)
     etype = event.event_type
+    if ctx.user_partitions is not None and tp[1] != ctx.user_partitions.of(event.user_id):
+        batch.misrouted[tp[0]] += 1
     kind = TOUCH_KINDS.get(etype)
     keys = ctx.keys
     if kind is not None:

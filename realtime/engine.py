@@ -17,22 +17,31 @@ processed from it; the worker's watermark is the minimum over its assigned parti
 (``realtime.clock``; only a partition at its end offset is idle, and only an idle one is
 moved by the wall clock). Every event carries its partition's watermark at arrival. An
 action (order or cancel) is released at ``R = max(event time + allowed lateness, arrival
-watermark)`` once the worker's watermark is strictly past ``R``; a touch may earn an order
+watermark)`` once the release bound is strictly past ``R``; a touch may earn an order
 released at ``R`` only if it arrived at a watermark ``<= R`` and is no older than ``R`` minus
-the retention (longest window + lateness). Then:
+the retention (longest window + lateness).
+
+The release bound (``realtime.release``): under ``group`` (the default) it is the group's
+watermark, the minimum over every partition of every input topic, this worker's own as they
+stand and the others' as last checkpointed in Redis; under ``partition`` it is the worker's
+own watermark, which is enough only when every producer puts a user's touches and orders in
+the same partition numbers (keyed by ``user_id``, murmur2). Then:
 
 - when an action is released, every touch it may use and every action with a smaller
-  release key has been ingested: an event processed later arrives at a watermark already
-  past ``R``. So each decision, and the order of releases, is a function of each partition's
-  sequence of events, whatever the batching, the pace of the other partitions or where a
-  process died;
+  release key has been ingested, by this worker or another (touches live in Redis by user,
+  not by partition): an event processed later, in any partition, arrives at a watermark
+  already past ``R``. So each decision, and the order of releases, is a function of each
+  partition's sequence of events, whatever the batching, the number of workers, the pace of
+  the other partitions, the partitioner or key a producer used, or where a process died;
 - touches older than the smallest release still possible minus the retention can earn
   nothing and are trimmed; a touch arriving that far behind is not kept at all;
 - budget shards are shared by every worker, so settlement waits for the settlement bound:
-  the minimum of every partition's checkpointed watermark (all workers'), each worker having
-  enqueued every action released below its own before checkpointing it. The queue is
-  scored by release time, so charges run in one global order (caps bind the same way) however
-  many workers there are.
+  the minimum over every partition of the release bound its owner had reached when it last
+  checkpointed it (a worker enqueues every action released below its release bound before
+  checkpointing). The queue is scored by release time, so charges run in one global order
+  (caps bind the same way) however many workers there are. Under ``group`` release this costs
+  one more round of checkpoints (a timer tick, ``realtime.timer_interval_s``, when idle)
+  between an order's release and its charge.
 
 Every step is idempotent (first-writer-wins claims, charge records, ``ZADD``-new touches,
 checkpoints written after effects), so a worker killed anywhere and restarted, or a
@@ -54,11 +63,12 @@ from realtime import codec
 from realtime.clock import TP, Clocks, tp_name
 from realtime.deadletters import DeadLetterSink
 from realtime.keys import Keys
+from realtime.routing import UserPartitions
 from realtime.metrics import Metrics
 from realtime.schedule import Action, ActionQueue
 from realtime.scripts import Scripts
 from shared_logic import AttributionPolicy, Catalog, Decision, attribute_order, budget_day
-from shared_logic.contract import cap_arg, parse_claim, pending_field, pending_kind, queue_member
+from shared_logic.contract import Checkpoint, cap_arg, parse_claim, pending_field, pending_kind, queue_member
 from shared_logic.money import MAX_COUNTER_MINOR
 from shared_logic.settings import Settings
 from shared_logic.settlement import ActionKind, cancel_counts, cancel_window
@@ -124,8 +134,13 @@ class SpeedLayer:
         self.clock = clock
         self.clocks = Clocks()
         self.queue = ActionQueue(self.lateness)
+        self.group_release = self.config.release == "group"
+        # Events outside their user's partition are counted when the sources are the input topics'
+        # partitions (a worker, a replay), not a single stream of values (``process``).
+        self.user_partitions = UserPartitions(self.config.topic_partitions) if sources is not None else None
         self.scripts = Scripts()
-        self.watermark = 0
+        self.watermark = 0  # the release bound: actions released below it are decided
+        self.settle_bound = 0  # every worker has enqueued what it released below it
         # Recent decision latencies (seconds, release to charge), for benchmarks and the CLI's summary.
         self.latencies: deque[float] = deque(maxlen=200_000)
         self._released_at: dict[str, float] = {}
@@ -153,13 +168,11 @@ class SpeedLayer:
         saved = await self.redis.hmget(self.keys.clocks(), names) if restore and names else [None] * len(tps)
         out: dict[TP, int] = {}
         for tp, raw in zip(tps, saved, strict=True):
-            offset, watermark = (
-                (int(x) for x in raw.split(b"|")) if raw else ((positions or {}).get(tp, 0), 0)
-            )
-            clock = self.clocks.assign(tp, offset, watermark)
+            state = Checkpoint.parse(raw) if raw else Checkpoint((positions or {}).get(tp, 0), 0)
+            clock = self.clocks.assign(tp, state.offset, state.watermark)
             if ends is not None and tp in ends:
                 clock.end_offset = ends[tp]
-            out[tp] = offset
+            out[tp] = state.offset
         await self._recover(set(names))
         return out
 
@@ -207,9 +220,17 @@ class SpeedLayer:
     async def process_records(self, records: Iterable[codec.Record]) -> Settled:
         """Ingest one batch of records, then release, decide, claim, settle and checkpoint."""
         now = self.clock()
-        trim_bound = min(self.watermark, self.queue.first_release_ms() or self.watermark) - self.retention
+        # No order still to be released anywhere (any worker's, any partition's) has a release time
+        # below the settlement bound, nor below this worker's first pending release.
+        low = self.settle_bound
+        trim_bound = min(low, self.queue.first_release_ms() or low) - self.retention
         ctx = codec.BuildContext(
-            self.catalog, self.keys, self.retention, self.settings.rules.max_future_ms, now
+            self.catalog,
+            self.keys,
+            self.retention,
+            self.settings.rules.max_future_ms,
+            now,
+            self.user_partitions,
         )
         batch = codec.build(records, ctx, self.clocks, self._day_cache)
         results, published = await self._ingest(batch, trim_bound)
@@ -238,6 +259,8 @@ class SpeedLayer:
             m.dead_letters.labels(name).inc(n)
         for name, n in duplicates.items():
             m.duplicates.labels(name).inc(n)
+        for topic, n in batch.misrouted.items():
+            m.misrouted.labels(topic).inc(n)
         if batch.too_late:
             m.too_late.inc(batch.too_late)
         return await self._step(now, published)
@@ -254,24 +277,34 @@ class SpeedLayer:
         published = await self._published_watermarks()
         return await self._step(self.clock(), published)
 
-    async def _ingest(self, batch: codec.Batch, trim_bound: int) -> tuple[list[Any], dict[str, int]]:
+    async def _ingest(self, batch: codec.Batch, trim_bound: int) -> tuple[list[Any], dict[str, Checkpoint]]:
         head = [self.retention, self.config.counts_ttl_ms, trim_bound]
         calls = [("ingest", list(ops.index), [*head, orjson.dumps(ops.args)]) for ops in batch.ops.values()]
         results = await self.scripts.run(self.redis, calls, tail=[("HGETALL", self.keys.clocks())])
-        return results[:-1], _watermarks(results[-1])
+        return results[:-1], _checkpoints(results[-1])
 
-    async def _published_watermarks(self) -> dict[str, int]:
-        return _watermarks(await self.redis.hgetall(self.keys.clocks()))
+    async def _published_watermarks(self) -> dict[str, Checkpoint]:
+        return _checkpoints(await self.redis.hgetall(self.keys.clocks()))
 
     # release, decide, claim, settle -------------------------------------------
 
-    async def _step(self, now: int, published: dict[str, int]) -> Settled:
+    async def _step(self, now: int, published: dict[str, Checkpoint]) -> Settled:
         self.clocks.tick(now)
-        # The minimum over the partitions held now: it goes down when a partition with lag is taken
-        # over (a rebalance), and nothing of that partition may be released until it catches up.
-        self.watermark = self.clocks.watermark() or 0
-        self.metrics.watermark.set(self.watermark)
-        released = self.queue.pop_released(self.watermark)
+        own = {tp_name(tp): c.watermark for tp, c in self.clocks.parts.items()}
+        # The worker's watermark: the minimum over the partitions held now. It goes down when a
+        # partition with lag is taken over (a rebalance), and nothing of that partition may be
+        # released until it catches up.
+        local = self.clocks.watermark() or 0
+        self.metrics.watermark.set(local)
+        if self.group_release:
+            # Released on the group's watermark (every partition of every input topic, the others'
+            # as last checkpointed): each touch an order may use is in Redis, whichever partition
+            # and worker it came through, so producers may partition and key as they like.
+            release_bound = min((own.get(n, _wm(published.get(n))) for n in self.sources), default=0)
+        else:
+            release_bound = local
+        self.watermark = release_bound
+        released = self.queue.pop_released(release_bound)
         out = Settled()
         started = time.perf_counter()
         shard_actions: dict[int, list[list[Any]]] = {}
@@ -286,9 +319,14 @@ class SpeedLayer:
                     self._released_at[item[1] + "@" + str(shard)] = started
             if len(self._released_at) > 200_000:  # actions another worker settled: forget their start
                 self._released_at.clear()
-        own = {tp_name(tp): c.watermark for tp, c in self.clocks.parts.items()}
-        bound = min((own.get(name, published.get(name, 0)) for name in self.sources), default=0)
+        # Settlement waits until every owner has enqueued what it released: the minimum over the
+        # partitions of the release bound their owner had reached when it last checkpointed them
+        # (this worker's own: the bound it has just enqueued up to).
+        bound = min(
+            (release_bound if n in own else _released(published.get(n)) for n in self.sources), default=0
+        )
         self.metrics.settle_bound.set(bound)
+        self.settle_bound = bound
         await self._settle(shard_actions, bound, out)
         await self._checkpoint(released)
         self.metrics.pending.set(len(self.queue))
@@ -442,7 +480,10 @@ class SpeedLayer:
     async def _checkpoint(self, released: Sequence[Action]) -> None:
         """After the effects: released actions leave the pending hashes, and each partition's
         next offset and watermark are checkpointed (what the settlement bound and a new owner read)."""
-        state = {tp_name(tp): f"{c.next_offset}|{c.watermark}" for tp, c in self.clocks.parts.items()}
+        state = {
+            tp_name(tp): Checkpoint(c.next_offset, c.watermark, self.watermark).encode()
+            for tp, c in self.clocks.parts.items()
+        }
         changed = {k: v for k, v in state.items() if self._published.get(k) != v}
         if not released and not changed:
             return
@@ -466,6 +507,14 @@ def _raise_first(results: list[Any]) -> list[Any]:
     return results
 
 
-def _watermarks(raw: dict[bytes, bytes]) -> dict[str, int]:
-    """Checkpointed partitions: name -> watermark."""
-    return {k.decode(): int(v.split(b"|", 1)[1]) for k, v in (raw or {}).items()}
+def _checkpoints(raw: dict[bytes, bytes]) -> dict[str, Checkpoint]:
+    """Checkpointed partitions by name."""
+    return {k.decode(): Checkpoint.parse(v) for k, v in (raw or {}).items()}
+
+
+def _wm(state: Checkpoint | None) -> int:
+    return state.watermark if state is not None else 0
+
+
+def _released(state: Checkpoint | None) -> int:
+    return state.released if state is not None else 0

@@ -442,6 +442,27 @@ def parse_claim(claim: bytes) -> tuple[bool, bytes]:
     return cancelled == b"1", decision
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A partition's state in the speed layer's ``clocks`` hash, written after a batch's effects:
+    the next offset to read, the partition's event-time watermark, and the release bound its owner
+    had reached (every action released below it is enqueued for settlement). Encoded
+    ``offset|watermark|released``; a two-field value (an older worker's) reads as released 0."""
+
+    offset: int
+    watermark: int
+    released: int = 0
+
+    def encode(self) -> str:
+        return f"{self.offset}{SEP}{self.watermark}{SEP}{self.released}"
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Checkpoint:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        parts = [int(x) for x in text.split(SEP)]
+        return cls(*parts[:3])
+
+
 def cap_arg(cap: int | None) -> int:
     return NO_CAP if cap is None else cap
 
