@@ -63,8 +63,8 @@ from realtime import codec
 from realtime.clock import TP, Clocks, tp_name
 from realtime.deadletters import DeadLetterSink
 from realtime.keys import Keys
-from realtime.routing import UserPartitions
 from realtime.metrics import Metrics
+from realtime.routing import UserPartitions
 from realtime.schedule import Action, ActionQueue
 from realtime.scripts import Scripts
 from shared_logic import AttributionPolicy, Catalog, Decision, attribute_order, budget_day
