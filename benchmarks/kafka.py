@@ -9,7 +9,12 @@ redis-server, the producer (this process) and the workers (``attribution worker`
 - baseline, in the same run: the textbook Faust agent that awaits Redis once per event
   (``benchmarks.naive_faust``), on the same broker and Redis, measured the same way;
 - one worker draining a backlog of 1M events produced beforehand (its group join included,
-  and without it).
+  and without it);
+- the release rule (``realtime.release``): two workers under ``group`` (the default, correct
+  whatever partitioner or key each producer uses) against ``partition`` (the worker's own
+  watermark, correct only with co-partitioned producers), side by side: events/s end to end,
+  and the decision latency on live traffic stamped now (from an order's release time, its event
+  time plus the allowed lateness, to its charge in the ledger stream).
 """
 
 from __future__ import annotations
@@ -68,7 +73,9 @@ def _settled(client: redis.Redis, settings: Settings, ends: Counter[str]) -> tup
 class Workers:
     """``n`` worker processes of one group, started and joined before the clock starts."""
 
-    def __init__(self, n: int, settings: Settings, catalog_path: str, folder: str) -> None:
+    def __init__(
+        self, n: int, settings: Settings, catalog_path: str, folder: str, extra: dict[str, str] | None = None
+    ) -> None:
         cfg = settings.realtime
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
         env.update(
@@ -81,6 +88,8 @@ class Workers:
             ATTRIBUTION_REALTIME_HEARTBEAT_INTERVAL_MS="1000",
             ATTRIBUTION_KEYS_USER_BUCKETS=str(settings.keys.user_buckets),
             ATTRIBUTION_LAKE_URL=f"file://{Path(folder, 'lake').resolve()}",  # the ledger flushes there
+            ATTRIBUTION_REALTIME_RELEASE=cfg.release,
+            **(extra or {}),
         )
         exe = str(Path(sys.executable).with_name("attribution"))
         self.logs = [Path(folder, f"{cfg.app_id}-{i}.log") for i in range(n)]
@@ -132,9 +141,10 @@ def _run_ours(
     server: LocalRedis,
     folder: str,
     db: int,
+    release: str = "group",
 ) -> tuple[float, float]:
     """(events/s end to end, seconds to join) for ``workers`` worker processes."""
-    settings = _settings(broker, server, db)
+    settings = _settings(broker, server, db).replace(realtime_release=release)
     asyncio.run(ensure_topics(settings.realtime))
     ends = _ends(values, settings)
     procs = Workers(workers, settings, catalog_path, folder)
@@ -151,6 +161,55 @@ def _run_ours(
     finally:
         procs.stop()
         client.close()
+
+
+def _run_live_latency(
+    release: str, broker: LocalBroker, server: LocalRedis, folder: str, db: int, seconds: float, rate: float
+) -> tuple[float, float, int]:
+    """(p50 ms, p99 ms, charges) from an order's release time to its charge, two workers under
+    ``release``, live traffic stamped now at ``rate`` events/s for ``seconds`` (lateness 1 s)."""
+    from devtools.livetraffic import LiveTraffic, live_catalog
+
+    lateness_ms = 1_000
+    settings = _settings(broker, server, db).replace(
+        realtime_release=release, rules_allowed_lateness_ms=lateness_ms, realtime_timer_interval_s=0.2
+    )
+    asyncio.run(ensure_topics(settings.realtime))
+    catalog = live_catalog(2_000, 7, rate)
+    catalog_path = str(Path(folder, f"live-{release}.yaml"))
+    Path(catalog_path).write_text(yaml.safe_dump({"campaigns": catalog.to_records()}))
+    extra = {
+        "ATTRIBUTION_RULES_ALLOWED_LATENESS_MS": str(lateness_ms),
+        "ATTRIBUTION_REALTIME_TIMER_INTERVAL_S": "0.2",
+    }
+    procs = Workers(2, settings, catalog_path, folder, extra)
+    client = redis.Redis.from_url(settings.redis.url)
+    try:
+        procs.wait_joined(5 * settings.realtime.topic_partitions)
+        traffic = LiveTraffic(settings.realtime, rate=rate, users=2_000, seed=7)
+
+        async def paced() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(traffic.run(stop))
+            await asyncio.sleep(seconds)
+            stop.set()
+            await task
+
+        asyncio.run(paced())
+        time.sleep(lateness_ms / 1000 + 3)  # the last orders come due and settle
+        keys = Keys.of(settings.keys)
+        latencies = sorted(
+            int(entry_id.split(b"-")[0]) - int(fields[b"due"])
+            for shard in range(keys.budget_shards)
+            for entry_id, fields in client.xrange(keys.ledger(shard))
+            if fields[b"kind"] == b"charge"
+        )
+    finally:
+        procs.stop()
+        client.close()
+    if not latencies:
+        raise RuntimeError(f"no charge under release={release}")
+    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)], len(latencies)
 
 
 def _run_naive(values: list[Any], broker: LocalBroker, server: LocalRedis, db: int) -> float:
@@ -292,6 +351,36 @@ def run() -> list[Row]:
                 True,
             )
         )
+        console.print(f"[dim]kafka bench: two workers, release=partition, {len(values):,} events[/dim]")
+        two_partition, _ = _run_ours(
+            2, values, catalog_path, broker, server, folder, db=6, release="partition"
+        )
+        rows.append(
+            Row(
+                "2 workers, release=group vs partition (events/s)",
+                two,
+                two_partition,
+                "events/s",
+                "the baseline here is release=partition (co-partitioned producers only)",
+                True,
+            )
+        )
+        live_s, live_rate = (8.0, 1_000.0) if quick() else (20.0, 2_000.0)
+        lat: dict[str, tuple[float, float, int]] = {}
+        for i, release in enumerate(("group", "partition")):
+            console.print(f"[dim]kafka bench: decision latency, release={release}, {live_s:.0f}s live[/dim]")
+            lat[release] = _run_live_latency(release, broker, server, folder, 7 + i, live_s, live_rate)
+        for q, name in ((0, "p50"), (1, "p99")):
+            rows.append(
+                Row(
+                    f"2 workers, release to charge {name}, group vs partition",
+                    lat["group"][q],
+                    lat["partition"][q],
+                    "ms",
+                    f"{lat['group'][2]:,} / {lat['partition'][2]:,} charges; "
+                    f"{live_rate:,.0f} events/s stamped now",
+                )
+            )
         del values
         console.print(f"[dim]kafka bench: one worker draining a backlog of {n_backlog:,} events[/dim]")
         backlog, _ = _traffic(n_backlog, seed=43)
