@@ -68,7 +68,15 @@ from realtime.routing import UserPartitions
 from realtime.schedule import Action, ActionQueue
 from realtime.scripts import Scripts
 from shared_logic import AttributionPolicy, Catalog, Decision, attribute_order, budget_day
-from shared_logic.contract import Checkpoint, cap_arg, parse_claim, pending_field, pending_kind, queue_member
+from shared_logic.contract import (
+    Checkpoint,
+    SettleStatus,
+    cap_arg,
+    parse_claim,
+    pending_field,
+    pending_kind,
+    queue_member,
+)
 from shared_logic.money import MAX_COUNTER_MINOR
 from shared_logic.settings import Settings
 from shared_logic.settlement import ActionKind, cancel_counts, cancel_window
@@ -456,19 +464,19 @@ class SpeedLayer:
             for member, status, charge, capped, *_ in rows:
                 key = (member.decode() if isinstance(member, bytes) else member) + "@" + str(shard)
                 released_at = self._released_at.pop(key, None)
-                if released_at is not None and status in (1, 2):
+                if released_at is not None and status in (SettleStatus.CHARGED, SettleStatus.STOPPED):
                     elapsed = done - released_at
                     out.latencies_s.append(elapsed)
                     self.latencies.append(elapsed)
                     self.metrics.latency.observe(elapsed)
-                if status == 1:
+                if status == SettleStatus.CHARGED:
                     out.charged += 1
                     self.metrics.charges.labels("capped" if capped else "charge").inc()
                     self.metrics.charged_minor.inc(int(charge))
-                elif status == 3:
+                elif status == SettleStatus.REFUNDED:
                     out.refunded += 1
                     self.metrics.charges.labels("refund").inc()
-                elif status == -1:
+                elif status == SettleStatus.REFUSED:
                     out.refused += 1
                     self.metrics.refused.inc()
                     refused.append(

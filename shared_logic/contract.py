@@ -25,7 +25,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum, StrEnum
+from enum import Enum, IntEnum, StrEnum
 from typing import Any, Final, Literal
 
 from shared_logic.campaigns import Lever
@@ -385,6 +385,17 @@ LEDGER_STREAM_FIELDS: Final = ("kind", "charge", "capped", "day", "due", "d")
 BUDGET_EVENT_FIELDS: Final = ("type", "scope", "campaign_id", "day", "spend", "cap", "due_ms")
 PENDING_PREFIX: Final = {"decide": "o:", "cancel": "x:"}
 
+
+class SettleStatus(IntEnum):
+    """What the settle script did with one action (its second return value per action)."""
+
+    NOTHING = 0  # settled before: a redelivery
+    CHARGED = 1
+    STOPPED = 2  # its cancel came first: never charged
+    REFUNDED = 3
+    REFUSED = -1  # a counter would pass 2^53 - 1
+
+
 #: What each Lua script may name in its ``-- contract:`` header, as the header spells it.
 LUA_CONTRACT: Final = {
     "touch_member": "kind|campaign_id|arrival_wm|event_id",
@@ -398,6 +409,7 @@ LUA_CONTRACT: Final = {
     "ledger_fields": " ".join(LEDGER_STREAM_FIELDS),
     "budget_event_fields": " ".join(BUDGET_EVENT_FIELDS),
     "ledger_intent": "first_id last_id",
+    "settle_status": " ".join(f"{s.name.lower()}:{s.value}" for s in SettleStatus),
 }
 
 

@@ -27,6 +27,7 @@ from shared_logic.contract import (
     Column,
     ColumnType,
     RowSchema,
+    SettleStatus,
     count_field,
     dead_letter,
     decision_from_record,
@@ -163,6 +164,15 @@ def test_each_lua_script_names_the_contract_it_uses(name: str) -> None:
     for args in _xadd_fields(body):
         assert args, name
         assert set(args) <= declared, (name, args)
+
+
+def test_the_settle_statuses_are_the_contracts() -> None:
+    """Every status the settle script returns is declared (``SettleStatus``), and each declared one
+    is returned somewhere: a new or renumbered status fails here before Python misreads it."""
+    body = scripts.source("settle")
+    returned = {int(v) for v in re.findall(r"\bstatus\b[^=\n]*= (-?\d+)", body)}
+    assert returned == {s.value for s in SettleStatus}
+    assert scripts.contract_header("settle")["settle_status"] == LUA_CONTRACT["settle_status"]
 
 
 def _xadd_fields(body: str) -> list[list[str]]:
