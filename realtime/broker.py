@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.helpers import create_ssl_context
 from prometheus_client import start_http_server
 
 from realtime.errors import BrokerUnavailable
@@ -33,8 +35,62 @@ def bootstrap(url: str) -> str:
 
 
 def client_options(cfg: RealtimeSettings) -> dict[str, Any]:
-    """The keyword arguments every aiokafka client of this project is built with."""
-    return {"bootstrap_servers": bootstrap(cfg.broker_url)}
+    """The keyword arguments every aiokafka client of this project is built with: the bootstrap
+    list and the security settings (TLS context, SASL mechanism and credentials).
+
+    The password is handed to aiokafka only here, as the plain string it needs; it stays a
+    ``SecretStr`` in the settings, and nothing here logs it."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap(cfg.broker_url),
+        "security_protocol": cfg.security_protocol,
+    }
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = _ssl_context(cfg)
+    if cfg.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        logging.getLogger("aiokafka.conn").addFilter(_HIDE_SASL_TOKENS)  # once: a logger keeps one copy
+        password = cfg.sasl_password.get_secret_value() if cfg.sasl_password is not None else None
+        options |= {
+            "sasl_mechanism": cfg.sasl_mechanism,
+            "sasl_plain_username": cfg.sasl_username,
+            "sasl_plain_password": password,
+        }
+    return options
+
+
+class _HideSaslTokens(logging.Filter):
+    """aiokafka logs every request it sends at DEBUG, SaslAuthenticate's too, whose PLAIN token is
+    the user and the password in the clear: such a request is logged as ``<hidden>`` instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(_is_sasl_token(a) for a in record.args):
+            record.args = tuple(
+                "SaslAuthenticateRequest(<hidden>)" if _is_sasl_token(a) else a for a in record.args
+            )
+        return True
+
+
+def _is_sasl_token(arg: object) -> bool:
+    return type(arg).__name__.startswith("SaslAuthenticateRequest")
+
+
+_HIDE_SASL_TOKENS = _HideSaslTokens()
+
+
+def _ssl_context(cfg: RealtimeSettings) -> ssl.SSLContext:
+    """TLS as aiokafka's helper builds it (the system's CAs unless ``ssl_cafile``; a client
+    certificate when ``ssl_certfile``), the host name checked unless ``ssl_check_hostname`` is off."""
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=cfg.ssl_cafile, certfile=cfg.ssl_certfile, keyfile=cfg.ssl_keyfile
+        )
+    except OSError as exc:  # ssl.SSLError included: not PEM, or a key not of its certificate
+        raise InvalidSetting(
+            "ATTRIBUTION_REALTIME_SSL_CAFILE/_CERTFILE/_KEYFILE",
+            [p for p in (cfg.ssl_cafile, cfg.ssl_certfile, cfg.ssl_keyfile) if p],
+            f"cannot be loaded as PEM ({exc})",
+        ) from None
+    context.check_hostname = cfg.ssl_check_hostname
+    return context
 
 
 def input_topics(cfg: RealtimeSettings) -> list[str]:

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages the project needs when they are missing:
-# redis-server (tests and the demo start their own) and a Java runtime (Spark).
-# Idempotent; does nothing when both are present.
+# redis-server (tests and the demo start their own), a Java runtime (Spark) and
+# stunnel (TLS in front of the test broker, tests/integration/test_broker_security.py).
+# Idempotent; does nothing when all are present.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v stunnel4 >/dev/null 2>&1 || need+=(stunnel4)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -15,6 +15,7 @@ same names without the prefix.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Self
 
 from pydantic import (
@@ -252,6 +253,92 @@ class RealtimeSettings(_Section):
     )
     metrics_host: str = Field("127.0.0.1", description="the worker's /metrics listens here")
     metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics here (0: off)")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="how every Kafka client reaches the broker: in the clear, over TLS (SSL), with SASL "
+        "credentials (SASL_PLAINTEXT) or both (SASL_SSL, what managed Kafkas ask for)",
+    )
+    ssl_cafile: str | None = Field(
+        None, description="PEM file of the CAs that sign the broker's certificate; default: the system's"
+    )
+    ssl_certfile: str | None = Field(
+        None, description="PEM client certificate, for brokers that ask for one (mutual TLS)"
+    )
+    ssl_keyfile: str | None = Field(
+        None, description="PEM private key of ssl_certfile (default: the key is in ssl_certfile)"
+    )
+    ssl_check_hostname: bool = Field(
+        True, description="check that the broker's certificate names the host of broker_url"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism; needed by SASL_PLAINTEXT and SASL_SSL"
+    )
+    sasl_username: str | None = Field(None, description="SASL user; needed by SASL_PLAINTEXT and SASL_SSL")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password; needed by SASL_PLAINTEXT and SASL_SSL; never shown"
+    )
+
+    @model_validator(mode="after")
+    def _security_settings_agree(self) -> Self:
+        """Refuse security settings that cannot work together, each error at the field to change.
+
+        Raised as a ``ValidationError`` of this section (pydantic places its errors under the
+        section), so an error names the variable and shows that field's value, never the whole
+        section's input as a plain ``ValueError`` here would (it would show the password)."""
+        problems = self._security_problems()
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    {
+                        "type": "value_error",
+                        "loc": (name,),
+                        "input": shown,
+                        "ctx": {"error": ValueError(rule)},
+                    }
+                    for name, shown, rule in problems
+                ],
+            )
+        return self
+
+    def _security_problems(self) -> list[tuple[str, Any, str]]:
+        """``(field, value to show, rule)`` for every security setting that cannot work: a file
+        that is not there, a setting the protocol needs and lacks, or one it would ignore."""
+        protocol = self.security_protocol
+        out: list[tuple[str, Any, str]] = []
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            if protocol not in ("SSL", "SASL_SSL"):
+                out.append(
+                    (name, path, f"security_protocol {protocol} uses no TLS: set it to SSL or SASL_SSL")
+                )
+            elif not Path(path).is_file():
+                out.append((name, path, "no such file"))
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            out.append(
+                ("ssl_keyfile", self.ssl_keyfile, "a client key needs its certificate: set ssl_certfile")
+            )
+        if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+            if self.sasl_mechanism is None:
+                out.append(
+                    ("sasl_mechanism", None, f"{protocol} needs PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+                )
+            if not self.sasl_username:
+                out.append(("sasl_username", self.sasl_username, f"{protocol} needs a SASL user"))
+            if self.sasl_password is None or not self.sasl_password.get_secret_value():
+                out.append(("sasl_password", None, f"{protocol} needs the SASL user's password"))
+        else:
+            rule = f"security_protocol {protocol} sends no credentials: set it to SASL_PLAINTEXT or SASL_SSL"
+            if self.sasl_mechanism is not None:
+                out.append(("sasl_mechanism", self.sasl_mechanism, rule))
+            if self.sasl_username is not None:
+                out.append(("sasl_username", self.sasl_username, rule))
+            if self.sasl_password is not None:
+                out.append(("sasl_password", "<hidden>", rule))
+        return out
 
     def topic(self, event_type: str) -> str:
         return f"{self.topic_prefix}.{event_type}"

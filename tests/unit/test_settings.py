@@ -97,3 +97,133 @@ def test_a_charge_record_must_outlive_the_cancel_horizon() -> None:
         Settings().replace(rules_cancel_horizon_days=3, realtime_decision_ttl_ms=86_400_000)
     ok = Settings().replace(rules_cancel_horizon_days=0, realtime_decision_ttl_ms=2 * 86_400_000)
     assert ok.rules.policy().cancel_horizon_days == 0
+
+
+# Secured brokers: ATTRIBUTION_REALTIME_SECURITY_PROTOCOL, _SSL_*, _SASL_* -------------------
+
+
+def _secured(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(f"ATTRIBUTION_REALTIME_{name.upper()}", value)
+
+
+def test_security_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    _secured(
+        monkeypatch,
+        security_protocol="SASL_SSL",
+        ssl_cafile=str(ca),
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="svc-attribution",
+        sasl_password="hunter2-secret",
+    )
+    cfg = load_settings().realtime
+    assert (cfg.security_protocol, cfg.ssl_cafile, cfg.ssl_check_hostname) == ("SASL_SSL", str(ca), True)
+    assert (cfg.sasl_mechanism, cfg.sasl_username) == ("SCRAM-SHA-512", "svc-attribution")
+    assert cfg.sasl_password is not None
+    assert cfg.sasl_password.get_secret_value() == "hunter2-secret"
+    assert "hunter2" not in repr(cfg)
+    assert "hunter2" not in str(cfg)
+    # replace() keeps the secret (it re-validates the section from a python dump).
+    again = load_settings(realtime_batch_size=7).realtime
+    assert again.sasl_password == cfg.sasl_password
+    assert type(cfg)().security_protocol == "PLAINTEXT"  # the default
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"security_protocol": "SASL_SSL", "sasl_username": "u", "sasl_password": "p"},
+            r"ATTRIBUTION_REALTIME_SASL_MECHANISM' = None: SASL_SSL needs PLAIN, SCRAM-SHA-256 or SCRAM",
+        ),
+        (
+            {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_password": "p"},
+            r"ATTRIBUTION_REALTIME_SASL_USERNAME' = None: SASL_PLAINTEXT needs a SASL user",
+        ),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "u"},
+            r"ATTRIBUTION_REALTIME_SASL_PASSWORD' = None: SASL_SSL needs the SASL user's password",
+        ),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-256",
+                "sasl_username": "u",
+                "sasl_password": "",
+            },
+            r"ATTRIBUTION_REALTIME_SASL_PASSWORD' = None: SASL_SSL needs",
+        ),
+        (
+            {"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"},
+            r"ATTRIBUTION_REALTIME_SSL_CAFILE' = '/nonexistent/ca.pem': no such file",
+        ),
+        (
+            {"security_protocol": "SSL", "ssl_certfile": "/nonexistent/client.pem"},
+            r"ATTRIBUTION_REALTIME_SSL_CERTFILE' = '/nonexistent/client.pem': no such file",
+        ),
+        (
+            {"security_protocol": "PLAINTEXT", "ssl_cafile": "/nonexistent/ca.pem"},
+            r"ATTRIBUTION_REALTIME_SSL_CAFILE'.*PLAINTEXT uses no TLS: set it to SSL or SASL_SSL",
+        ),
+        (
+            {"security_protocol": "SSL", "sasl_username": "u"},
+            r"ATTRIBUTION_REALTIME_SASL_USERNAME' = 'u': security_protocol SSL sends no credentials",
+        ),
+        (
+            {"sasl_mechanism": "PLAIN"},
+            r"ATTRIBUTION_REALTIME_SASL_MECHANISM' = 'PLAIN': .*PLAINTEXT sends no",
+        ),
+        ({"security_protocol": "TLS"}, r"ATTRIBUTION_REALTIME_SECURITY_PROTOCOL' = 'TLS': Input should be"),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI"},
+            r"ATTRIBUTION_REALTIME_SASL_MECHANISM' = 'GSSAPI': Input should be",
+        ),
+        ({"ssl_check_hostname": "maybe"}, r"ATTRIBUTION_REALTIME_SSL_CHECK_HOSTNAME.*valid boolean"),
+    ],
+)
+def test_security_settings_that_cannot_work_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    _secured(monkeypatch, **env)
+    with pytest.raises(InvalidSetting, match=message):
+        load_settings()
+
+
+def test_a_client_key_needs_its_certificate(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    key = tmp_path / "client.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    _secured(monkeypatch, security_protocol="SSL", ssl_keyfile=str(key))
+    with pytest.raises(
+        InvalidSetting, match=r"SSL_KEYFILE.*a client key needs its certificate: set ssl_certfile"
+    ):
+        load_settings()
+    # A certificate alone is enough (its PEM file may hold the key too).
+    monkeypatch.delenv("ATTRIBUTION_REALTIME_SSL_KEYFILE")
+    _secured(monkeypatch, ssl_certfile=str(key))
+    assert load_settings().realtime.ssl_certfile == str(key)
+
+
+def test_the_sasl_password_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not by the error of the password itself, nor by an error of another field of its section
+    (a plain ValueError of the section's validator would show the section's whole input)."""
+    _secured(monkeypatch, sasl_password="hunter2-secret")  # with PLAINTEXT: refused
+    with pytest.raises(InvalidSetting, match="SASL_PASSWORD' = '<hidden>'") as info:
+        load_settings()
+    assert "hunter2" not in str(info.value)
+    _secured(monkeypatch, security_protocol="SASL_SSL", sasl_mechanism="PLAIN", ssl_cafile="/nonexistent.pem")
+    with pytest.raises(InvalidSetting) as info:
+        load_settings()
+    assert "hunter2" not in str(info.value)
+    assert "SSL_CAFILE" in str(info.value)
+    monkeypatch.delenv("ATTRIBUTION_REALTIME_SASL_PASSWORD")
+    with pytest.raises(ValidationError) as raw:
+        Settings().replace(
+            realtime_security_protocol="SASL_SSL",
+            realtime_sasl_mechanism="PLAIN",
+            realtime_sasl_password="hunter2-secret",
+            realtime_ssl_cafile="/nonexistent.pem",
+        )
+    assert "hunter2" not in str(raw.value)
+    assert "hunter2" not in repr(raw.value.errors())
