@@ -111,10 +111,22 @@ async def probe(cfg: RealtimeSettings) -> None:
     client = AIOKafkaClient(**client_options(cfg), request_timeout_ms=5_000)
     try:
         await client.bootstrap()
-    except KafkaConnectionError as exc:
-        raise BrokerUnavailable(f"broker_url = {cfg.broker_url!r}: no Kafka broker answers ({exc})") from None
+    except Exception as exc:  # a refused handshake surfaces as a connection error, or worse
+        raise BrokerUnavailable(f"broker_url = {cfg.broker_url!r}: {_why(cfg, exc)}") from None
     finally:
         await client.close()
+
+
+def _why(cfg: RealtimeSettings, exc: BaseException) -> str:
+    """One line on why a client could not start: with security configured, the handshake is as
+    likely as the address (aiokafka logs the broker's own reason just before)."""
+    detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, KafkaConnectionError) else str(exc)
+    if cfg.security_protocol == "PLAINTEXT":
+        return f"no Kafka broker answers ({detail})"
+    how = cfg.security_protocol + (
+        f" {cfg.sasl_mechanism} as {cfg.sasl_username!r}" if cfg.sasl_mechanism else ""
+    )
+    return f"no Kafka broker answers, or it refused the handshake ({how}): {detail}"
 
 
 async def ensure_topics(cfg: RealtimeSettings) -> None:
@@ -125,7 +137,7 @@ async def ensure_topics(cfg: RealtimeSettings) -> None:
     try:
         await client.start()
     except Exception as exc:
-        raise BrokerUnavailable(f"broker_url = {cfg.broker_url!r}: no Kafka broker answers ({exc})") from None
+        raise BrokerUnavailable(f"broker_url = {cfg.broker_url!r}: {_why(cfg, exc)}") from None
     try:
         wanted = [*input_topics(cfg), cfg.topic("dead_letters")]
         existing = set(await client.list_topics())

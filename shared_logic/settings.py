@@ -476,7 +476,13 @@ def load_settings(**changes: Any) -> Settings:
         return Settings().replace(**changes)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        name = PREFIX + "_".join(str(p) for p in err["loc"]).upper()
-        value = "<hidden>" if "secret" in name.lower() else err.get("input")
+        name = PREFIX + ("_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "*")
+        # A whole-tree or whole-section rule (no field in its location, or a dict as its input)
+        # would echo every value of it, secrets included: its message names the values it needs.
+        given = err.get("input")
+        secret = (given is not None and any(w in name.lower() for w in ("secret", "password"))) or isinstance(
+            given, dict
+        )
+        value = "<hidden>" if secret else given
         rule = str(err["ctx"]["error"]) if err["type"] == "value_error" and "ctx" in err else err["msg"]
         raise InvalidSetting(name, value, rule) from None

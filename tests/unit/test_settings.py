@@ -227,3 +227,13 @@ def test_the_sasl_password_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> N
         )
     assert "hunter2" not in str(raw.value)
     assert "hunter2" not in repr(raw.value.errors())
+
+
+def test_a_whole_tree_rule_does_not_echo_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule over the whole tree (the decision TTL against the cancel horizon) names its values in its
+    message, and never echoes the tree's input, where secrets live."""
+    monkeypatch.setenv("ATTRIBUTION_S3_SECRET_KEY", "s3cr3t-value")
+    monkeypatch.setenv("ATTRIBUTION_REALTIME_DECISION_TTL_MS", "1000")
+    with pytest.raises(InvalidSetting, match="decision_ttl_ms = 1000") as caught:
+        load_settings()
+    assert "s3cr3t-value" not in str(caught.value)
