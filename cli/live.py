@@ -11,6 +11,12 @@ order, and says what is left behind.
 
 Every child runs in its own session, so the terminal's Ctrl-C reaches only this process, which
 stops them in order.
+
+While it runs, it supervises the worker, the lake sink and the API: a part that exits (any status,
+or a signal) is reported at once with the last lines of its log and started again with the same
+command and environment after a bounded exponential backoff (:class:`Backoff`); it resumes from its
+checkpoints (committed offsets, Redis, the sink's intents in the lake). ``live.json`` in the folder
+holds each part's pid, state and restarts, rewritten whole at every change.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
 import yaml
+from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -46,19 +55,129 @@ LIVE_ENV = {
 }
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """When the supervisor starts a part again after it exits: ``first_s`` after its first failure,
+    doubling up to ``cap_s``. A run that lasted ``stable_s`` forgives the failures before it; after
+    ``give_up_after`` failures in a row, each within ``stable_s`` of its start, the part stays down
+    and the others keep running."""
+
+    first_s: float = 1.0
+    factor: float = 2.0
+    cap_s: float = 30.0
+    stable_s: float = 60.0
+    give_up_after: int = 6
+
+    def delay(self, failures: int) -> float:
+        """The wait before the next start after ``failures`` failures in a row (1 or more)."""
+        return min(self.cap_s, self.first_s * self.factor ** max(failures - 1, 0))
+
+
+def how_it_ended(returncode: int) -> str:
+    """``exited with 1`` or ``killed by SIGKILL`` (Popen reports a signal as its negative number)."""
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exited with {returncode}"
+
+
+def log_tail(path: Path, lines: int = 3, window: int = 8192) -> list[str]:
+    """The last non-empty lines of a log, read from its end."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - window))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+
+
 @dataclass
 class Child:
-    """A process this command started, its log, and how it ended."""
+    """A part this command started and supervises: its command, its log (appended to across
+    restarts), the process running now, and its history of exits and restarts."""
 
     name: str
-    process: subprocess.Popen[bytes]
+    args: tuple[str, ...]
+    env: dict[str, str]
     log: Path
     handle: IO[bytes]
+    process: subprocess.Popen[bytes]
+    started: float
+    restarts: int = 0
+    failures: int = 0  # in a row, each within Backoff.stable_s of its start
+    exits: list[str] = field(default_factory=list)
+    restart_at: float | None = None  # down, to be started again then
+    gave_up: bool = False
+    stopping: bool = False  # stopped by this command: never started again
     ended: str = ""
 
+    @classmethod
+    def spawn(cls, name: str, args: tuple[str, ...], env: dict[str, str], log: Path) -> Child:
+        handle = log.open("ab")
+        return cls(name, args, env, log, handle, _popen(args, env, handle), time.monotonic())
+
+    @property
+    def state(self) -> str:
+        if self.stopping:
+            return "stopped"
+        if self.gave_up:
+            return "gave up"
+        if self.restart_at is not None:
+            return "restarting"
+        return "running" if self.process.poll() is None else "exited"
+
+    def supervise(self, now: float, backoff: Backoff) -> str | None:
+        """Notice an exit, or start the part again once its backoff has passed; say what happened
+        (console markup), or None when nothing did."""
+        if self.stopping or self.gave_up:
+            return None
+        if self.restart_at is not None:
+            if now < self.restart_at:
+                return None
+            self.restart_at = None
+            self.restarts += 1
+            self.handle.write(
+                f"\n--- make live {datetime.now(UTC):%H:%M:%S}: {self.name} {self.exits[-1]}; "
+                f"restart {self.restarts} ---\n".encode()
+            )
+            self.handle.flush()
+            self.process, self.started = _popen(self.args, self.env, self.handle), now
+            return f"[green]{self.name} restarted[/green] (pid {self.process.pid}, restart {self.restarts})"
+        code = self.process.poll()
+        if code is None:
+            return None
+        up = now - self.started
+        self.failures = 1 if up >= backoff.stable_s else self.failures + 1
+        self.exits.append(f"{how_it_ended(code)} after {up:,.0f}s")
+        tail = "".join(f"\n    {escape(line)}" for line in log_tail(self.log)) or " (nothing)"
+        said = f"[bold red]{self.name} {self.exits[-1]}[/bold red] (pid {self.process.pid})"
+        if self.failures >= backoff.give_up_after:
+            self.gave_up = True
+            return (
+                f"{said}: it failed {self.failures} times in a row, each within {backoff.stable_s:g}s of "
+                f"its start, so it stays down; the other parts keep running. See {self.log}:{tail}"
+            )
+        delay = backoff.delay(self.failures)
+        self.restart_at = now + delay
+        return f"{said}; restarting it in {delay:g}s. Last lines of {self.log}:{tail}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pid": self.process.pid,
+            "state": self.state,
+            "restarts": self.restarts,
+            "exits": self.exits,
+            "log": str(self.log),
+        }
+
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM, wait, SIGKILL if it would not go; remember which it took."""
-        if self.process.poll() is None:
+        """SIGTERM, wait, SIGKILL if it would not go; remember which it took, and its restarts."""
+        self.stopping = True
+        if self.gave_up:
+            self.ended = f"gave up after {self.failures} failures in a row ({self.exits[-1]}; see {self.log})"
+        elif self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 code = self.process.wait(timeout_s)
@@ -68,27 +187,38 @@ class Child:
                 self.process.kill()
                 self.process.wait(10)
                 self.ended = f"killed: it did not stop within {timeout_s:.0f}s (see {self.log})"
+        elif self.restart_at is not None:
+            self.ended = f"was down, waiting to restart ({self.exits[-1]}; see {self.log})"
         else:
-            self.ended = f"had exited with {self.process.returncode} (see {self.log})"
+            self.ended = f"down: {how_it_ended(self.process.returncode)} (see {self.log})"
+        if self.restarts:
+            times = "time" if self.restarts == 1 else "times"
+            self.ended += f"; restarted {self.restarts} {times} ({'; '.join(self.exits)})"
         self.handle.close()
+
+
+def _popen(args: tuple[str, ...], env: dict[str, str], handle: IO[bytes]) -> subprocess.Popen[bytes]:
+    exe = str(Path(sys.executable).with_name("attribution"))
+    return subprocess.Popen(
+        [exe, *args], env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 @dataclass
 class Loop:
     folder: Path
     env: dict[str, str]
+    backoff: Backoff = field(default_factory=Backoff)
     children: list[Child] = field(default_factory=list)
 
     def start(self, name: str, *args: str) -> Child:
-        exe = str(Path(sys.executable).with_name("attribution"))
-        log = self.folder / "logs" / f"{name}.log"
-        handle = log.open("ab")
-        process = subprocess.Popen(
-            [exe, *args], env=self.env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        child = Child(name, process, log, handle)
+        child = Child.spawn(name, args, self.env, self.folder / "logs" / f"{name}.log")
         self.children.append(child)
         return child
+
+    def supervise(self, now: float) -> list[str]:
+        """One round over the parts: what exited, what started again."""
+        return [said for c in self.children if (said := c.supervise(now, self.backoff))]
 
 
 def live(
@@ -116,7 +246,7 @@ def live(
     """Run the production loop on this machine: broker, Redis, worker, lake sink, API and live
     traffic; Ctrl-C stops it all."""
     from devtools.livetraffic import LiveTraffic, live_catalog
-    from devtools.servers import LocalBroker, LocalRedis, free_port
+    from devtools.servers import LocalBroker, LocalRedis
     from realtime.keys import Keys
     from reporting.auth import add_key
     from shared_logic.settings import load_settings
@@ -136,7 +266,7 @@ def live(
     with console.status("starting Redis and the broker"):
         redis_server = LocalRedis(own_session=True)
         broker = LocalBroker(own_session=True)
-    api_port, worker_metrics, sink_metrics = free_port(), free_port(), free_port()
+    api_port, worker_metrics, sink_metrics = _free_ports(3)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
     env.update(
         LIVE_ENV,
@@ -185,17 +315,12 @@ def live(
         loop.start("lake-sink", "lake-sink")
         loop.start("api", "api")
         _wait_port(api_port, loop.children[-1])
-        where["pids"] = {
-            **{c.name: c.process.pid for c in loop.children},
-            "redis": redis_server.process.pid,
-            "broker": broker.process.pid,
-            "live": os.getpid(),
-        }
-        (folder / "live.json").write_text(json.dumps(where, indent=2))
+        where["pids"] = {"redis": redis_server.process.pid, "broker": broker.process.pid, "live": os.getpid()}
+        _write_where(folder, where, loop)
         console.print(_where(where, next(iter(catalog)).campaign_id, rate))
         keys = Keys.of(settings.keys)
         stopped_by = asyncio.run(_run(traffic, loop, where, catalog, keys, duration))
-        _settle(where["metrics"]["worker"], lateness)
+        _settle(where["metrics"]["worker"], lateness, next(c for c in loop.children if c.name == "worker"))
     except KeyboardInterrupt:
         pass
     finally:
@@ -210,10 +335,22 @@ def live(
                     child.stop()
         redis_server.stop()
         broker.stop()
+        if "pids" in where:
+            _write_where(folder, where, loop)
         console.print(_left_behind(loop, folder, lake_dir, traffic.sent))
 
 
-def _settle(metrics_url: str, lateness_s: float) -> None:
+def _write_where(folder: Path, where: dict[str, Any], loop: Loop) -> None:
+    """``live.json``: where to look, and each part's pid, state and restarts (rewritten whole, by a
+    rename, whenever a part exits or starts again, so a reader never sees half of it)."""
+    where["pids"] = {**where["pids"], **{c.name: c.process.pid for c in loop.children}}
+    where["parts"] = {c.name: c.describe() for c in loop.children}
+    tmp = folder / "live.json.tmp"
+    tmp.write_text(json.dumps(where, indent=2))
+    os.replace(tmp, folder / "live.json")
+
+
+def _settle(metrics_url: str, lateness_s: float, worker: Child) -> None:
     """With the traffic stopped, let the worker decide the orders it still holds: its partitions are
     idle, so the wall clock moves its watermark past them within the allowed lateness. Then the
     ledger it flushes on stop holds every order the lake holds, and the reconciliation can be exact.
@@ -221,6 +358,9 @@ def _settle(metrics_url: str, lateness_s: float) -> None:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
+    if worker.process.poll() is not None:
+        console.print(f"the worker is down ({worker.state}); the next worker decides the orders it held")
+        return
     deadline = time.monotonic() + lateness_s + 30
     pending: float | None = None
     with console.status(f"settling the orders the worker still holds (allowed lateness {lateness_s:g}s)"):
@@ -237,6 +377,16 @@ def _settle(metrics_url: str, lateness_s: float) -> None:
                     return
             time.sleep(0.5)
     console.print(f"the worker still holds {pending} pending action(s); the next worker decides them")
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: each socket stays bound until all are chosen (one at a
+    time, the kernel may hand out the same port twice, and two parts would then share it)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def _wait_port(port: int, child: Child, timeout_s: float = 60.0) -> None:
@@ -274,7 +424,8 @@ def _where(where: dict[str, Any], first: str, rate: float) -> Panel:
 async def _run(
     traffic: Any, loop: Loop, where: dict[str, Any], catalog: Any, keys: Any, duration: float | None
 ) -> str:
-    """Produce until Ctrl-C or ``duration``; redraw the status every 2 s. Returns what stopped it."""
+    """Produce until Ctrl-C or ``duration``; supervise the parts (an exit is reported at once and the
+    part started again after its backoff); redraw the status every 2 s. Returns what stopped it."""
     from realtime.budget import BudgetReader
     from realtime.client import connect
     from shared_logic.settings import RedisSettings
@@ -293,29 +444,36 @@ async def _run(
     started = time.monotonic()
     redis = connect(RedisSettings(url=where["redis_url"]))
     reader, ids = BudgetReader(redis, catalog, keys), [c.campaign_id for c in catalog]
+    redraw = started + 2.0
     with Live(console=console, auto_refresh=False) as screen:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
+                await asyncio.wait_for(stop.wait(), 0.25)
             if producing.done():
                 stop.set()
                 reason["by"] = f"the traffic generator ended ({producing.exception()!r})"
-            dead = [c for c in loop.children if c.process.poll() is not None]
-            if dead:
-                stop.set()
-                reason["by"] = f"{dead[0].name} exited (see {dead[0].log})"
-            if duration is not None and time.monotonic() - started >= duration:
+            now = time.monotonic()
+            events = loop.supervise(now)
+            for said in events:
+                screen.console.print(said)
+            if events:
+                _write_where(loop.folder, where, loop)
+            if duration is not None and now - started >= duration:
                 stop.set()
                 reason["by"] = f"--duration {duration:g}s"
-            screen.update(await _status(traffic, where, reader, ids, time.monotonic() - started))
-            screen.refresh()
+            if events or now >= redraw or stop.is_set():
+                redraw = now + 2.0
+                screen.update(await _status(traffic, where, reader, ids, loop, now - started))
+                screen.refresh()
     await redis.aclose()
     with contextlib.suppress(Exception):
         await producing
     return reason["by"]
 
 
-async def _status(traffic: Any, where: dict[str, Any], reader: Any, ids: list[str], elapsed: float) -> Table:
+async def _status(
+    traffic: Any, where: dict[str, Any], reader: Any, ids: list[str], loop: Loop, elapsed: float
+) -> Group:
     states = await reader.states(ids, int(time.time() * 1000))
     lake = Path(where["lake"])
     raw = sum(1 for _ in (lake / "raw").glob("*/dt=*/hour=*/*.parquet"))
@@ -334,6 +492,31 @@ async def _status(traffic: Any, where: dict[str, Any], reader: Any, ids: list[st
         f"{sum(s.exhausted for s in states)} of {len(states)}",
         f"raw {raw:,}, ledger {ledger:,}, dead letters {dead_letters:,}",
     )
+    return Group(table, _parts(loop, time.monotonic()))
+
+
+def _parts(loop: Loop, now: float) -> Table:
+    """The supervised parts: pid, state, restarts, how each last exited."""
+    table = Table(show_header=True, box=None, padding=(0, 2))
+    for col in ("part", "pid", "state", "restarts", "last exit", "log"):
+        table.add_column(col)
+    for c in loop.children:
+        if c.gave_up:
+            state = "[bold red]gave up[/bold red]"
+        elif c.restart_at is not None:
+            state = f"[red]down[/red], restart in {max(c.restart_at - now, 0):.0f}s"
+        elif c.process.poll() is None:
+            state = f"up {now - c.started:,.0f}s"
+        else:
+            state = "[red]exited[/red]"
+        table.add_row(
+            c.name,
+            str(c.process.pid),
+            state,
+            str(c.restarts),
+            c.exits[-1] if c.exits else "-",
+            str(c.log.relative_to(loop.folder)),
+        )
     return table
 
 
