@@ -23,12 +23,18 @@ def encode(raw: Any) -> bytes:
     return json.dumps(raw, separators=(",", ":")).encode()
 
 
-async def produce(values: Iterable[Any], config: RealtimeSettings, producers: Producers | None = None) -> int:
+async def produce(
+    values: Iterable[Any],
+    config: RealtimeSettings,
+    producers: Producers | None = None,
+    compression_type: str | None = None,
+) -> int:
     """Send ``values`` to the input topics in order (creating the topics first when missing),
     each partitioned and keyed as its type's producer does (``producers``; by default by user with
-    Kafka's default partitioner); returns how many were sent."""
+    Kafka's default partitioner) and each batch compressed with ``compression_type`` (None, "gzip",
+    "snappy", "lz4" or "zstd": every codec Kafka defines); returns how many were sent."""
     await ensure_topics(config)
-    producer = broker.producer(config, acks=1, linger_ms=5)
+    producer = broker.producer(config, acks=1, linger_ms=5, compression_type=compression_type)
     await producer.start()
     open_batches: dict[tuple[str, int], Any] = {}
     pending = []

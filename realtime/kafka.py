@@ -41,6 +41,7 @@ from realtime.clock import TP
 from realtime.codec import Record
 from realtime.deadletters import DEAD_LETTERS, DeadLetterSink
 from realtime.engine import SpeedLayer
+from realtime.fetching import UNDECODABLE_FIELD, Fetcher
 from realtime.keys import Keys
 from realtime.ledger import LedgerFlusher
 from realtime.metrics import Metrics
@@ -130,25 +131,43 @@ class KafkaWorker:
 
     async def _consume(self, consumer: AIOKafkaConsumer, engine: SpeedLayer) -> None:
         cfg = self.config
+
+        def next_offset(tp: TopicPartition) -> int | None:
+            clock = engine.clocks.parts.get((tp.topic, tp.partition))
+            return None if clock is None else clock.next_offset
+
+        # A batch it cannot decode is dead-lettered and skipped, or stops its partition (realtime.fetching).
+        fetcher = Fetcher(consumer, cfg, self.metrics.undecodable, next_offset, self.lock)
         last_tick = time.monotonic()
         while not self.stopping.is_set():
-            fetched = await consumer.getmany(
+            fetched = await fetcher.getmany(
                 timeout_ms=int(cfg.batch_within_s * 1000), max_records=cfg.batch_size
             )
             async with self.lock:
                 held = consumer.assignment()
                 records: list[Record] = []
-                for tp, rows in fetched.items():
+                for tp, rows in fetched.records.items():
                     if tp in held:
                         key = (tp.topic, tp.partition)
                         records += [(key, r.offset, r.value) for r in rows]
+                skipped = [bad for bad in fetched.skipped if bad.tp in held]
                 self._refresh_ends(held)
                 try:
                     if records:
                         await engine.process_records(records)
-                        await self._commit(tp for tp in fetched if tp in held)
+                    if skipped:  # after the records before them: the checkpoint moves past the ranges
+                        await engine.dead_letters.send_many([bad.dead_letter() for bad in skipped])
+                        self.metrics.dead_letters.labels(UNDECODABLE_FIELD).inc(len(skipped))
+                        for bad in skipped:
+                            clock = engine.clocks.parts.get((bad.tp.topic, bad.tp.partition))
+                            if clock is not None and clock.next_offset <= bad.last:
+                                clock.next_offset = bad.last + 1
+                    if records or skipped:
+                        await self._commit(
+                            {tp for tp in fetched.records if tp in held} | {b.tp for b in skipped}
+                        )
                         self.processed += len(records)
-                    if not records or time.monotonic() - last_tick >= cfg.timer_interval_s:
+                    if not records or skipped or time.monotonic() - last_tick >= cfg.timer_interval_s:
                         await engine.tick()  # the wall clock moves idle partitions
                         last_tick = time.monotonic()
                 except Exception as exc:  # Redis (or the commit) failed mid-batch: roll back, retry

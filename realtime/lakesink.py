@@ -28,7 +28,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,11 +38,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from realtime.broker import ensure_topics, group_consumer, input_topics, serve
 from realtime.clock import Clocks
-from shared_logic.contract import RAW
+from realtime.fetching import Fetcher, Undecodable
+from shared_logic.contract import DEAD_LETTER_ROW, DEAD_LETTERS, RAW, dead_letter
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
-from shared_logic.timeutil import MS_PER_HOUR
-from storage import Lake, open_lake
+from shared_logic.timeutil import MS_PER_HOUR, utc_day
+from storage import Lake, open_lake, partition
+from storage.arrow import table_of
 from storage.raw import HOURS, land, landed_by_day, mark_landed
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,12 @@ class SinkMetrics:
         self.files = Counter("lake_sink_files_total", "Parquet files written", registry=r)
         self.rolls = Counter("lake_sink_rolls_total", "Offset ranges landed", registry=r)
         self.markers = Counter("lake_sink_hour_markers_total", "Hourly landing markers written", registry=r)
+        self.undecodable = Counter(
+            "lake_sink_undecodable_batches_total",
+            "Record batches the sink could not decode (corrupt, unknown codec), by topic",
+            ["topic"],
+            registry=r,
+        )
         self.lag = Gauge(
             "lake_sink_consumer_lag", "Records not landed yet", ["topic", "partition"], registry=r
         )
@@ -127,23 +135,31 @@ class LakeSink:
         """Land until ``stop()``; then roll what is buffered, commit, leave the group."""
         consumer = self.consumer
         assert consumer is not None, "start() first"
+        # A batch it cannot decode is dead-lettered and skipped, or stops its partition (realtime.fetching).
+        fetcher = Fetcher(
+            consumer, self.settings.realtime, self.metrics.undecodable, self._next_offset, self.lock
+        )
         last_markers = 0.0
         try:
             while not self.stopping.is_set():
-                fetched = await consumer.getmany(timeout_ms=200, max_records=self.config.roll_records)
+                fetched = await fetcher.getmany(timeout_ms=200, max_records=self.config.roll_records)
                 async with self.lock:
                     held = consumer.assignment()
                     now = time.monotonic()
-                    for tp, rows in fetched.items():
+                    for tp, rows in fetched.records.items():
                         if tp in held:
                             buf = self.buffers.setdefault(tp, _Buffer())
                             if not buf.records:
                                 buf.since = now
                             wall = int(time.time() * 1000)  # for a broker that stamps no time
                             buf.records += [
-                                (r.offset, r.value, r.timestamp if r.timestamp > 0 else wall) for r in rows
+                                (r.offset, r.value, r.timestamp if (r.timestamp or 0) > 0 else wall)
+                                for r in rows
                             ]
                             buf.size += sum(len(r.value or b"") for r in rows)
+                    for bad in fetched.skipped:
+                        if bad.tp in held:
+                            await self._land_undecodable(bad)
                     for tp in list(self.buffers):
                         if tp in held:
                             await self._maybe_roll(tp, now)
@@ -161,6 +177,34 @@ class LakeSink:
                                 await self._roll(tp, len(self.buffers[tp].records))
                         self._write_progress()
                     await self.consumer.stop()
+
+    def _next_offset(self, tp: TopicPartition) -> int | None:
+        """The offset the sink expects next from ``tp``: after its buffer, or its landed offset."""
+        buf = self.buffers.get(tp)
+        if buf is not None and buf.records:
+            return buf.records[-1][0] + 1
+        clock = self.clocks.parts.get((tp.topic, tp.partition))
+        return None if clock is None else clock.next_offset
+
+    async def _land_undecodable(self, bad: Undecodable) -> None:
+        """A range the consumer could not decode: land what is buffered before it, then one dead letter
+        describing it (``dead_letters/``, a file named after the range like a roll's), then commit past it."""
+        tp = bad.tp
+        buf = self.buffers.get(tp)
+        if buf is not None and buf.records:
+            await self._roll(tp, len(buf.records))
+        at = int(time.time() * 1000)
+        raw, reason = bad.dead_letter()
+        table = table_of(DEAD_LETTER_ROW, [asdict(dead_letter(raw, reason, at))])
+        ref = partition(DEAD_LETTERS, dt=utc_day(at))
+        name = f"{tp.topic}-p{tp.partition}-{bad.first:012d}-{bad.last:012d}.parquet"
+        await asyncio.to_thread(self.lake.put_file, ref, name, table)
+        assert self.consumer is not None
+        await self.consumer.commit({tp: bad.last + 1})
+        clock = self.clocks.parts.get((tp.topic, tp.partition))
+        if clock is not None and clock.next_offset <= bad.last:
+            clock.next_offset = bad.last + 1
+        self.metrics.dead_letters.inc()
 
     # rolling --------------------------------------------------------------------------------
 
