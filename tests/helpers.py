@@ -180,3 +180,40 @@ def _header(resp: Any, name: str) -> str | None:
     """A header of an httpx response, or of a schemathesis one (lowercase names, list values)."""
     value = resp.headers.get(name)
     return value[0] if isinstance(value, list) and value else value
+
+
+async def read_dead_letter_topic(settings: Any, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Everything on the dead-letter topic: read until every partition's position reaches the end
+    offset the fetches report (a condition, not a quiet spell: a slow fetch cannot cut it short)."""
+    import asyncio
+    import time
+
+    import orjson
+    from aiokafka import AIOKafkaConsumer
+
+    from realtime.broker import client_options
+
+    consumer = AIOKafkaConsumer(
+        settings.realtime.topic("dead_letters"),
+        **client_options(settings.realtime),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            out += [orjson.loads(r.value) for rows in batch.values() for r in rows]
+            held = consumer.assignment()
+            ends = {tp: consumer.highwater(tp) for tp in held}
+            positions = {tp: await consumer.position(tp) for tp in held}
+            if held and all(e is not None and positions[tp] >= e for tp, e in ends.items()):
+                break
+            await asyncio.sleep(0)
+        else:
+            raise AssertionError(f"the dead-letter topic was not read to its end in {timeout_s:.0f}s")
+    finally:
+        await consumer.stop()
+    return out

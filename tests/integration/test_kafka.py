@@ -18,7 +18,7 @@ from realtime.kafka import KafkaWorker
 from realtime.replay import replay
 from realtime.routing import route
 from shared_logic.settings import Settings
-from tests.helpers import redis_snapshot
+from tests.helpers import read_dead_letter_topic, redis_snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -135,32 +135,6 @@ async def _drain_backlog(
     return seen
 
 
-async def _dead_letters(settings: Settings) -> list[dict[str, Any]]:
-    """Everything on the dead-letter topic."""
-    import orjson
-    from aiokafka import AIOKafkaConsumer
-
-    from realtime.broker import bootstrap
-
-    consumer = AIOKafkaConsumer(
-        settings.realtime.topic("dead_letters"),
-        bootstrap_servers=bootstrap(settings.realtime.broker_url),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    try:
-        for _ in range(20):
-            batch = await consumer.getmany(timeout_ms=300)
-            out += [orjson.loads(r.value) for rows in batch.values() for r in rows]
-            if not batch and out:
-                break
-    finally:
-        await consumer.stop()
-    return out
-
-
 @pytest.fixture(scope="module")
 def traffic() -> Traffic:
     return generate(TRAFFIC)
@@ -183,7 +157,7 @@ def test_a_backlog_on_the_broker_equals_the_replay(
     seen = asyncio.run(_drain_backlog(settings, traffic, values))
     assert seen["processed"] == len(values)
     # Dead letters reach the dead-letter topic with field, value and rule, and the counter moved.
-    letters = asyncio.run(_dead_letters(settings))
+    letters = asyncio.run(read_dead_letter_topic(settings))
     assert len(letters) == seen["dead_letters"] >= sum(e.malformed for e in traffic.events) > 5
     assert all(x["field"] and x["rule"] and x["raw_sha256"] for x in letters)
     assert {x["rule"] for x in letters} & {"is required", "is not valid JSON", "must not be negative"}

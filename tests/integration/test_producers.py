@@ -21,7 +21,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from devtools.synthetic import SyntheticConfig, Traffic, generate
@@ -34,6 +33,7 @@ from shared_logic.contract import DEAD_LETTERS, RAW
 from shared_logic.events import EVENT_TYPES, MAX_PAYLOAD_BYTES
 from shared_logic.settings import Settings
 from storage import Lake, open_lake, partition
+from tests.helpers import read_dead_letter_topic
 from tests.integration.test_kafka import _db, _outcome, _settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -142,31 +142,6 @@ async def _consume(
             lake_sink.stop()
         await asyncio.gather(*tasks)
     return worker, lake_sink
-
-
-async def _dead_letters(settings: Settings) -> list[dict[str, Any]]:
-    """Everything on the dead-letter topic."""
-    from aiokafka import AIOKafkaConsumer
-
-    from realtime.broker import client_options
-
-    consumer = AIOKafkaConsumer(
-        settings.realtime.topic("dead_letters"),
-        **client_options(settings.realtime),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    try:
-        for _ in range(20):
-            batch = await consumer.getmany(timeout_ms=300)
-            out += [orjson.loads(r.value) for rows in batch.values() for r in rows]
-            if not batch and out:
-                break
-    finally:
-        await consumer.stop()
-    return out
 
 
 def _event_ids(lake: Lake) -> Counter[str]:
@@ -362,7 +337,7 @@ def test_an_undecodable_batch_is_a_dead_letter_and_both_consumers_go_on(
 
     # The worker: one dead letter for the range, everything else decided as a replay without it.
     assert worker.processed == len(rest)
-    letters = [x for x in asyncio.run(_dead_letters(settings)) if x["field"] == "<batch>"]
+    letters = [x for x in asyncio.run(read_dead_letter_topic(settings)) if x["field"] == "<batch>"]
     assert len(letters) == 1
     described = json.loads(letters[0]["raw"])
     assert described == {
@@ -421,7 +396,7 @@ def test_stop_pauses_the_partition_of_an_undecodable_batch_and_consumes_the_othe
     assert f"topic {tp[0]} partition {tp[1]} offsets {first}..{last}" in lines[0]
     assert f"partition stopped at offset {first}" in lines[0]
     assert _metric(worker.metrics.registry, "attribution_undecodable_batches_total", topic=tp[0]) == 1
-    assert not [x for x in asyncio.run(_dead_letters(settings)) if x["field"] == "<batch>"]
+    assert not [x for x in asyncio.run(read_dead_letter_topic(settings)) if x["field"] == "<batch>"]
 
 
 # odd records from a real producer ----------------------------------------------------------------
@@ -487,7 +462,8 @@ def test_tombstones_headers_binary_keys_and_oversized_records_never_stop_a_consu
     assert sink is not None
     assert _metric(worker.metrics.registry, "attribution_events_total", type="order") == 2
     letters = sorted(
-        (x["field"], x["value"], x["rule"], x["raw_bytes"]) for x in asyncio.run(_dead_letters(settings))
+        (x["field"], x["value"], x["rule"], x["raw_bytes"])
+        for x in asyncio.run(read_dead_letter_topic(settings))
     )
     size = len(oversized)
     assert letters == sorted(
