@@ -38,7 +38,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ChildServer:
+class Stoppable:
+    """A server a test holds in a ``with`` block: ``stop()`` on the way out."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ChildServer(Stoppable):
     """A server process of this process, stopped on exit; its log and files in a temporary folder."""
 
     name = "server"
@@ -93,14 +108,6 @@ class ChildServer:
                 self.process.wait(5)
         self._log.close()
         self._dir.cleanup()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def _redis_server() -> str:
@@ -196,7 +203,7 @@ def free_cluster_port() -> int:
         return port
 
 
-class LocalRedisCluster:
+class LocalRedisCluster(Stoppable):
     """Three ``redis-server --cluster-enabled yes`` masters on free ports, slots split evenly and
     every node introduced to every other (``CLUSTER MEET``), ready when each reports
     ``cluster_state:ok`` (Redis holds a new master back for two seconds: about 2 s in all)."""
@@ -246,14 +253,6 @@ class LocalRedisCluster:
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 # Secured brokers -----------------------------------------------------------------------------
@@ -513,7 +512,7 @@ class _SaslSession:
         return b"v=" + base64.b64encode(server_signature), True
 
 
-class SaslFront:
+class SaslFront(Stoppable):
     """A SASL authenticator on ``port`` in front of the plain Kafka port ``upstream``, as a
     managed Kafka's listener is: a connection may ask for the API versions (answered by the
     broker) and authenticate (SaslHandshake v1, then SaslAuthenticate v0-1, aiokafka's way); any
@@ -661,14 +660,6 @@ class SaslFront:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:
     (size,) = struct.unpack(">i", await reader.readexactly(4))
@@ -712,7 +703,7 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         sink.close()
 
 
-class SecuredBroker:
+class SecuredBroker(Stoppable):
     """A Kafka-protocol broker reached the way a managed Kafka is: Tansu (in memory) behind
     stunnel's TLS (``SSL``), behind the SASL front (``SASL_PLAINTEXT``), or behind both
     (``SASL_SSL``: TLS, then SASL, then Tansu). Tansu advertises the outer port, so every
@@ -753,11 +744,3 @@ class SecuredBroker:
             if front is not None:
                 front.stop()
         self._dir.cleanup()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
