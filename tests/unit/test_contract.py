@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import fields, replace
+from importlib import resources
 
 import pyarrow as pa
 import pytest
@@ -28,6 +29,7 @@ from shared_logic.contract import (
     ColumnType,
     RowSchema,
     SettleStatus,
+    TouchMember,
     count_field,
     dead_letter,
     decision_from_record,
@@ -112,9 +114,11 @@ def test_decision_and_record_encodings_round_trip() -> None:
     assert rec["lever"] == "ad"
     assert rec["touch_kind"] == 2
     assert decision_from_record(rec) == DECISION
-    member = touch_member(TouchKind.VIEW, "ad1", "i|9", 1_793_527_100_000)  # an id may hold "|": it is last
-    assert member == "v|ad1|1793527100000|i|9"
-    assert parse_touch_member(member) == (TouchKind.VIEW, "ad1", "i|9", 1_793_527_100_000)
+    member = touch_member(TouchKind.VIEW, "ad1", "i|9", 1_793_527_100_000, "0123abcd")  # an id may hold "|"
+    assert member == "v|ad1|1793527100000|0123abcd|i|9"
+    assert parse_touch_member(member) == TouchMember(
+        TouchKind.VIEW, "ad1", "i|9", 1_793_527_100_000, "0123abcd"
+    )
     assert parse_count_field(count_field("ad1", "click")) == ("ad1", "clicks")
     assert set(COUNTERS) == set(EVENT_TYPES) - {"order", "order_cancel"}
 
@@ -150,20 +154,99 @@ def test_dead_letters_are_bounded_and_identified() -> None:
     assert dead_letter(nested, {}, 0).raw.startswith("<unencodable list>")
 
 
+def test_every_lua_file_is_a_script_the_checks_cover() -> None:
+    """The checks below run over ``scripts.NAMES``: a script added to ``realtime/lua/`` without
+    being named there would escape them."""
+    lua_dir = resources.files("realtime").joinpath("lua")
+    assert {p.name.removesuffix(".lua") for p in lua_dir.iterdir() if p.name.endswith(".lua")} == set(
+        scripts.NAMES
+    )
+
+
 @pytest.mark.parametrize("name", scripts.NAMES)
 def test_each_lua_script_names_the_contract_it_uses(name: str) -> None:
     header = scripts.contract_header(name)
     assert header, f"{name}.lua has no contract header"
     for key, value in header.items():
         assert LUA_CONTRACT.get(key) == value, (name, key)
+
+
+@pytest.mark.parametrize("name", scripts.NAMES)
+def test_each_lua_script_uses_only_the_fields_its_header_declares(name: str) -> None:
+    """Every hash field and stream field a script names in its code (a hash command's field, a
+    call of a ``(key, field, …)`` helper, an XADD's or a stream entry table's fields) is one its
+    header's ``*_fields`` entries declare, every declared one is used, and each stream entry has
+    exactly the fields of one declared list. A script that declares no fields names none: its
+    fields are values (an event id, ``campaign_id|counter``) its other header entries encode."""
+    assert _lua_field_problems(scripts.source(name), scripts.contract_header(name)) == []
+
+
+def test_every_lua_field_pattern_matches_some_script() -> None:
+    """A pattern that matches nothing checks nothing (the ``HINCRBY`` pattern this check once had
+    matched no script): each form of naming a field is found in at least one script."""
+    code = {name: _lua_code(scripts.source(name)) for name in scripts.NAMES}
+    for form, pattern in _FIELD_FORMS.items():
+        assert any(pattern.search(body) for body in code.values()), f"{form}: the pattern matches no script"
+    helpers = {h for body in code.values() for h in _FIELD_FORMS["hash helper"].findall(body)}
+    assert helpers, "no script has a hash helper taking (key, field, …)"
+    for helper in helpers:
+        assert any(_helper_calls(body, helper) for body in code.values()), f"{helper}() is never called"
+
+
+_SETTLE_LEDGER = (
+    "'kind', kind, 'charge', fmt(charge), 'capped', capped,\n    'day', day, 'due', fmt(due), 'd', d"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new", "problem"),
+    [
+        # a literal hash field written through a helper that the header does not declare
+        ("settle", "hadd(p.st, 'refunds', 1)", "hadd(p.st, 'refunded', 1)", "'refunded'"),
+        # a declared field the script no longer writes
+        ("settle", "hadd(p.st, 'capped_orders', capped)", "hadd(p.st, 'orders', capped)", "capped_orders"),
+        # a literal field in a plain hash command, in a script that declares no fields
+        (
+            "ingest",
+            "redis.call('HINCRBY', ckey, field, n)",
+            "redis.call('HINCRBY', ckey, 'total', n)",
+            "'total'",
+        ),
+        # (appended: a command anywhere in the script is read)
+        ("claim", "", "\nredis.call('HGET', KEYS[1], 'digest')\n", "'digest'"),
+        # a stream entry with a field outside the contract, and one missing a field
+        ("settle", "'due_ms', fmt(due)}}", "'due_at', fmt(due)}}", "due_at"),
+        (
+            "settle",
+            _SETTLE_LEDGER,
+            "'kind', kind, 'charge', fmt(charge), 'capped', capped, 'day', day, 'd', d",
+            "due",
+        ),
+        # a direct XADD with literal fields in a script that declares none
+        (
+            "flush",
+            "redis.call('DEL', KEYS[1])",
+            "redis.call('XADD', KEYS[3], '*', 'note', ARGV[2])",
+            "'note'",
+        ),
+        # a field built from a literal
+        (
+            "ingest",
+            "redis.call('HINCRBY', ckey, field, n)",
+            "redis.call('HINCRBY', ckey, 'c' .. field, n)",
+            "'c'",
+        ),
+    ],
+)
+def test_the_lua_field_check_fails_on_a_changed_script(name: str, old: str, new: str, problem: str) -> None:
+    """The check itself can fail: each edit of a real script (or line appended to it) is one it
+    must report."""
     body = scripts.source(name)
-    # Every hash field the script writes by name is one the contract declares for it.
-    declared = set(" ".join(header.values()).replace("|", " ").split())
-    for written in re.findall(r"'HINCRBY', KEYS\[\d\], '(\w+)'", body):
-        assert written in declared, (name, written)
-    for args in _xadd_fields(body):
-        assert args, name
-        assert set(args) <= declared, (name, args)
+    assert old in body, f"{name}.lua no longer holds {old!r}: update this case"
+    changed = body.replace(old, new, 1) if old else body + new
+    assert _lua_field_problems(body, scripts.contract_header(name)) == []
+    problems = _lua_field_problems(changed, scripts.contract_header(name))
+    assert any(problem in p for p in problems), problems
 
 
 def test_the_settle_statuses_are_the_contracts() -> None:
@@ -175,21 +258,98 @@ def test_the_settle_statuses_are_the_contracts() -> None:
     assert scripts.contract_header("settle")["settle_status"] == LUA_CONTRACT["settle_status"]
 
 
-def _xadd_fields(body: str) -> list[list[str]]:
-    """The field names of each stream entry a script writes: the arguments after ``'*'`` of an
-    XADD, or the field table a script builds for its XADDs (``{KEYS[n], {'f', v, …}}``), at even
-    positions."""
-    out = []
-    for match in re.finditer(r"redis\.call\('XADD',|\{KEYS\[\d\], \{", body):
-        opening = "(" if "XADD" in match.group(0) else "{"
-        closing = {"(": ")", "{": "}"}[opening]
-        depth, i = 1, match.end()
-        while depth:
-            depth += {opening: 1, closing: -1}.get(body[i], 0)
-            i += 1
-        args = [a.strip() for a in body[match.end() : i - 1].replace("\n", " ").split(",")]
-        if "unpack(" in args[-1]:
-            continue  # the XADD of a table built elsewhere in the script (checked there)
-        pairs = args[args.index("'*'") + 1 :] if "'*'" in args else args
-        out.append([f.strip("'") for f in pairs[::2]])
-    return out
+# Where a script names a hash or stream field in its code; each match is followed by its
+# arguments (a call's up to its closing parenthesis, a table's up to its closing brace).
+_FIELD_FORMS: dict[str, re.Pattern[str]] = {
+    # redis.call('HSET' | 'HGET' | 'HINCRBY' | 'HDEL' | …, key, field, …)
+    "hash command": re.compile(r"redis\.call\('H[A-Z]+',"),
+    # a local function whose parameters are (key, field, …): each of its calls names a field
+    "hash helper": re.compile(r"local function (\w+)\(\w+, field\b"),
+    # redis.call('XADD', key, [MAXLEN …,] '*', field, value, …)
+    "stream command": re.compile(r"redis\.call\('XADD',"),
+    # a stream entry built as a table for a later XADD … unpack(entry): {KEYS[n], {'field', value, …}}
+    "stream entry table": re.compile(r"\{KEYS\[\d\], \{"),
+}
+_LITERAL = re.compile(r"^'(\w+)'$")
+
+
+def _lua_code(source: str) -> str:
+    """A script without its comments (its header and prose name fields too)."""
+    return re.sub(r"--[^\n]*", "", source)
+
+
+def _arguments(body: str, start: int) -> list[str]:
+    """The top-level arguments from ``start`` (just inside an opening bracket) to its closing one,
+    quoted strings and nested calls and tables kept whole."""
+    args, depth, quote, current = [], 0, "", ""
+    for ch in body[start:]:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "({[":
+            depth += 1
+        elif ch in ")}]":
+            if depth == 0:
+                break
+            depth -= 1
+        elif ch == "," and depth == 0:
+            args.append(current.strip())
+            current = ""
+            continue
+        current += ch
+    return [*args, current.strip()]
+
+
+def _helper_calls(body: str, helper: str) -> list[list[str]]:
+    """The arguments of each call of a hash helper (its definition excluded)."""
+    return [_arguments(body, m.end()) for m in re.finditer(rf"(?<!function )\b{helper}\(", body)]
+
+
+def _lua_field_problems(source: str, header: dict[str, str]) -> list[str]:
+    """What is wrong with the fields a script names, against its header's ``*_fields`` entries
+    (hash and stream field names; its other entries encode values and members, not fields)."""
+    body = _lua_code(source)
+    lists = {key: value.split() for key, value in header.items() if key.endswith("_fields")}
+    declared = {f for names in lists.values() for f in names}
+    problems: list[str] = []
+    used: set[str] = set()
+
+    def field(expr: str, where: str) -> None:
+        literal = _LITERAL.match(expr)
+        if literal:
+            used.add(literal.group(1))
+            if literal.group(1) not in declared:
+                problems.append(f"{where} names {expr}, not declared in {sorted(lists)}")
+        elif re.search(r"'\s*\.\.|\.\.\s*'", expr):
+            problems.append(f"{where} names a field built from a literal: {expr}")
+
+    calls = [_arguments(body, m.end()) for m in _FIELD_FORMS["hash command"].finditer(body)]
+    for args in calls:
+        if len(args) < 2:
+            problems.append(f"a hash command without a field: {args}")
+        else:
+            field(args[1], "a hash command")
+    for helper in _FIELD_FORMS["hash helper"].findall(body):
+        for args in _helper_calls(body, helper):
+            field(args[1] if len(args) > 1 else "", f"{helper}()")
+    entries, unpacked = [], 0
+    for match in _FIELD_FORMS["stream command"].finditer(body):
+        args = _arguments(body, match.end())
+        if args[-1].startswith("unpack("):
+            unpacked += 1  # the XADD of a table built elsewhere in the script (read there)
+        elif "'*'" in args:
+            entries.append(args[args.index("'*'") + 1 :][::2])
+        else:
+            problems.append(f"an XADD the check cannot read: {args}")
+    tables = [_arguments(body, m.end())[::2] for m in _FIELD_FORMS["stream entry table"].finditer(body)]
+    if unpacked and not tables:
+        problems.append("an XADD of a table the check found no construction of")
+    for entry in entries + tables:
+        for expr in entry:
+            field(expr, "a stream entry")
+        names = sorted(e.strip("'") for e in entry)
+        if not any(names == sorted(d) for d in lists.values()):
+            problems.append(f"a stream entry with fields {names}, none of the declared lists {lists}")
+    problems += [f"declared field {f!r} never used" for f in sorted(declared - used)]
+    return problems
