@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import date
 from pathlib import Path
@@ -23,6 +24,12 @@ def generate(
     late_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
     malformed_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.001,
     duplicate_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.01,
+    awkward_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0, max=1, help="awkward but valid scenes per regular event; default: the generator's"
+        ),
+    ] = None,
 ) -> None:
     """Generate seeded synthetic traffic: a catalog and events in arrival order."""
     from devtools.synthetic import SyntheticConfig
@@ -41,6 +48,8 @@ def generate(
         malformed_rate=malformed_rate,
         duplicate_rate=duplicate_rate,
     )
+    if awkward_rate is not None:
+        cfg = dataclasses.replace(cfg, awkward_rate=awkward_rate)
     started = time.perf_counter()
     traffic = gen(cfg)
     out.mkdir(parents=True, exist_ok=True)

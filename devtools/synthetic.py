@@ -5,6 +5,8 @@ impression -> click -> order, promo views and redemptions, users who touch an ad
 and a promo before one order, cancellations, and the faults of a real pipe:
 duplicates, out-of-order and late arrival, malformed payloads. Everything comes
 from one ``random.Random(seed)``, so the same config gives the same events.
+With ``awkward_rate`` above 0 it adds awkward but valid traffic (``devtools.awkward``),
+each delivery tagged with its kind, beside the regular traffic, which stays the same.
 Pure: it returns objects and strings; writing them is the caller's business.
 """
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from devtools.awkward import AWKWARD_KINDS, BOUNDED_CAMPAIGNS, awkward_deliveries, bounded_campaign_records
 from shared_logic.campaigns import Campaign, Catalog
 from shared_logic.policy import DEFAULT_ALLOWED_LATENESS_MS
 from shared_logic.timeutil import MS_PER_DAY, MS_PER_HOUR
@@ -56,6 +59,10 @@ class SyntheticConfig:
     malformed_rate: float = 0.001
     user_prefix: str = "u"
     catalog_seed: int | None = None  # blocks of one large data set share a catalog
+    # Awkward scenes per regular delivery (at least one of each kind when above 0), and which
+    # kinds (None: all of AWKWARD_KINDS). Above 0 the catalog gains four bounded campaigns.
+    awkward_rate: float = 0.0
+    awkward_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("users", "merchants", "advertisers", "ad_campaigns", "days"):
@@ -63,6 +70,11 @@ class SyntheticConfig:
                 raise ValueError(f"{name} = {getattr(self, name)}: must be at least 1")
         if not 0 <= self.eur_merchants < self.merchants:
             raise ValueError(f"eur_merchants = {self.eur_merchants}: must be in [0, merchants)")
+        if not 0 <= self.awkward_rate <= 1:
+            raise ValueError(f"awkward_rate = {self.awkward_rate}: must be in [0, 1]")
+        unknown = sorted(set(self.awkward_kinds or ()) - set(AWKWARD_KINDS))
+        if unknown or self.awkward_kinds == ():
+            raise ValueError(f"awkward_kinds = {self.awkward_kinds}: kinds are {', '.join(AWKWARD_KINDS)}")
 
     @property
     def start_ms(self) -> int:
@@ -79,13 +91,15 @@ class SyntheticEvent:
 
     ``payload`` is a dict for a well-formed event, or a str or dict that breaks
     the contract when ``malformed`` is set. A duplicate repeats an earlier
-    payload exactly (same event id).
+    payload exactly (same event id). ``awkward`` names the kind of awkward scene
+    the delivery belongs to (``devtools.awkward.AWKWARD_KINDS``); it is not in the payload.
     """
 
     arrival_ms: int
     payload: dict[str, Any] | str
     malformed: bool = False
     duplicate: bool = False
+    awkward: str | None = None
 
     def to_json(self) -> str:
         return (
@@ -111,6 +125,18 @@ class Traffic:
         for ev in self.events:
             if not ev.malformed and isinstance(ev.payload, dict):
                 yield ev.payload
+
+    @property
+    def awkward(self) -> dict[str, list[str]]:
+        """Event ids of each awkward kind's deliveries in arrival order, redeliveries left out.
+
+        An id may also name a regular event (a conflicting copy shares it): to tell the copies
+        apart, read ``SyntheticEvent.awkward``."""
+        out: dict[str, list[str]] = {}
+        for ev in self.events:
+            if ev.awkward is not None and not ev.duplicate and isinstance(ev.payload, dict):
+                out.setdefault(ev.awkward, []).append(str(ev.payload["event_id"]))
+        return out
 
 
 def make_catalog(config: SyntheticConfig) -> Catalog:
@@ -153,6 +179,8 @@ def make_catalog(config: SyntheticConfig) -> Catalog:
         if n % 5 == 4:
             record["windows"] = {"click_ms": 3 * MS_PER_DAY, "view_ms": 12 * MS_PER_HOUR}
         records.append(record)
+    if config.awkward_rate > 0:
+        records.extend(bounded_campaign_records(config))
     return Catalog.from_records(records)
 
 
@@ -199,8 +227,10 @@ def generate(config: SyntheticConfig | None = None) -> Traffic:
     cfg = config or SyntheticConfig()
     catalog = make_catalog(cfg)
     rng = random.Random(cfg.seed)
-    ads = [c for c in catalog if c.lever == "ad"]
-    promos = [c for c in catalog if c.lever == "promo"]
+    # The regular traffic leaves the bounded campaigns to the awkward scenes.
+    regular = [c for c in catalog if c.campaign_id not in BOUNDED_CAMPAIGNS]
+    ads = [c for c in regular if c.lever == "ad"]
+    promos = [c for c in regular if c.lever == "promo"]
     promo_by_merchant: dict[str, list[Campaign]] = {}
     for pc in promos:
         for m in pc.merchant_ids:
@@ -344,6 +374,17 @@ def generate(config: SyntheticConfig | None = None) -> Traffic:
         events.append(SyntheticEvent(arrival, payload))
         if rng.random() < cfg.duplicate_rate:
             events.append(SyntheticEvent(arrival + rng.randint(0, 30_000), payload, duplicate=True))
+    if cfg.awkward_rate > 0:
+        regular_deliveries = [
+            (e.arrival_ms, e.payload)
+            for e in events
+            if not e.malformed and not e.duplicate and isinstance(e.payload, dict)
+        ]
+        events.extend(
+            SyntheticEvent(d.arrival_ms, d.payload, duplicate=d.duplicate, awkward=d.kind)
+            for d in awkward_deliveries(cfg, catalog, regular_deliveries)
+        )
+    # Stable: the regular deliveries keep their order among themselves whatever is added.
     events.sort(key=lambda e: e.arrival_ms)
     return Traffic(cfg, catalog, events)
 
