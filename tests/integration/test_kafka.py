@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,15 +203,25 @@ def _worker_env(settings: Settings, catalog_path: str) -> dict[str, str]:
     }
 
 
+def _client(url: str) -> Any:
+    """A synchronous client of a Redis or a Redis Cluster (every node reached through the first)."""
+    import redis
+
+    from realtime.client import is_cluster
+
+    if is_cluster(url):
+        host, _, port = url.split("://", 1)[1].split(",")[0].rpartition(":")
+        return redis.RedisCluster(host=host, port=int(port))
+    return redis.Redis.from_url(url)
+
+
 def _progress(
     url: str, settings: Settings, ends: Counter[tuple[str, int]]
 ) -> tuple[dict[tuple[str, int], int], bool]:
     """Records processed per partition (from the checkpoints) and whether everything is settled."""
-    import redis
-
     from realtime.keys import Keys
 
-    r = redis.Redis.from_url(url)
+    r = _client(url)
     keys = Keys.of(settings.keys)
     clocks = {k.decode(): int(v.split(b"|")[0]) for k, v in r.hgetall(keys.clocks()).items()}
     done = {(t, p): min(clocks.get(f"{t}/{p}", 0), n) for (t, p), n in ends.items()}
@@ -219,79 +231,205 @@ def _progress(
     return done, settled
 
 
-def test_two_workers_one_killed_mid_stream_equals_the_replay(
-    broker: Any, redis_server: Any, tmp_path: Any
+def _pending_partitions(url: str, settings: Settings) -> Counter[tuple[str, int]]:
+    """The orders and cancels waiting in Redis for their release, per input partition (each pending
+    record's payload names the partition it came from, ``tp``)."""
+    import orjson
+
+    from realtime.keys import Keys
+
+    r = _client(url)
+    keys = Keys.of(settings.keys)
+    out: Counter[tuple[str, int]] = Counter()
+    for b in range(keys.user_buckets):
+        for record in r.hvals(keys.pending(b)):
+            topic, _, partition = orjson.loads(record[record.index(b"{") :])["tp"].rpartition("/")
+            out[(topic, int(partition))] += 1
+    r.close()
+    return out
+
+
+_ASSIGNED = re.compile(r"assigned (\d+) partitions: (.*)$")
+_RANGE = re.compile(r"^(\S+): (\d+)\.\.(\d+) \((\d+)\)$")
+
+
+def _assignments(log: str) -> list[frozenset[tuple[str, int]]]:
+    """Every assignment a worker logged, in order, as sets of (topic, partition). The log names
+    each topic's partitions as ``first..last (count)``: a range only when count = last - first + 1
+    (the Range assignor's contiguous ranges), which is checked."""
+    out = []
+    for line in log.splitlines():
+        m = _ASSIGNED.search(line)
+        if not m:
+            continue
+        tps: set[tuple[str, int]] = set()
+        for part in m.group(2).split("; "):
+            r = _RANGE.match(part.strip())
+            assert r, f"unreadable assignment: {line!r}"
+            first, last, count = int(r.group(2)), int(r.group(3)), int(r.group(4))
+            assert count == last - first + 1, f"not a contiguous range, the log cannot name the set: {line!r}"
+            tps |= {(r.group(1), p) for p in range(first, last + 1)}
+        assert len(tps) == int(m.group(1)), line
+        out.append(frozenset(tps))
+    return out
+
+
+TAKEOVER_LATENESS_MS = 2 * 3_600_000  # orders wait 2 h of event time: many are pending at the kill
+TAKEOVER_TRAFFIC = SyntheticConfig(
+    users=5_000, days=3, duplicate_rate=0.02, cancel_rate=0.15, late_rate=0.02, seed=31,
+    allowed_lateness_ms=TAKEOVER_LATENESS_MS,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def takeover(redis_server: Any) -> tuple[Traffic, dict[str, Any]]:
+    """The takeover test's traffic and its replay's outcome (on one server: the key layout and
+    every value are the same on a Redis Cluster)."""
+    traffic = generate(TAKEOVER_TRAFFIC)
+    url = _db(redis_server.url, 9)
+    settings = Settings().replace(redis_url=url, rules_allowed_lateness_ms=TAKEOVER_LATENESS_MS)
+    asyncio.run(replay([e.payload for e in traffic.events], traffic.catalog, settings, show_progress=False))
+    return traffic, asyncio.run(_outcome(url))
+
+
+def _wait(
+    what: str, check: Any, timeout_s: float, alive: list[Any], logs: list[Any], every_s: float = 0.02
+) -> Any:
+    """Poll ``check()`` until it returns something truthy and return it; fail naming ``what``, with
+    the logs' tails, when ``timeout_s`` passes or a process of ``alive`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while not (got := check()):
+        dead = [p.args for p in alive if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
+            raise AssertionError(f"{what}: {f'exited: {dead}' if dead else 'timed out'}\n{tails}")
+        time.sleep(every_s)
+    return got
+
+
+@pytest.mark.parametrize("backend", ["server", "cluster"])
+def test_two_workers_one_killed_its_partitions_move_to_the_other_and_equal_the_replay(
+    broker: Any, redis_server: Any, request: pytest.FixtureRequest, tmp_path: Any, takeover: Any, backend: str
 ) -> None:
-    """Two ``attribution worker`` processes share 12 partitions of each topic; one is killed with SIGKILL
-    while both halves of the partitions have work left; the other takes its partitions over (from their
-    checkpoints, with their pending orders), and the outcome equals the replay."""
+    """Two ``attribution worker`` processes share 12 partitions of each topic. Once each holds its
+    half (their logs' assignments are disjoint and cover all 60) and the one to be killed has
+    processed a tenth of its orders, it is frozen (SIGSTOP: what it did and left undone is fixed,
+    whatever the machine's load) and killed with SIGKILL while its partitions have records left and
+    Redis holds orders of theirs still to be released. The survivor's next assignment is exactly its
+    own half plus the dead one's (read from its log after the kill); it takes them from their
+    checkpoints to their ends with their pending orders, every order is charged once, and the
+    outcome equals the replay. On one server and on a 3-master Redis Cluster.
+
+    Fails on: a survivor that never takes the partitions over (they stay at their checkpoints: the
+    wait times out), or takes other ones; a takeover that loses the pending orders or ignores the
+    checkpoints (the outcome differs from the replay, or an order is charged twice)."""
     import signal
     import subprocess
     import sys
-    from pathlib import Path
 
     import orjson
     import yaml
 
-    traffic = generate(
-        SyntheticConfig(users=5_000, days=3, duplicate_rate=0.02, cancel_rate=0.15, late_rate=0.02, seed=31)
-    )
-    values = [e.payload for e in traffic.events]
-    replay_url = _db(redis_server.url, 9)
-    asyncio.run(
-        replay(values, traffic.catalog, Settings().replace(redis_url=replay_url), show_progress=False)
-    )
-    replayed = asyncio.run(_outcome(replay_url))
+    from tests.helpers import flush
 
-    url = _db(redis_server.url, 8)
-    settings = _settings(broker, url)
+    traffic, replayed = takeover
+    values = [e.payload for e in traffic.events]
+    if backend == "server":
+        url = _db(redis_server.url, 8)
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+        flush(url)
+    settings = _settings(broker, url).replace(rules_allowed_lateness_ms=TAKEOVER_LATENESS_MS)
     asyncio.run(produce(values, settings.realtime))
     ends = _ends(values, settings)
+    every = frozenset(ends)
+    assert len(every) == 5 * settings.realtime.topic_partitions
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(yaml.safe_dump({"campaigns": traffic.catalog.to_records()}))
     exe = str(Path(sys.executable).with_name("attribution"))
-    env = {**_worker_env(settings, str(catalog)), "ATTRIBUTION_REALTIME_BATCH_SIZE": "150"}
-    logs = [open(tmp_path / f"worker{i}.log", "wb") for i in range(2)]  # noqa: SIM115 - closed below
+    env = {
+        **_worker_env(settings, str(catalog)),
+        "ATTRIBUTION_REALTIME_BATCH_SIZE": "150",
+        "ATTRIBUTION_RULES_ALLOWED_LATENESS_MS": str(TAKEOVER_LATENESS_MS),
+    }
+    paths = [tmp_path / f"worker{i}.log" for i in range(2)]
+    logs = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below
     workers = [
         subprocess.Popen([exe, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs
     ]
-
-    def halves_left() -> tuple[bool, bool, int]:
-        done, _ = _progress(url, settings, ends)
-        left = {tp for tp, n in ends.items() if done[tp] < n}
-        return any(p < 6 for _, p in left), any(p >= 6 for _, p in left), sum(done.values())
-
+    survivor, victim = workers
     try:
-        deadline = time.monotonic() + 240
-        total = sum(ends.values())
-        while (progress := halves_left())[2] < total * 0.2:
-            assert time.monotonic() < deadline, (tmp_path / "worker0.log").read_text()[-2000:]
-            assert all(w.poll() is None for w in workers)
-            time.sleep(0.02)
-        low_left, high_left, done = progress
-        workers[1].send_signal(signal.SIGKILL)
-        workers[1].wait(10)
-        assert low_left, "partitions 0..5 were done before the kill: make the traffic larger"
-        assert high_left, "partitions 6..11 were done before the kill: make the traffic larger"
-        assert done < total
-        while not _progress(url, settings, ends)[1]:
-            assert time.monotonic() < deadline, (tmp_path / "worker0.log").read_text()[-3000:]
-            assert workers[0].poll() is None, (tmp_path / "worker0.log").read_text()[-3000:]
-            time.sleep(0.2)
-        workers[0].send_signal(signal.SIGTERM)
-        assert workers[0].wait(30) == 0
+
+        def halves() -> tuple[frozenset[tuple[str, int]], frozenset[tuple[str, int]]] | None:
+            held = [_assignments(p.read_text()) for p in paths]
+            if not all(held):
+                return None
+            mine, theirs = held[0][-1], held[1][-1]
+            return (
+                (mine, theirs) if mine and theirs and not mine & theirs and mine | theirs == every else None
+            )
+
+        _, victims = _wait("two workers holding a half each", halves, 120, workers, paths)
+        victim_orders = {tp for tp in victims if tp[0] == settings.realtime.topic("order")}
+
+        def victim_tenth() -> bool:
+            done, _ = _progress(url, settings, ends)
+            return sum(done[tp] for tp in victim_orders) >= sum(ends[tp] for tp in victim_orders) // 10
+
+        _wait("the victim processed a tenth of its orders", victim_tenth, 180, workers, paths)
+        victim.send_signal(signal.SIGSTOP)
+        _wait("the victim stopped", lambda: _is_stopped(victim.pid), 10, [victim], paths, every_s=0.005)
+        assert halves() == (every - victims, victims)  # no rebalance meanwhile
+        pending = _pending_partitions(url, settings)
+        at_kill, _ = _progress(url, settings, ends)
+        survivor_log_at_kill = len(paths[0].read_bytes())
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        # The victim held orders still to be released, and its partitions have records left.
+        assert sum(n for tp, n in pending.items() if tp in victims) > 0, pending
+        left = {tp for tp in victims if at_kill[tp] < ends[tp]}
+        assert left
+
+        _wait(
+            "the survivor finished every partition, the victim's included",
+            lambda: _progress(url, settings, ends)[1],
+            240,
+            [survivor],
+            paths,
+            every_s=0.2,
+        )
+        survivor.send_signal(signal.SIGTERM)
+        assert survivor.wait(30) == 0
     finally:
         for w in workers:
             if w.poll() is None:
                 w.kill()
         for log in logs:
             log.close()
-    assert "assigned 60 partitions" in (tmp_path / "worker0.log").read_text()  # it took the other half over
+    text = paths[0].read_bytes()
+    before, after = (
+        _assignments(text[:survivor_log_at_kill].decode()),
+        _assignments(text[survivor_log_at_kill:].decode()),
+    )
+    assert after, "the survivor logged no assignment after the kill"
+    assert before[-1] == every - victims
+    assert after[-1] == every  # its own half and the victim's, exactly
+    assert after[-1] - before[-1] == victims
+    # The victim's partitions went from their checkpoints at the kill to their ends: the survivor's work.
+    done, _ = _progress(url, settings, ends)
+    assert all(done[tp] == ends[tp] > at_kill[tp] for tp in left)
     got = asyncio.run(_outcome(url))
-    charges = [e for e in got["attr:{b0}:ledger"] if e[b"kind"] in (b"charge", b"cancelled")]
+    ledger = [e for key, stream in got.items() if key.endswith(":ledger") for e in stream]
+    charges = [e for e in ledger if e[b"kind"] in (b"charge", b"cancelled")]
     orders = [orjson.loads(e[b"d"])["order_id"] for e in charges]
     assert len(orders) == len(set(orders)) > 500  # every order charged once
     assert got == replayed
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether a process is stopped (SIGSTOP): state ``T`` in ``/proc/<pid>/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
 
 
 class _Killed(BaseException):  # a death: nothing in the worker handles it
