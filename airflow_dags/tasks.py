@@ -108,10 +108,15 @@ def run_job(day: str, models: list[str] | None = None) -> dict[str, Any]:
 def run_reconcile(day: str) -> dict[str, Any]:
     from batch.reconcile import reconcile_day
     from batch.spark import spark_session
+    from storage.catalog import open_catalog
 
     settings = _settings()
     return reconcile_day(
-        spark_session(settings.spark), _lake(settings), date.fromisoformat(day), settings
+        spark_session(settings.spark),
+        _lake(settings),
+        open_catalog(settings.catalog.url),
+        date.fromisoformat(day),
+        settings,
     ).summary()
 
 

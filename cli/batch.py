@@ -89,23 +89,25 @@ def run(
 def reconcile(
     start: Annotated[str, typer.Option(help="first day, YYYY-MM-DD")],
     end: Annotated[str | None, typer.Option(help="last day (inclusive)")] = None,
+    catalog: CatalogOpt = None,
     lake_url: Annotated[str | None, typer.Option(help="default: ATTRIBUTION_LAKE_URL")] = None,
 ) -> None:
-    """Compare the speed layer's ledger with the batch billing rule, day by day."""
+    """Compare the speed layer's ledger with the batch billing rule, day by day (the raw events
+    read for late arrivals span the catalog's look-back and the cancel horizon)."""
     from batch.reconcile import reconcile_day
     from batch.spark import spark_session
     from storage import open_lake
     from storage.raw import days_between
 
     first, last = dates(start, end)
-    config = settings(lake_url=lake_url)
-    lake = open_lake(config.lake.url, config.s3)
+    config = settings(catalog_url=catalog, lake_url=lake_url)
+    lake, cat = open_lake(config.lake.url, config.s3), catalog_of(config)
     table = Table(title="reconciliation")
     for col in ("day", "orders", "matched", "differing", "discrepancy %", "causes"):
         table.add_column(col, justify="right")
     spark = spark_session(config.spark)
     for d in days_between(first, last):
-        r = reconcile_day(spark, lake, d, config)
+        r = reconcile_day(spark, lake, cat, d, config)
         table.add_row(
             r.day,
             f"{r.orders:,}",

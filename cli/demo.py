@@ -121,7 +121,7 @@ def run_demo(
             for i in range(days):
                 day = config.start + timedelta(days=i)
                 run_day(spark, lake, traffic.catalog, day, setup)
-                rec = reconcile_day(spark, lake, day, setup)
+                rec = reconcile_day(spark, lake, traffic.catalog, day, setup)
                 discrepancies.append(rec)
                 metrics += lake.read([partition(METRICS, dt=day.isoformat())]).to_pylist()
                 progress.advance(task)

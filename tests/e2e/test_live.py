@@ -145,7 +145,7 @@ def _reconciles(spark: Any, folder: Path, where: dict[str, Any]) -> None:
     catalog = open_catalog(settings.catalog.url)
     for day in days:
         run_day(spark, lake, catalog, datetime.fromisoformat(day).replace(tzinfo=UTC).date(), settings)
-        report = reconcile_day(spark, lake, datetime.fromisoformat(day).date(), settings)
+        report = reconcile_day(spark, lake, catalog, datetime.fromisoformat(day).date(), settings)
         assert report.orders > 0
         assert report.discrepancy_pct == 0.0, (day, report.causes)
         assert report.realtime_spend_minor == report.batch_spend_minor > 0

@@ -37,7 +37,7 @@ def _build(
         day = config.start + timedelta(days=i)
         results[day.isoformat()] = (
             run_day(spark, lake, traffic.catalog, day, Settings()),
-            reconcile_day(spark, lake, day),
+            reconcile_day(spark, lake, traffic.catalog, day),
         )
     return lake, traffic, results
 
@@ -243,7 +243,7 @@ def test_a_late_touch_is_a_difference_with_its_cause(tmp_path: Path, redis_url: 
     asyncio.run(live())
     day = date(2026, 11, 1)
     run_day(spark, lake, catalog, day, Settings())
-    rec = reconcile_day(spark, lake, day)
+    rec = reconcile_day(spark, lake, catalog, day)
     assert (rec.orders, rec.matched, rec.causes) == (2, 1, {"late touch": 1})
     assert rec.spend_diff_minor == {"ad1": 100, "ad2": -300}
     rows = {r["order_id"]: r for r in lake.read([partition("reconciliation", dt="2026-11-01")]).to_pylist()}
