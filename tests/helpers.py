@@ -217,3 +217,166 @@ async def read_dead_letter_topic(settings: Any, timeout_s: float = 30.0) -> list
     finally:
         await consumer.stop()
     return out
+
+
+# Faults: waiting on conditions, freezing a process at a state, holding a broker's commits --------
+
+
+def wait_for(
+    what: str,
+    check: Any,
+    timeout_s: float,
+    interval_s: float = 0.05,
+    alive: tuple[subprocess.Popen[bytes], ...] = (),
+    logs: tuple[Path, ...] = (),
+) -> Any:
+    """Poll ``check()`` until it returns something truthy, and return that. Fails naming ``what``
+    when ``timeout_s`` passes or a process of ``alive`` exits, with the tails of ``logs``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        dead = [p.args for p in alive if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            tails = "\n".join(
+                f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists()
+            )
+            why = f"exited: {dead}" if dead else f"timed out after {timeout_s:.0f}s"
+            raise AssertionError(f"{what}: {why}\n{tails}")
+        time.sleep(interval_s)
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped by a signal (state ``T`` in ``/proc/<pid>/stat``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+def stop_process(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGSTOP ``pid`` and return once it is really stopped (the signal is delivered asynchronously)."""
+    import os
+    import signal
+
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(f"process {pid} stops", lambda: is_stopped(pid), timeout_s, interval_s=0.001)
+
+
+def freeze_when(proc: subprocess.Popen[bytes], ready: Any, timeout_s: float, slice_s: float = 0.05) -> Any:
+    """Run ``proc`` in slices (SIGCONT, ``slice_s``, SIGSTOP) until ``ready()``, asked while it is
+    stopped, returns something truthy; return that, with ``proc`` left stopped. So a fault or a kill
+    lands at a state that was observed, and the process cannot have moved past it in the meantime
+    (however loaded the machine: a slice it overran only moves the state checked next). The caller
+    continues it (SIGCONT) or kills it."""
+    import os
+    import signal
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stop_process(proc.pid)
+        got = ready()
+        if got:
+            return got
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited with {proc.returncode} before the state was reached")
+        if time.monotonic() > deadline:
+            os.kill(proc.pid, signal.SIGCONT)
+            raise AssertionError(f"{proc.args}: the state was not reached in {timeout_s:.0f}s")
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(slice_s)
+
+
+OFFSET_COMMIT = 8  # the Kafka API key of OffsetCommit
+
+
+class CommitHold:
+    """A TCP front of a Kafka-protocol broker that passes every request and answer through, except
+    OffsetCommit requests once ``hold_after`` of them have passed: the first such request, and
+    everything its connection sends after it, are kept here and never reach the broker (a client
+    waits for the answer in order). ``held`` is set when a commit is held; the requests held are
+    dropped with their connection. The broker must advertise this front's ``port`` (``InnerBroker``
+    with ``advertised_port``) so every connection a client opens comes through here. ``refused``
+    counts the connections closed at once because the broker (``upstream``, which may be changed to
+    a new broker's port) did not answer."""
+
+    def __init__(self, upstream: int, hold_after: int | None = None, port: int | None = None) -> None:
+        import threading
+
+        self.upstream = upstream
+        self.port = port or free_port()
+        self.hold_after = hold_after
+        self.passed = 0
+        self.refused = 0
+        self.held = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"commit-hold-{self.port}", daemon=True)
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError(f"the commit-holding front did not start on port {self.port}")
+
+    def release(self) -> None:
+        """Hold nothing from now on (the connections already holding stay held until they close)."""
+        self.hold_after = None
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        self._started.set()
+        async with server:
+            await self._stop.wait()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import struct
+
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:  # the broker is away: the client sees its connection closed
+            self.refused += 1
+            writer.close()
+            return
+
+        async def requests() -> None:
+            holding = False
+            while True:
+                head = await reader.readexactly(4)
+                body = await reader.readexactly(struct.unpack(">i", head)[0])
+                if not holding and struct.unpack_from(">h", body)[0] == OFFSET_COMMIT:
+                    if self.hold_after is not None and self.passed >= self.hold_after:
+                        holding = True
+                        self.held.set()
+                    else:
+                        self.passed += 1
+                if not holding:
+                    up_writer.write(head + body)
+                    await up_writer.drain()
+
+        async def answers() -> None:
+            while chunk := await up_reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(requests()), asyncio.create_task(answers())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for w in (writer, up_writer):
+                w.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def __enter__(self) -> CommitHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
