@@ -103,7 +103,14 @@ from batch.checkpoints import (
     read_checkpoint,
 )
 from batch.errors import NoRawData, StaleCheckpoints
-from batch.journeys import SETTLED_ROW, decide_partitions, settle_from_checkpoint
+from batch.journeys import (
+    PICKED_ORDER_ROW,
+    SETTLED_ROW,
+    DaySpec,
+    decide_partitions,
+    pick_orders,
+    settle_from_checkpoint,
+)
 from batch.reshape import credit_partitions, metrics_frame, models_of
 from batch.rules import cancel_counts, in_future
 from batch.spark import spark_schema
@@ -113,6 +120,7 @@ from shared_logic.contract import (
     BATCH_LEDGER,
     BILLING_MODEL,
     COUNTERS,
+    DEAD_LETTER_ROW,
     DECISION_ROW,
     FACT_ROW,
     JOURNEY_ROW,
@@ -121,6 +129,7 @@ from shared_logic.contract import (
     METRICS,
     RAW,
     RAW_ROW,
+    REFUSED,
     SETTLEMENT_STATE,
     SETTLEMENT_STATE_ROW,
 )
@@ -152,6 +161,8 @@ class DayResult:
     replaced_digest: str | None = None
     #: First and last raw day read (touches and orders; cancels reach up to the horizon).
     read_days: tuple[str, str] = ("", "")
+    #: Events of the day refused when deciding (admission's catalog stage, the identity rule), by field.
+    refused: dict[str, int] = field(default_factory=dict)
 
     @property
     def state_changed(self) -> bool:
@@ -201,68 +212,198 @@ def _read_raw(spark: Any, lake: Lake, refs: list[PartitionRef], max_future_ms: i
     return spark.read.schema(schema).parquet(*files).filter(~in_future(max_future_ms))
 
 
+@dataclass(frozen=True, slots=True)
+class DayBounds:
+    """Everything the night of one day reads and writes by, fixed before it starts (from the day,
+    the settings, the catalog and the lake's checkpoints; never ``now()``)."""
+
+    day: date
+    history: date
+    #: The checkpoint the night goes on from (None: it settles from the start of history).
+    start: Checkpoint | None
+    replaced: Checkpoint | None
+    fingerprint: str
+    events_from: date
+    cancels_from: date
+    cancels_to: date
+    day_start_ms: int
+    day_end_ms: int
+    decide_from_ms: int | None
+    boundary_ms: int  # B(D): actions due before it are in the checkpoint
+    refundable_from_ms: int
+    lateness_ms: int
+    lookback_days: int
+    horizon_days: int
+
+    @property
+    def dt(self) -> str:
+        return self.day.isoformat()
+
+
+def plan_day(lake: Lake, catalog: Catalog, day: date, config: Settings, from_scratch: bool) -> DayBounds:
+    """The bounds of the night of ``day`` (see the module's docstring for why each is what it is)."""
+    policy = config.rules.policy()
+    lookback = policy.lookback_days(catalog)
+    horizon = policy.cancel_horizon_days
+    batch = config.batch
+    history = date.fromisoformat(batch.history_start) if batch.history_start else first_order_day(lake)
+    if history is None:
+        raise NoRawData(f"day = {day}: the lake at {lake.url} holds no raw orders")
+    history = min(history, day)
+    floor = history - timedelta(days=lookback)  # no run reads a day before this one
+    wanted = fingerprint(catalog, config, history)
+    start = None if from_scratch else latest_before(lake, day, wanted)
+    settle_from = floor if start is None else start.day + timedelta(days=1)
+    day_start, day_end = utc_day_bounds_ms(day)
+    return DayBounds(
+        day=day,
+        history=history,
+        start=start,
+        replaced=read_checkpoint(lake, day),
+        fingerprint=wanted,
+        events_from=max(floor, settle_from - timedelta(days=lookback)),
+        cancels_from=max(floor, settle_from - timedelta(days=lookback + horizon)),
+        cancels_to=day + timedelta(days=horizon),
+        day_start_ms=day_start,
+        day_end_ms=day_end,
+        decide_from_ms=None if start is None else utc_day_bounds_ms(settle_from)[0],
+        boundary_ms=day_end + policy.allowed_lateness_ms,
+        refundable_from_ms=day_end - horizon * MS_PER_DAY,
+        lateness_ms=policy.allowed_lateness_ms,
+        lookback_days=lookback,
+        horizon_days=horizon,
+    )
+
+
+@dataclass
+class _Night:
+    """The frames one night passes from step to step (cached ones are unpersisted at the end)."""
+
+    events: Any = None
+    cancel_events: Any = None
+    refused_orders: Any = None
+    decisions: Any = None
+    cancels: Any = None
+    settled: Any = None
+    ledger: Any = None
+    facts: Any = None
+    checkpoint: Checkpoint | None = None
+    state_rows: int = 0
+    spend: Any = None
+    model_names: list[str] = field(default_factory=list)
+    metrics: Any = None
+    orders: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+
+
 def run_day(
     spark: Any, lake: Lake, catalog: Catalog, day: date, config: Settings, *, from_scratch: bool = False
 ) -> DayResult:
     """Run the nightly job for one day; idempotent (rerunning it rewrites the same partitions).
 
     It goes on from the latest checkpoint before ``day`` computed with the same catalog and
-    settings, or settles from the start of history when there is none or ``from_scratch``.
+    settings, or settles from the start of history when there is none or ``from_scratch``. The
+    night is a plan of named steps over the day's ``DayBounds``: read, decide, settle, credit,
+    count, commit.
     """
+    started = time.perf_counter()
+    bounds = plan_day(lake, catalog, day, config, from_scratch)
+    spec = DaySpec(
+        catalog,
+        config.rules.policy(),
+        bounds.day_start_ms,
+        bounds.day_end_ms,
+        config.batch.channel_key,
+        bounds.decide_from_ms,
+    )
+    night = _Night()
+    _read(spark, lake, bounds, config, spec, night)
+    _decide(spark, spec, night)
+    _settle(spark, lake, catalog, bounds, night)
+    _credit(spark, lake, bounds, config, night)
+    _count(spark, lake, catalog, bounds, config, night)
+    _commit(lake, bounds, night)
+    assert night.checkpoint is not None
+    spend = night.spend
+    result = DayResult(
+        bounds.dt,
+        night.orders,
+        int(spend["charges"].sum()),
+        {str(c): int(v) for c, v in zip(spend["campaign_id"], spend["spend_minor"], strict=True)},
+        night.model_names,
+        time.perf_counter() - started,
+        [{str(k): v for k, v in rec.items()} for rec in night.metrics.to_dict("records")],
+        started_from=bounds.start.day.isoformat() if bounds.start else None,
+        checkpoint=night.checkpoint,
+        replaced_digest=bounds.replaced.digest if bounds.replaced else None,
+        read_days=(bounds.events_from.isoformat(), bounds.dt),
+        refused=night.refused,
+    )
+    for frame in (night.decisions, night.cancels, night.settled, night.facts):
+        frame.unpersist()
+    log.info(
+        "day %s: %d orders, %d attributed, %d refused, checkpoint %d rows, %.1fs",
+        bounds.dt,
+        result.orders,
+        result.attributed,
+        sum(night.refused.values()),
+        night.state_rows,
+        result.seconds,
+    )
+    return result
+
+
+def _read(spark: Any, lake: Lake, bounds: DayBounds, config: Settings, spec: DaySpec, night: _Night) -> None:
+    """Read: the touches and orders the night may decide with, one order event per order id (the
+    identity rule across users: ``journeys.pick_orders``), and the cancels that may count."""
     from pyspark.sql import functions as F  # noqa: N812 - Spark's own idiom
 
-    started = time.perf_counter()
-    settings = config.batch
-    policy = config.rules.policy()
-    lateness = policy.allowed_lateness_ms
-    lookback = policy.lookback_days(catalog)
-    horizon = policy.cancel_horizon_days
-    history = date.fromisoformat(settings.history_start) if settings.history_start else first_order_day(lake)
-    if history is None:
-        raise NoRawData(f"day = {day}: the lake at {lake.url} holds no raw orders")
-    history = min(history, day)
-    floor = history - timedelta(days=lookback)  # no run reads a day before this one
-    wanted = fingerprint(catalog, config, history)
-    replaced = read_checkpoint(lake, day)
-    start = None if from_scratch else latest_before(lake, day, wanted)
-    settle_from = floor if start is None else start.day + timedelta(days=1)
-    events_from = max(floor, settle_from - timedelta(days=lookback))
-    cancels_from = max(floor, settle_from - timedelta(days=lookback + horizon))
-    event_refs = _raw_refs(lake, events_from, day, TOUCH_AND_ORDER_TYPES)
-    cancel_refs = _raw_refs(lake, cancels_from, day + timedelta(days=horizon), ("order_cancel",))
-    dt = day.isoformat()
-    if not any(r.value("dt") == dt for r in event_refs + cancel_refs):
-        raise NoRawData(f"day = {day}: no raw partitions for this day in {lake.url}")
-    day_start, day_end = utc_day_bounds_ms(day)
+    event_refs = _raw_refs(lake, bounds.events_from, bounds.day, TOUCH_AND_ORDER_TYPES)
+    cancel_refs = _raw_refs(lake, bounds.cancels_from, bounds.cancels_to, ("order_cancel",))
+    if not any(r.value("dt") == bounds.dt for r in event_refs + cancel_refs):
+        raise NoRawData(f"day = {bounds.day}: no raw partitions for this day in {lake.url}")
     log.info(
         "day %s: %s, reading %s..%s (cancels %s..%s)",
-        dt,
-        f"from the checkpoint of {start.day}" if start else "from the start of history",
-        events_from,
-        day,
-        cancels_from,
-        day + timedelta(days=horizon),
+        bounds.dt,
+        f"from the checkpoint of {bounds.start.day}" if bounds.start else "from the start of history",
+        bounds.events_from,
+        bounds.day,
+        bounds.cancels_from,
+        bounds.cancels_to,
     )
     max_future = config.rules.max_future_ms
-    events = _read_raw(spark, lake, event_refs, max_future).filter(F.col("event_time") < day_end)
-    cancel_events = _read_raw(spark, lake, cancel_refs, max_future)
-
-    # 1. decisions and journeys, per user, with the speed layer's billing rule
-    channel_key = settings.channel_key
-    decide_from = None if start is None else utc_day_bounds_ms(settle_from)[0]
-    decide = lambda batches: decide_partitions(  # noqa: E731
-        batches, catalog, policy, day_start, day_end, channel_key, decide_from
-    )
-    decisions = (
-        events.repartition("user_id")
-        .sortWithinPartitions("user_id", "event_time", "event_id")
-        .mapInPandas(decide, spark_schema(JOURNEY_ROW))
+    raw = _read_raw(spark, lake, event_refs, max_future).filter(F.col("event_time") < bounds.day_end_ms)
+    picked = (
+        raw.filter(F.col("event_type") == "order")
+        .repartition("order_id")
+        .sortWithinPartitions("order_id", "event_time", "event_id")
+        .mapInPandas(lambda b: pick_orders(b, spec), spark_schema(PICKED_ORDER_ROW))
         .cache()
     )
-    orders = decisions.filter((F.col("kind") == "order") & F.col("campaign_id").isNotNull())
+    night.refused_orders = picked.filter(F.col("refusal").isNotNull()).select("refusal")
+    orders = picked.filter(F.col("refusal").isNull()).drop("refusal")
+    night.events = raw.filter(F.col("event_type") != "order").unionByName(orders)
+    night.cancel_events = _read_raw(spark, lake, cancel_refs, max_future)
 
-    # 2. settlement per campaign, in the shared action order, from the checkpoint
+
+def _decide(spark: Any, spec: DaySpec, night: _Night) -> None:
+    """Decide: per user, admission, the identity rule and the billing rule (``journeys.decide_user``)."""
+    night.decisions = (
+        night.events.repartition("user_id")
+        .sortWithinPartitions("user_id", "event_time", "event_id")
+        .mapInPandas(lambda b: decide_partitions(b, spec), spark_schema(JOURNEY_ROW))
+        .cache()
+    )
+
+
+def _settle(spark: Any, lake: Lake, catalog: Catalog, bounds: DayBounds, night: _Night) -> None:
+    """Settle: per campaign, in the shared action order, from the checkpoint; write the day's
+    batch ledger and the checkpoint the next night starts from."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    orders = night.decisions.filter((F.col("kind") == "order") & F.col("campaign_id").isNotNull())
     state_schema = spark_schema(SETTLEMENT_STATE_ROW)
+    start = bounds.start
     state_files = [] if start is None else lake.files(partition(SETTLEMENT_STATE, dt=start.day.isoformat()))
     state = (
         spark.read.schema(state_schema).parquet(*[lake.uri(f) for f in state_files])
@@ -272,12 +413,12 @@ def run_day(
     known = orders.select("order_id", "campaign_id", "order_time_ms").unionByName(
         state.filter(F.col("record") == "charge").select("order_id", "campaign_id", "order_time_ms")
     )
-    cancels = (
-        cancel_events.select(
+    night.cancels = (
+        night.cancel_events.select(
             "order_id", F.col("event_time").alias("cancel_time_ms"), "ingested_at_ms", "event_id"
         )
         .join(known, "order_id")
-        .filter(cancel_counts("order_time_ms", "cancel_time_ms", lookback, horizon))
+        .filter(cancel_counts("order_time_ms", "cancel_time_ms", bounds.lookback_days, bounds.horizon_days))
         .groupBy("order_id", "campaign_id")
         .agg(F.min(F.struct("ingested_at_ms", "cancel_time_ms", "event_id")).alias("first"))
         .select("order_id", "campaign_id", F.col("first.cancel_time_ms").alias("cancel_time_ms"))
@@ -286,55 +427,60 @@ def run_day(
     decide_actions = orders.select(
         F.lit("decide").alias("action"),
         *DECISION_ROW.names,
-        (F.col("order_time_ms") + lateness).alias("due_ms"),
+        (F.col("order_time_ms") + bounds.lateness_ms).alias("due_ms"),
     )
-    cancel_actions = cancels.select(
+    cancel_actions = night.cancels.select(
         F.lit("cancel").alias("action"),
         "campaign_id",
         "order_id",
-        (F.col("cancel_time_ms") + lateness).alias("due_ms"),
+        (F.col("cancel_time_ms") + bounds.lateness_ms).alias("due_ms"),
     )
     actions = decide_actions.unionByName(cancel_actions, allowMissingColumns=True)
-    boundary = day_end + lateness
-    refundable_from = day_end - horizon * MS_PER_DAY
     settle = lambda acts, st: settle_from_checkpoint(  # noqa: E731
-        acts, st, catalog, boundary, day_end, refundable_from
+        acts, st, catalog, bounds.boundary_ms, bounds.day_end_ms, bounds.refundable_from_ms
     )
-    settled = (
+    night.settled = (
         actions.groupBy("campaign_id")
         .cogroup(state.groupBy("campaign_id"))
         .applyInPandas(settle, spark_schema(SETTLED_ROW))
         .cache()
     )
-    ledger = (
-        settled.filter(F.col("part") == "ledger")
+    night.ledger = (
+        night.settled.filter(F.col("part") == "ledger")
         .select(*LEDGER_ROW.names)
-        .filter((F.col("order_time_ms") >= day_start) & (F.col("order_time_ms") < day_end))
-        .withColumn("dt", F.lit(dt))
+        .filter(
+            (F.col("order_time_ms") >= bounds.day_start_ms) & (F.col("order_time_ms") < bounds.day_end_ms)
+        )
+        .withColumn("dt", F.lit(bounds.dt))
     )
-    ledger.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(BATCH_LEDGER.path))
-    new_state = settled.filter(F.col("part") == "state").select(*SETTLEMENT_STATE_ROW.names)
+    night.ledger.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(BATCH_LEDGER.path))
+    new_state = night.settled.filter(F.col("part") == "state").select(*SETTLEMENT_STATE_ROW.names)
     stats = new_state.agg(
         F.count(F.lit(1)).alias("rows"),
         F.bit_xor(F.xxhash64(F.to_json(F.struct(*SETTLEMENT_STATE_ROW.names)))).alias("hash"),
     ).first()
     rows = int(stats["rows"])
-    checkpoint = Checkpoint(
-        day,
+    night.state_rows = rows
+    night.checkpoint = Checkpoint(
+        bounds.day,
         f"{rows}:{int(stats['hash'] or 0) & 0xFFFF_FFFF_FFFF_FFFF:016x}",
-        wanted,
+        bounds.fingerprint,
         start.day if start else None,
         start.digest if start else None,
         rows,
         (),
     )
     if rows:
-        new_state.coalesce(1).withColumn("dt", F.lit(dt)).write.mode("overwrite").partitionBy("dt").parquet(
-            lake.uri(SETTLEMENT_STATE.path)
-        )
+        new_state.coalesce(1).withColumn("dt", F.lit(bounds.dt)).write.mode("overwrite").partitionBy(
+            "dt"
+        ).parquet(lake.uri(SETTLEMENT_STATE.path))
 
-    # 3. multi-touch models: fit on the day's path aggregates, credit every journey
-    day_rows = decisions.filter(F.col("in_day"))
+
+def _credit(spark: Any, lake: Lake, bounds: DayBounds, config: Settings, night: _Night) -> None:
+    """Credit: fit the multi-touch models on the day's path aggregates, credit every journey."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    day_rows = night.decisions.filter(F.col("in_day") & F.col("kind").isin("order", "null"))
     paths = (
         day_rows.select(
             F.concat_ws(" > ", "path_channels").alias("path"),
@@ -346,42 +492,50 @@ def run_day(
         .agg(F.sum("conv").alias("c"), F.sum("value").alias("v"), F.sum("null").alias("n"))
         .toPandas()
     )
-    n_orders = int(paths["c"].sum())  # every order of the day, organic ones under the empty path
+    night.orders = int(paths["c"].sum())  # every order of the day, organic ones under the empty path
     paths = paths[paths["path"] != ""]
-    models = models_of(settings)
+    models = models_of(config.batch)
     aggregates = paths_from_columns(
         paths["path"].tolist(), paths["c"].to_numpy(), paths["v"].to_numpy(), paths["n"].to_numpy()
     )
     for model in models.values():
         if model.data_driven:
             model.fit(aggregates)
-    cancelled_ids = cancels.select("order_id", F.lit(True).alias("cancelled"))
+    cancelled_ids = night.cancels.select("order_id", F.lit(True).alias("cancelled"))
     journeys = (
         day_rows.filter((F.col("kind") == "order") & F.col("campaign_id").isNotNull())
         .join(cancelled_ids, "order_id", "left")
         .fillna(False, subset=["cancelled"])
     )
-    facts = journeys.mapInPandas(credit_partitions(models, dt), spark_schema(FACT_ROW)).cache()
-    facts.write.mode("overwrite").partitionBy("model", "dt").parquet(lake.uri(ATTRIBUTION.path))
+    night.facts = journeys.mapInPandas(credit_partitions(models, bounds.dt), spark_schema(FACT_ROW)).cache()
+    night.facts.write.mode("overwrite").partitionBy("model", "dt").parquet(lake.uri(ATTRIBUTION.path))
+    night.model_names = [BILLING_MODEL, *models]
 
-    # 4. daily campaign metrics per model, from three small aggregates joined in the driver
+
+def _count(
+    spark: Any, lake: Lake, catalog: Catalog, bounds: DayBounds, config: Settings, night: _Night
+) -> None:
+    """Count: the day's metric rows per campaign and model (the admitted touches the decide step
+    counted, spend from the ledger, credit from the facts), and the day's refused events."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    decisions = night.decisions
     counted = (
-        _read_raw(spark, lake, [r for r in event_refs if r.value("dt") == dt], max_future)
-        .filter(F.col("event_type").isin(*COUNTERS))
-        .dropDuplicates(["event_id"])
-        .groupBy("campaign_id", "event_type")
-        .count()
+        decisions.filter(F.col("kind") == "count")
+        .groupBy("campaign_id", "counter")
+        .agg(F.sum("touches").alias("count"))
         .toPandas()
     )
     counts = (
-        counted.pivot_table(index="campaign_id", columns="event_type", values="count", aggfunc="sum")
-        .reindex(columns=list(COUNTERS))
+        counted.pivot_table(index="campaign_id", columns="counter", values="count", aggfunc="sum")
+        .reindex(columns=list(COUNTERS.values()))
         .fillna(0)
         .rename_axis(index="campaign_id", columns=None)
         .reset_index()
+        .rename(columns={name: etype for etype, name in COUNTERS.items()})
     )
-    spend = (
-        ledger.groupBy("campaign_id")
+    night.spend = (
+        night.ledger.groupBy("campaign_id")
         .agg(
             F.sum("charge_minor").alias("spend_minor"),
             F.sum(F.col("capped").cast("int")).alias("capped_orders"),
@@ -391,66 +545,67 @@ def run_day(
     )
     # Per-campaign credit needs campaign channels; with another channel key the facts hold
     # credit per lever or placement and the campaign metrics keep the billing rows only.
-    credited_facts = facts if channel_key == "campaign" else facts.filter(F.col("model") == BILLING_MODEL)
+    facts = night.facts
+    if config.batch.channel_key != "campaign":
+        facts = facts.filter(F.col("model") == BILLING_MODEL)
     credited = (
-        credited_facts.filter(~F.col("cancelled"))
+        facts.filter(~F.col("cancelled"))
         .groupBy(F.col("channel").alias("campaign_id"), "model")
         .agg(F.sum("credit").alias("orders"), F.sum("credited_revenue_minor").alias("revenue_minor"))
         .toPandas()
     )
     metric_rows = (
-        credited.merge(spend, on="campaign_id", how="outer")
-        .merge(counts, on="campaign_id", how="left")
+        credited.merge(night.spend, on="campaign_id", how="outer")
+        .merge(counts, on="campaign_id", how="outer")
         .fillna(dict.fromkeys((*COUNTERS, "spend_minor", "capped_orders", "charges"), 0))
     )
     metric_rows = metric_rows.astype(object).where(metric_rows.notna(), None)  # no credit: no model
-    model_names = [BILLING_MODEL, *models]
-    metrics = metrics_frame(metric_rows, catalog, dt, model_names)
-    metrics_df = spark.createDataFrame(metrics, spark_schema(METRIC_ROW))
+    night.metrics = metrics_frame(metric_rows, catalog, bounds.dt, night.model_names)
+    metrics_df = spark.createDataFrame(night.metrics, spark_schema(METRIC_ROW))
     metrics_df.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(METRICS.path))
+    letter = F.from_json("refusal", spark_schema(DEAD_LETTER_ROW))
+    refused = (
+        decisions.filter(F.col("kind") == "refused")
+        .select("refusal")
+        .unionByName(night.refused_orders)
+        .select(letter.alias("r"))
+        .select("r.*")
+        .cache()
+    )
+    night.refused = {str(r["field"]): int(r["count"]) for r in refused.groupBy("field").count().collect()}
+    refused.withColumn("dt", F.lit(bounds.dt)).write.mode("overwrite").partitionBy("dt").parquet(
+        lake.uri(REFUSED.path)
+    )
+    refused.unpersist()
 
-    # 5. manifests: each written partition committed, listing its files; the checkpoint last
-    meta = {"job": "nightly"}
-    for dataset in (BATCH_LEDGER, METRICS):
-        lake.commit_written(partition(dataset, dt=dt), meta)
-    for model_name in model_names:
+
+def _commit(lake: Lake, bounds: DayBounds, night: _Night) -> None:
+    """Commit: a manifest on each written partition, listing its files; the checkpoint last."""
+    assert night.checkpoint is not None
+    dt = bounds.dt
+    meta: dict[str, Any] = {"job": "nightly"}
+    lake.commit_written(partition(BATCH_LEDGER, dt=dt), meta)
+    lake.commit_written(partition(METRICS, dt=dt), meta)
+    if night.refused:
+        lake.commit_written(partition(REFUSED, dt=dt), {**meta, "refused": night.refused})
+    else:  # Spark writes no folder for no rows: replace the partition whole with an empty file
+        lake.write_partition(partition(REFUSED, dt=dt), arrow_schema(DEAD_LETTER_ROW).empty_table(), meta)
+    for model_name in night.model_names:
         lake.commit_written(partition(ATTRIBUTION, model=model_name, dt=dt), meta)
     state_ref = partition(SETTLEMENT_STATE, dt=dt)
     state_meta = {
         **meta,
-        **checkpoint.manifest(),
-        "boundary_ms": boundary,
-        "read": {"events": [events_from.isoformat(), dt], "cancels": [cancels_from.isoformat(), dt]},
+        **night.checkpoint.manifest(),
+        "boundary_ms": bounds.boundary_ms,
+        "read": {
+            "events": [bounds.events_from.isoformat(), dt],
+            "cancels": [bounds.cancels_from.isoformat(), dt],
+        },
     }
-    if rows:
+    if night.state_rows:
         lake.commit_written(state_ref, state_meta)
-    else:  # Spark writes no folder for no rows: replace the partition whole with an empty file
+    else:
         lake.write_partition(state_ref, arrow_schema(SETTLEMENT_STATE_ROW).empty_table(), state_meta)
-
-    result = DayResult(
-        dt,
-        n_orders,
-        int(spend["charges"].sum()),
-        {str(c): int(v) for c, v in zip(spend["campaign_id"], spend["spend_minor"], strict=True)},
-        model_names,
-        time.perf_counter() - started,
-        [{str(k): v for k, v in rec.items()} for rec in metrics.to_dict("records")],
-        started_from=start.day.isoformat() if start else None,
-        checkpoint=checkpoint,
-        replaced_digest=replaced.digest if replaced else None,
-        read_days=(events_from.isoformat(), dt),
-    )
-    for frame in (decisions, cancels, settled, facts):
-        frame.unpersist()
-    log.info(
-        "day %s: %d orders, %d attributed, checkpoint %d rows, %.1fs",
-        dt,
-        result.orders,
-        result.attributed,
-        rows,
-        result.seconds,
-    )
-    return result
 
 
 def refuse_stale(lake: Lake, start: date, end: date, follow: bool) -> list[Checkpoint]:

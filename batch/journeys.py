@@ -9,44 +9,47 @@ calls) and builds the journeys the multi-touch models need.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
-from dataclasses import asdict
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
 
-from shared_logic import AttributionPolicy, Catalog, Order, Touch, TouchKind, attribute_order
+from shared_logic import AttributionPolicy, Catalog, InvalidEvent, Touch, TouchKind, attribute_order
+from shared_logic.admission import touch_refusal
 from shared_logic.contract import (
-    DECISION_ROW,
+    COUNTERS,
     JOURNEY_ROW,
     LEDGER_ROW,
+    RAW_ROW,
     SETTLEMENT_STATE_ROW,
     Column,
     ColumnType,
     RowSchema,
+    dead_letter,
     decision_from_record,
     decision_record,
+    order_decision_fields,
+    order_from_payload,
     state_from_records,
     state_records,
+)
+from shared_logic.identity import (
+    ORDER_CONFLICT_RULE,
+    TOUCH_CONFLICT_RULE,
+    Rank,
+    rank,
+    row_digest,
+    row_fields,
+    stands,
 )
 from shared_logic.rules import TOUCH_KINDS, eligible_campaigns, touch_counts
 from shared_logic.settlement import ChargeBook, SettlementAction
 
 JOURNEY_COLUMNS = list(JOURNEY_ROW.names)
-_NO_DECISION: dict[str, Any] = dict.fromkeys(DECISION_ROW.names)
-
-
-def _order_fields(order: Order) -> dict[str, Any]:
-    """The order's own columns of a decision row (an organic order has no campaign)."""
-    return {
-        "order_id": order.order_id,
-        "user_id": order.user_id,
-        "order_event_id": order.event_id,
-        "order_time_ms": order.event_time,
-        "merchant_id": order.merchant_id,
-        "amount_minor": order.amount_minor,
-        "currency": order.currency,
-    }
+_NO_DECISION: dict[str, Any] = dict.fromkeys(JOURNEY_ROW.names)  # every column, or pandas fills NaN
 
 
 def _channel(key: str, touch: Touch, placement: str | None, catalog: Catalog) -> str:
@@ -58,67 +61,130 @@ def _channel(key: str, touch: Touch, placement: str | None, catalog: Catalog) ->
     return placement or "none"
 
 
-def decide_user(
-    user_id: str,
-    rows: pd.DataFrame,
-    catalog: Catalog,
-    policy: AttributionPolicy,
-    day_start_ms: int,
-    day_end_ms: int,
-    channel_key: str = "campaign",
-    decide_from_ms: int | None = None,
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class DaySpec:
+    """What deciding one day's users needs besides their events: the rules, the day's bounds and
+    where settlement goes on from (orders before ``decide_from_ms``: a checkpoint settled them)."""
+
+    catalog: Catalog
+    policy: AttributionPolicy
+    day_start_ms: int
+    day_end_ms: int
+    channel_key: str = "campaign"
+    decide_from_ms: int | None = None
+
+    def in_day(self, t: int) -> bool:
+        return self.day_start_ms <= t < self.day_end_ms
+
+
+def _refusal(r: Any, broken: InvalidEvent) -> dict[str, Any]:
+    """A ``refused`` journey row: the dead letter of an event refused when deciding."""
+    letter = dead_letter(row_fields(r._asdict()), broken.as_dict(), int(r.ingested_at_ms))
+    return {
+        **_NO_DECISION,
+        "kind": "refused",
+        "user_id": r.user_id,
+        "path_channels": [],
+        "path_times": [],
+        "in_day": True,
+        "refusal": json.dumps(asdict(letter)),
+    }
+
+
+def decide_user(user_id: str, rows: pd.DataFrame, spec: DaySpec) -> list[dict[str, Any]]:
     """Decide every order of one user and build the day's journeys.
 
-    ``rows`` holds the user's touches and orders (no cancels), sorted by event
-    time. Returns one row per order (decision, winning touch, the journey of
-    eligible touches before it) and at most one ``null`` row: the day's touches
-    after the user's last order of the day, a journey that did not convert.
-    Orders before ``decide_from_ms`` are left out (a checkpoint settled them).
+    ``rows`` holds the user's touches and orders (no cancels), sorted by event time. Touches go
+    through admission's catalog stage (``shared_logic.admission``) and the identity rule
+    (``shared_logic.identity``: of the copies of an event id, the least rank stands); orders
+    through the identity rule (the job has already kept one order event per order id across
+    users). Returns one row per order (decision, winning touch, the journey of eligible touches
+    before it); at most one ``null`` row, the day's touches after the user's last order of the
+    day, a journey that did not convert; one ``count`` row per campaign and counter of the
+    day's admitted touches (the day's impressions, clicks and promo views); and one ``refused``
+    row per refused event of the day (its dead letter). Orders before ``spec.decide_from_ms``
+    are left out (a checkpoint settled them).
     """
-    touches: list[Touch] = []
-    times: list[int] = []
-    ingested: dict[str, int] = {}
-    placements: dict[str, str | None] = {}
-    orders: dict[str, tuple[Order, int]] = {}
+    catalog, policy = spec.catalog, spec.policy
+    out: list[dict[str, Any]] = []
+    copies: dict[str, tuple[Rank, Any]] = {}  # event id -> the standing copy's rank and row
+    orders: dict[str, tuple[Rank, Any]] = {}
+    refused: list[Any] = []  # rows of conflicting copies that do not stand
     for row in rows.itertuples(index=False):
         r: Any = row  # pandas-stubs types tuple fields as a union of every scalar type
         etype = r.event_type
-        kind = TOUCH_KINDS.get(etype)
-        if kind is not None:
-            if r.event_id in ingested:
+        t = int(r.event_time)
+        if etype in TOUCH_KINDS:
+            broken = touch_refusal(etype, r.campaign_id, t, catalog)
+            if broken is not None:
+                if spec.in_day(t):
+                    out.append(_refusal(r, broken))
                 continue
-            touches.append(Touch(r.event_id, user_id, r.campaign_id, kind, int(r.event_time)))
-            times.append(int(r.event_time))
-            ingested[r.event_id] = int(r.ingested_at_ms)
-            placements[r.event_id] = r.placement
+            table = copies
+            key = r.event_id
         elif etype == "order":
-            codes = tuple(r.promo_codes) if r.promo_codes is not None else ()
-            order = Order(
-                r.event_id,
-                int(r.event_time),
-                user_id,
-                r.order_id,
-                r.merchant_id,
-                int(r.amount_minor),
-                r.currency,
-                codes,
-            )
-            prior = orders.get(r.order_id)
-            if prior is None or int(r.ingested_at_ms) < prior[1]:
-                orders[r.order_id] = (order, int(r.ingested_at_ms))
-    longest = policy.longest_window_ms(catalog)
-    out: list[dict[str, Any]] = []
-    last_order_in_day = -1
-    for order, order_ingested in sorted(orders.values(), key=lambda o: (o[0].event_time, o[0].order_id)):
-        t = order.event_time
-        if decide_from_ms is not None and t < decide_from_ms:
+            table = orders
+            key = r.order_id
+        else:
             continue
+        copy_rank = rank(t, r.event_id, row_digest(r._asdict()))
+        standing = table.get(key)
+        if standing is None:
+            table[key] = (copy_rank, r)
+        elif standing[0][2] == copy_rank[2]:
+            continue  # the same copy again: one event
+        elif stands(copy_rank, standing[0]):
+            refused.append(standing[1])
+            table[key] = (copy_rank, r)
+        else:
+            refused.append(r)
+    for r in refused:
+        if spec.in_day(int(r.event_time)):
+            is_touch = r.event_type in TOUCH_KINDS
+            rule = (
+                InvalidEvent("event_id", r.event_id, TOUCH_CONFLICT_RULE)
+                if is_touch
+                else InvalidEvent("order_id", r.order_id, ORDER_CONFLICT_RULE)
+            )
+            out.append(_refusal(r, rule))
+    kept = sorted((c for _, c in copies.values()), key=lambda c: int(c.event_time))
+    touches = [
+        Touch(c.event_id, user_id, c.campaign_id, TOUCH_KINDS[c.event_type], int(c.event_time)) for c in kept
+    ]
+    times = [x.time_ms for x in touches]
+    ingested = {c.event_id: int(c.ingested_at_ms) for c in kept}
+    placements = {c.event_id: c.placement for c in kept}
+    counts: Counter[tuple[str, str]] = Counter(
+        (c.campaign_id, COUNTERS[c.event_type]) for c in kept if spec.in_day(int(c.event_time))
+    )
+    for (campaign_id, counter), n in sorted(counts.items()):
+        out.append(
+            {
+                **_NO_DECISION,
+                "kind": "count",
+                "user_id": user_id,
+                "campaign_id": campaign_id,
+                "counter": counter,
+                "touches": n,
+                "path_channels": [],
+                "path_times": [],
+                "in_day": True,
+            }
+        )
+    longest = policy.longest_window_ms(catalog)
+    channel_key = spec.channel_key
+    last_order_in_day = -1
+    for _, r in sorted(orders.values(), key=lambda o: (o[0][0], o[1].order_id)):
+        order = order_from_payload({**r._asdict(), "user_id": user_id})
+        t = order.event_time
+        if spec.decide_from_ms is not None and t < spec.decide_from_ms:
+            continue
+        order_ingested = int(r.ingested_at_ms)
         lo = bisect.bisect_left(times, t - longest)
         hi = bisect.bisect_right(times, t)
         window = touches[lo:hi]
         decision = attribute_order(order, window, catalog, policy)
-        in_day = day_start_ms <= t < day_end_ms
+        in_day = spec.in_day(t)
         if in_day:
             last_order_in_day = max(last_order_in_day, t)
         path: list[str] = []
@@ -138,7 +204,7 @@ def decide_user(
         out.append(
             {
                 **_NO_DECISION,
-                **(decision_record(decision) if decision is not None else _order_fields(order)),
+                **(decision_record(decision) if decision is not None else order_decision_fields(order)),
                 "kind": "order",
                 "order_ingested_ms": order_ingested,
                 "touch_ingested_ms": ingested.get(decision.touch_event_id, order_ingested)
@@ -149,8 +215,8 @@ def decide_user(
                 "in_day": in_day,
             }
         )
-    lo = bisect.bisect_left(times, max(day_start_ms, last_order_in_day + 1))
-    hi = bisect.bisect_left(times, day_end_ms)
+    lo = bisect.bisect_left(times, max(spec.day_start_ms, last_order_in_day + 1))
+    hi = bisect.bisect_left(times, spec.day_end_ms)
     if hi > lo:
         tail = touches[lo:hi]
         out.append(
@@ -170,45 +236,72 @@ def decide_user(
     return out
 
 
-def decide_partitions(
+def _grouped(
     batches: Iterator[pd.DataFrame],
-    catalog: Catalog,
-    policy: AttributionPolicy,
-    day_start_ms: int,
-    day_end_ms: int,
-    channel_key: str = "campaign",
-    decide_from_ms: int | None = None,
+    key: str,
+    fn: Callable[[str, pd.DataFrame], list[dict[str, Any]]],
+    columns: list[str],
 ) -> Iterator[pd.DataFrame]:
-    """``mapInPandas`` body: batches of a partition sorted by user, a user may straddle two."""
+    """Apply ``fn`` to each group of rows sharing ``key`` in batches sorted by it (a group may
+    straddle two batches: the last group of a batch waits for the next)."""
     carry: pd.DataFrame | None = None
     for batch in batches:
         if carry is not None:
             batch = pd.concat([carry, batch], ignore_index=True)
         if batch.empty:
             continue
-        last_user = batch["user_id"].iloc[-1]
-        done = batch[batch["user_id"] != last_user]
-        carry = batch[batch["user_id"] == last_user]
+        last = batch[key].iloc[-1]
+        done = batch[batch[key] != last]
+        carry = batch[batch[key] == last]
         rows: list[dict[str, Any]] = []
-        for user_id, group in done.groupby("user_id", sort=False):
-            rows += decide_user(
-                str(user_id), group, catalog, policy, day_start_ms, day_end_ms, channel_key, decide_from_ms
-            )
+        for value, group in done.groupby(key, sort=False):
+            rows += fn(str(value), group)
         if rows:
-            yield pd.DataFrame(rows, columns=JOURNEY_COLUMNS)
+            yield pd.DataFrame(rows, columns=columns)
     if carry is not None and not carry.empty:
-        rows = decide_user(
-            str(carry["user_id"].iloc[0]),
-            carry,
-            catalog,
-            policy,
-            day_start_ms,
-            day_end_ms,
-            channel_key,
-            decide_from_ms,
-        )
+        rows = fn(str(carry[key].iloc[0]), carry)
         if rows:
-            yield pd.DataFrame(rows, columns=JOURNEY_COLUMNS)
+            yield pd.DataFrame(rows, columns=columns)
+
+
+def decide_partitions(batches: Iterator[pd.DataFrame], spec: DaySpec) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body: batches of a partition sorted by user, a user may straddle two."""
+    return _grouped(batches, "user_id", lambda user, rows: decide_user(user, rows, spec), JOURNEY_COLUMNS)
+
+
+#: Order rows with the identity rule's verdict: ``refusal`` null for the order event that stands
+#: for its order id, the dead letter (JSON) of a conflicting one.
+PICKED_ORDER_ROW = RAW_ROW.plus(Column("refusal", ColumnType.STRING))
+_PICKED_COLUMNS = list(PICKED_ORDER_ROW.names)
+
+
+def pick_order(order_id: str, rows: pd.DataFrame, spec: DaySpec) -> list[dict[str, Any]]:
+    """The identity rule over the order events of one order id, whoever their users: the least
+    rank stands; identical copies are one; a conflicting one of the day is refused."""
+    best: tuple[Rank, Any] | None = None
+    others: list[tuple[str, Any]] = []
+    for row in rows.itertuples(index=False):
+        r: Any = row
+        copy = rank(int(r.event_time), r.event_id, row_digest(r._asdict()))
+        if best is None or stands(copy, best[0]):
+            if best is not None:
+                others.append((best[0][2], best[1]))
+            best = (copy, r)
+        else:
+            others.append((copy[2], r))
+    assert best is not None
+    out = [{**best[1]._asdict(), "refusal": None}]
+    refused = {d: r for d, r in others if d != best[0][2]}  # identical copies of one are one refusal
+    for r in refused.values():
+        if spec.in_day(int(r.event_time)):
+            letter = _refusal(r, InvalidEvent("order_id", order_id, ORDER_CONFLICT_RULE))
+            out.append({**r._asdict(), "refusal": letter["refusal"]})
+    return out
+
+
+def pick_orders(batches: Iterator[pd.DataFrame], spec: DaySpec) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body over order rows sorted by order id (``pick_order`` per id)."""
+    return _grouped(batches, "order_id", lambda oid, rows: pick_order(oid, rows, spec), _PICKED_COLUMNS)
 
 
 LEDGER_COLUMNS = list(LEDGER_ROW.names)

@@ -105,7 +105,7 @@ def single_process(lake: Lake, catalog: Any, day: date) -> float:
     import pandas as pd
 
     from attribution_models import Journey, TouchPoint, get_model, paths_from_columns
-    from batch.journeys import decide_partitions, settle_campaign
+    from batch.journeys import DaySpec, decide_partitions, settle_campaign
     from shared_logic import AttributionPolicy
     from shared_logic.contract import MODEL_NAMES
 
@@ -116,9 +116,9 @@ def single_process(lake: Lake, catalog: Any, day: date) -> float:
     frame = frame[frame.event_type != "order_cancel"].sort_values(["user_id", "event_time", "event_id"])
     day_start = int(pd.Timestamp(day, tz="UTC").timestamp() * 1000)
     decisions = pd.concat(
-        decide_partitions(iter([frame]), catalog, policy, day_start, day_start + 86_400_000)
+        decide_partitions(iter([frame]), DaySpec(catalog, policy, day_start, day_start + 86_400_000))
     )
-    orders = decisions[(decisions.kind == "order") & decisions.campaign_id.notna()]
+    orders = decisions[(decisions.kind == "order") & decisions.campaign_id.notna()]  # one per order id
     actions = orders.assign(action="decide", due_ms=orders.order_time_ms + policy.allowed_lateness_ms)
     for _, group in actions.groupby("campaign_id"):
         settle_campaign(group, catalog)

@@ -14,18 +14,34 @@ from realtime.clock import TP, Clocks, tp_name
 from realtime.deadletters import DeadLetter
 from realtime.keys import Keys
 from realtime.routing import UserPartitions
-from shared_logic import Catalog, Decision, InvalidEvent, Lever, Order, PromoView, Touch, parse_event
+from shared_logic import (
+    Catalog,
+    Decision,
+    InvalidEvent,
+    Lever,
+    Order,
+    PromoView,
+    Touch,
+    TouchKind,
+    parse_event,
+)
+from shared_logic.admission import refusal
 from shared_logic.contract import (
+    INGEST_OPS,
     count_field,
     decision_from_record,
     decision_record,
+    order_from_payload,
+    order_payload,
+    parse_pending_record,
     parse_touch_member,
     pending_field,
+    pending_record,
     touch_member,
 )
 from shared_logic.errors import short_repr
-from shared_logic.events import Click, Event, Impression
-from shared_logic.policy import FUTURE_RULE, in_future
+from shared_logic.events import Click, Impression
+from shared_logic.identity import Rank, digest, rank
 from shared_logic.rules import TOUCH_KINDS
 from shared_logic.settlement import LedgerEntry
 from shared_logic.timeutil import MS_PER_DAY, utc_day
@@ -74,16 +90,6 @@ class BuildContext:
     user_partitions: UserPartitions | None = None  # to count events outside their user's partition
 
 
-def check_touch(event: Event, catalog: Catalog) -> str | None:
-    """Rules beyond the wire contract for a touch: the broken rule, or None."""
-    campaign = catalog.get(event.campaign_id)  # type: ignore[union-attr]  # touches carry a campaign
-    if campaign is None:
-        return "is not a campaign of the catalog"
-    if isinstance(event, PromoView) != (campaign.lever is Lever.PROMO):
-        return f"is a {campaign.lever} campaign, which a {event.event_type} cannot touch"
-    return None
-
-
 def build(records: Iterable[Record], ctx: BuildContext, clocks: Clocks, day_cache: dict[int, str]) -> Batch:
     """Parse and validate a batch into per-bucket ingest calls, stamping each event with its
     partition's arrival watermark and moving the partitions' clocks.
@@ -115,25 +121,52 @@ def build(records: Iterable[Record], ctx: BuildContext, clocks: Clocks, day_cach
     return batch
 
 
+@dataclass(frozen=True, slots=True)
+class TouchItem:
+    """What the engine needs of an ingested touch when the ingest script answers for it."""
+
+    raw: Any
+    event_type: str
+    user_id: str
+    event_id: str
+    time_ms: int
+    digest: str
+    member: str
+    bucket: int
+    counts_key: str
+    count_field: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingItem:
+    """An ingested order or cancel: its payload (what the queue releases) and its pending record."""
+
+    raw: Any
+    kind: str  # "decide" or "cancel"
+    data: dict[str, Any]
+    bucket: int
+    digest: str
+    record: str
+
+
 def _add(
     batch: Batch, raw: Any, awm: int, tp: TP, ctx: BuildContext, day_cache: dict[int, str]
 ) -> int | None:
     """Add one record's op; returns the event time that moves its partition (None: it moves nothing)."""
     event = parse_event(raw)
     t = event.event_time
-    if in_future(t, ctx.now_ms, ctx.max_future_ms):
-        raise InvalidEvent("event_time", t, FUTURE_RULE)
+    refused = refusal(event, ctx.now_ms, ctx.max_future_ms, ctx.catalog)
+    if refused is not None:
+        raise refused
     etype = event.event_type
     if ctx.user_partitions is not None and tp[1] != ctx.user_partitions.of(event.user_id):
         batch.misrouted[tp[0]] += 1
     kind = TOUCH_KINDS.get(etype)
     keys = ctx.keys
+    dg = digest(event)
     if kind is not None:
         touching: Impression | Click | PromoView = event  # type: ignore[assignment]  # a touch, by its tag
         campaign_id = touching.campaign_id
-        broken = check_touch(event, ctx.catalog)
-        if broken is not None:
-            raise InvalidEvent("campaign_id", campaign_id, broken)
         batch.accepted[etype] += 1
         if t < awm - ctx.retention_ms:
             batch.too_late += 1  # no order still to be released may use it (see engine): keep nothing
@@ -144,58 +177,150 @@ def _add(
         day = day_cache.get(t // MS_PER_DAY)
         if day is None:
             day = day_cache[t // MS_PER_DAY] = utc_day(t)
-        ops.args.append(
-            (
-                "t",
-                ops.key(keys.touches_in(bucket, user)),
-                ops.key(keys.counts(bucket, day)),
-                touch_member(kind, campaign_id, touching.event_id, awm),
-                t,
-                count_field(campaign_id, etype),
-            )
+        member = touch_member(kind, campaign_id, touching.event_id, awm, dg)
+        counts_key = keys.counts(bucket, day)
+        item = TouchItem(
+            raw,
+            etype,
+            user,
+            touching.event_id,
+            t,
+            dg,
+            member,
+            bucket,
+            counts_key,
+            count_field(campaign_id, etype),
         )
-        ops.tags.append(("touch", etype))
+        add_op(ops, keys, item)
         return t
-    data: dict[str, Any] = {"order_id": event.order_id, "event_time": t, "user_id": event.user_id}  # type: ignore[union-attr]
     if isinstance(event, Order):
-        data.update(
-            event_id=event.event_id,
-            merchant_id=event.merchant_id,
-            amount_minor=event.amount_minor,
-            currency=event.currency,
-            promo_codes=list(event.promo_codes),
-        )
-    action = "decide" if isinstance(event, Order) else "cancel"
-    data["tp"], data["awm"] = tp_name(tp), awm
-    bucket = keys.bucket(event.user_id)
+        action = "decide"
+        data = order_payload(event)
+    else:
+        action = "cancel"
+        data = {
+            "order_id": event.order_id,  # type: ignore[union-attr]  # a cancel, by its tag
+            "event_time": t,
+            "user_id": event.user_id,
+            "event_id": event.event_id,
+        }
+    data["tp"], data["awm"], data["dg"] = tp_name(tp), awm, dg
+    # Orders and cancels live in their order id's bucket: an order is named by its id whoever
+    # the user (``shared_logic.identity``), and a cancel finds its order whatever its user_id.
+    bucket = keys.bucket(data["order_id"])
     ops = batch.ops.get(bucket) or batch.ops.setdefault(bucket, BucketOps())
-    claim = ops.key(keys.claim(bucket, data["order_id"])) if action == "decide" else 0
-    ops.args.append(
-        (
-            "p",
-            claim,
-            ops.key(keys.pending(bucket)),
-            pending_field(action, data["order_id"]),
-            orjson.dumps(data).decode(),
-        )
-    )
-    ops.tags.append((action, data))
+    record = pending_record(dg, orjson.dumps(data).decode())
+    add_op(ops, keys, PendingItem(raw, action, data, bucket, dg, record))
     batch.accepted[etype] += 1
     return t
 
 
+def add_op(ops: BucketOps, keys: Keys, item: TouchItem | PendingItem) -> None:
+    """Add the ingest op of a touch, or of an order or a cancel, to its bucket's call."""
+    if isinstance(item, TouchItem):
+        ops.args.append(
+            (
+                INGEST_OPS["touch"],
+                ops.key(keys.touches_in(item.bucket, item.user_id)),
+                ops.key(keys.touch_ids_in(item.bucket, item.user_id)),
+                ops.key(item.counts_key),
+                item.event_id,
+                item.member,
+                item.time_ms,
+                item.count_field,
+                item.digest,
+            )
+        )
+        ops.tags.append(("touch", item))
+        return
+    oid = item.data["order_id"]
+    ops.args.append(
+        (
+            INGEST_OPS["pending"],
+            ops.key(keys.claim(item.bucket, oid)) if item.kind == "decide" else 0,
+            ops.key(keys.pending(item.bucket)),
+            pending_field(item.kind, oid),
+            item.record,
+            item.digest,
+        )
+    )
+    ops.tags.append((item.kind, item))
+
+
+def replace_op(
+    ops: BucketOps, keys: Keys, item: TouchItem | PendingItem, standing: Any, catalog: Catalog
+) -> None:
+    """Add the op that replaces the standing copy of ``item`` with it (the ingest script's
+    ``replace_touch`` / ``replace_pending``, done only while that copy still stands)."""
+    if isinstance(item, TouchItem):
+        old_member, old_time = standing[0].decode(), int(standing[1])
+        old = parse_touch_member(old_member)
+        ops.args.append(
+            (
+                INGEST_OPS["replace_touch"],
+                ops.key(keys.touches_in(item.bucket, item.user_id)),
+                ops.key(keys.touch_ids_in(item.bucket, item.user_id)),
+                ops.key(keys.counts(item.bucket, utc_day(old_time))),
+                ops.key(item.counts_key),
+                item.event_id,
+                old_member,
+                item.member,
+                item.time_ms,
+                count_field(old.campaign_id, touch_type(old.kind, old.campaign_id, catalog)),
+                item.count_field,
+            )
+        )
+    else:
+        oid = item.data["order_id"]
+        ops.args.append(
+            (
+                INGEST_OPS["replace_pending"],
+                ops.key(keys.claim(item.bucket, oid)),
+                ops.key(keys.pending(item.bucket)),
+                pending_field(item.kind, oid),
+                standing.decode(),
+                item.record,
+            )
+        )
+    ops.tags.append(("replace", item))
+
+
+def touch_type(kind: TouchKind, campaign_id: str, catalog: Catalog) -> str:
+    """The event type of a stored touch: a click, or a view of an admitted campaign, whose lever
+    says which (admission lets a promo view touch promo campaigns only, an impression ad ones)."""
+    if kind is TouchKind.CLICK:
+        return "click"
+    campaign = catalog.get(campaign_id)
+    return "promo_view" if campaign is not None and campaign.lever is Lever.PROMO else "impression"
+
+
+def standing_rank(item: TouchItem | PendingItem, standing: Any) -> tuple[Rank, Rank, Any]:
+    """The ranks of a new copy and of the copy standing (as the ingest script returned it), and
+    the standing copy as a dead letter's payload."""
+    if isinstance(item, TouchItem):
+        old = parse_touch_member(standing[0].decode())
+        old_time = int(standing[1])
+        copy = {  # what the store keeps of the displaced copy, for its dead letter
+            "touch_kind": old.kind.name.lower(),
+            "event_id": old.event_id,
+            "user_id": item.user_id,
+            "event_time": old_time,
+            "campaign_id": old.campaign_id,
+            "digest": old.digest,
+        }
+        return rank(item.time_ms, item.event_id, item.digest), rank(old_time, old.event_id, old.digest), copy
+    old_digest, old_payload = parse_pending_record(standing)
+    old_data = orjson.loads(old_payload)
+    return (
+        rank(item.data["event_time"], item.data["event_id"], item.digest),
+        rank(old_data["event_time"], old_data["event_id"], old_digest),
+        old_payload,
+    )
+
+
 def order_of(p: dict[str, Any]) -> Order:
     """The order a pending payload holds (validated when it was ingested)."""
-    return Order(
-        p["event_id"],
-        p["event_time"],
-        p["user_id"],
-        p["order_id"],
-        p["merchant_id"],
-        p["amount_minor"],
-        p["currency"],
-        tuple(p["promo_codes"]),
-    )
+    return order_from_payload(p)
 
 
 def touches_of(members: Iterable[tuple[bytes, float]], user_id: str, release_ms: int) -> list[Touch]:
@@ -203,9 +328,9 @@ def touches_of(members: Iterable[tuple[bytes, float]], user_id: str, release_ms:
     before their partition's watermark passed the release (member, score = touch time)."""
     out = []
     for member, score in members:
-        kind, campaign_id, event_id, arrival_wm = parse_touch_member(member.decode())
-        if arrival_wm <= release_ms:
-            out.append(Touch(event_id, user_id, campaign_id, kind, int(score)))
+        m = parse_touch_member(member.decode())
+        if m.arrival_wm <= release_ms:
+            out.append(Touch(m.event_id, user_id, m.campaign_id, m.kind, int(score)))
     return out
 
 

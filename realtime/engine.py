@@ -67,16 +67,21 @@ from realtime.metrics import Metrics
 from realtime.routing import UserPartitions
 from realtime.schedule import Action, ActionQueue
 from realtime.scripts import Scripts
-from shared_logic import AttributionPolicy, Catalog, Decision, attribute_order, budget_day
+from shared_logic import AttributionPolicy, Catalog, Decision, InvalidEvent, attribute_order, budget_day
 from shared_logic.contract import (
+    CLAIM_OPS,
+    CLAIM_SUPERSEDED,
     Checkpoint,
+    IngestStatus,
     SettleStatus,
     cap_arg,
     parse_claim,
+    parse_pending_record,
     pending_field,
     pending_kind,
     queue_member,
 )
+from shared_logic.identity import ORDER_CONFLICT_RULE, TOUCH_CONFLICT_RULE, stands
 from shared_logic.money import MAX_COUNTER_MINOR
 from shared_logic.settings import Settings
 from shared_logic.settlement import ActionKind, cancel_counts, cancel_window
@@ -88,6 +93,7 @@ DEFAULT_SOURCE: TP = ("events", 0)
 # A release bound past every real event time: the end of a replay settles everything.
 END_OF_TIME = MAX_COUNTER_MINOR
 SETTLE_LIMIT = 20_000
+SUPERSEDED = CLAIM_SUPERSEDED.encode()
 
 
 def wall_clock_ms() -> int:
@@ -205,8 +211,8 @@ class SpeedLayer:
             results = await pipe.execute()
         recovered = 0
         for bucket, entries in enumerate(results):
-            for name, payload in entries.items():
-                data = orjson.loads(payload)
+            for name, record in entries.items():
+                data = orjson.loads(parse_pending_record(record)[1])
                 if data.get("tp", self.sources[0]) in names:
                     self.queue.push(bucket, cast(ActionKind, pending_kind(name.decode())), data)
                     recovered += 1
@@ -243,21 +249,24 @@ class SpeedLayer:
         batch = codec.build(records, ctx, self.clocks, self._day_cache)
         results, published = await self._ingest(batch, trim_bound)
         duplicates: Counter[str] = Counter()
+        conflicts: list[tuple[Any, Any]] = []  # (item, the copy standing)
         for (bucket, ops), res in zip(batch.ops.items(), results, strict=True):
             if isinstance(res, Exception):
                 # Only a counter that would pass 2^53 - 1 refuses a call, before any write.
                 for _kind, item in ops.tags:
-                    batch.dead.append((item, {"field": "<bucket>", "value": str(bucket), "rule": str(res)}))
+                    batch.dead.append(
+                        (item.raw, {"field": "<bucket>", "value": str(bucket), "rule": str(res)})
+                    )
                     batch.dead_fields["<bucket>"] += 1
                 continue
-            for (kind, item), r in zip(ops.tags, res, strict=True):
-                if kind == "touch":
-                    if r == 0:
-                        duplicates[item] += 1
-                elif r == 0:
-                    duplicates["order" if kind == "decide" else "order_cancel"] += 1
-                else:
-                    self.queue.push(bucket, cast(ActionKind, kind), item)
+            for (_kind, item), r in zip(ops.tags, res, strict=True):
+                self._ingested(item, r, batch, duplicates, conflicts)
+        rounds = 0
+        while conflicts:  # the identity rule: which copy stands (rare: only conflicting copies)
+            rounds += 1
+            if rounds > 16:
+                raise RuntimeError("copies of an event kept changing under the identity rule")
+            conflicts = await self._resolve(conflicts, batch, trim_bound, duplicates)
         if batch.dead:
             await self.dead_letters.send_many(batch.dead)
         m = self.metrics
@@ -285,8 +294,82 @@ class SpeedLayer:
         published = await self._published_watermarks()
         return await self._step(self.clock(), published)
 
-    async def _ingest(self, batch: codec.Batch, trim_bound: int) -> tuple[list[Any], dict[str, Checkpoint]]:
+    def _ingested(
+        self,
+        item: codec.TouchItem | codec.PendingItem,
+        r: Any,
+        batch: codec.Batch,
+        duplicates: Counter[str],
+        conflicts: list[tuple[Any, Any]],
+    ) -> None:
+        """What the ingest script answered for one item (``IngestStatus``, or the standing copy)."""
+        if isinstance(r, (list, bytes)):
+            conflicts.append((item, r))
+        elif isinstance(item, codec.TouchItem):
+            if r == IngestStatus.KNOWN:
+                duplicates[item.event_type] += 1
+        elif r in (IngestStatus.KNOWN, IngestStatus.PENDING):
+            duplicates["order" if item.kind == "decide" else "order_cancel"] += 1
+        elif r == IngestStatus.CONFLICT_DECIDED:
+            _refuse(batch, item.raw, "order_id", item.data["order_id"], ORDER_CONFLICT_RULE)
+        else:
+            self.queue.push(item.bucket, cast(ActionKind, item.kind), item.data)
+
+    async def _resolve(
+        self, conflicts: list[tuple[Any, Any]], batch: codec.Batch, trim_bound: int, duplicates: Counter[str]
+    ) -> list[tuple[Any, Any]]:
+        """One round of the identity rule (``shared_logic.identity``) over conflicting copies:
+        the copy of least rank stands. A new copy that ranks lower replaces the standing one (the
+        ingest script's replace ops move its touch and count, or its pending order) and the
+        displaced copy is refused; otherwise the new copy is. A replace that finds another copy
+        standing by then (another worker's) is ingested again; returns the conflicts that gives."""
+        calls: dict[int, codec.BucketOps] = {}
+        displaced: list[Any] = []
+        for item, standing in conflicts:
+            new, old, old_copy = codec.standing_rank(item, standing)
+            if not stands(new, old):
+                _refuse_copy(batch, item, item.raw)
+                continue
+            ops = calls.get(item.bucket) or calls.setdefault(item.bucket, codec.BucketOps())
+            codec.replace_op(ops, self.keys, item, standing, self.catalog)
+            displaced.append(old_copy)
+        if not calls:
+            return []
+        results = _raise_first(await self._run_ingest(calls, trim_bound))
+        again: dict[int, codec.BucketOps] = {}
+        i = 0
+        for ops, res in zip(calls.values(), results, strict=True):
+            for (_tag, item), r in zip(ops.tags, res, strict=True):
+                old_copy = displaced[i]
+                i += 1
+                if r == IngestStatus.REPLACED:
+                    _refuse_copy(batch, item, old_copy)
+                    if isinstance(item, codec.PendingItem):
+                        self.queue.replace(item.bucket, "decide", item.data)
+                else:  # another copy stands by now: look again
+                    codec.add_op(
+                        again.get(item.bucket) or again.setdefault(item.bucket, codec.BucketOps()),
+                        self.keys,
+                        item,
+                    )
+        out: list[tuple[Any, Any]] = []
+        if again:
+            for ops, res in zip(
+                again.values(), _raise_first(await self._run_ingest(again, trim_bound)), strict=True
+            ):
+                for (_tag, item), r in zip(ops.tags, res, strict=True):
+                    self._ingested(item, r, batch, duplicates, out)
+        return out
+
+    async def _run_ingest(self, calls: dict[int, codec.BucketOps], trim_bound: int) -> list[Any]:
         head = [self.retention, self.config.counts_ttl_ms, trim_bound]
+        return await self.scripts.run(
+            self.redis,
+            [("ingest", list(ops.index), [*head, orjson.dumps(ops.args)]) for ops in calls.values()],
+        )
+
+    async def _ingest(self, batch: codec.Batch, trim_bound: int) -> tuple[list[Any], dict[str, Checkpoint]]:
+        head = [self.retention, self.config.counts_ttl_ms, trim_bound]  # as in _run_ingest
         calls = [("ingest", list(ops.index), [*head, orjson.dumps(ops.args)]) for ops in batch.ops.values()]
         results = await self.scripts.run(self.redis, calls, tail=[("HGETALL", self.keys.clocks())])
         return results[:-1], _checkpoints(results[-1])
@@ -319,7 +402,11 @@ class SpeedLayer:
         if released:
             decisions = await self._decide([a for a in released if a.kind == "decide"])
             claims = await self._claim(released, decisions)
-            for a, claim in zip(released, claims, strict=True):
+            # An order another copy superseded (the identity rule) is decided by that copy's
+            # release; its pending record is the other copy's now, so it is not cleared.
+            kept = [(a, c) for a, c in zip(released, claims, strict=True) if c != SUPERSEDED]
+            released = [a for a, _ in kept]
+            for a, claim in kept:
                 entry = self._settlement_entry(a, claim, out)
                 if entry is not None:
                     shard, item = entry
@@ -375,9 +462,22 @@ class SpeedLayer:
                 d = decisions[oid]
                 payload = codec.encode_decision(d).decode() if d is not None else ""
                 lo, hi = self._cancel_window(a.payload["event_time"])
-                ops.args.append(("o", claim_key, marker_key, payload, lo, hi))
+                pending_key = ops.key(self.keys.pending(a.bucket))
+                ops.args.append(
+                    (
+                        CLAIM_OPS["decide"],
+                        claim_key,
+                        marker_key,
+                        payload,
+                        lo,
+                        hi,
+                        pending_key,
+                        pending_field("decide", oid),
+                        a.payload["dg"],
+                    )
+                )
             else:
-                ops.args.append(("x", claim_key, marker_key, "", a.payload["event_time"]))
+                ops.args.append((CLAIM_OPS["cancel"], claim_key, marker_key, "", a.payload["event_time"]))
             where.append((a.bucket, len(ops.args) - 1))
         ttl = self.config.decision_ttl_ms
         claim_calls = [("claim", list(ops.index), [ttl, orjson.dumps(ops.args)]) for ops in calls.values()]
@@ -393,7 +493,7 @@ class SpeedLayer:
     def _settlement_entry(self, a: Action, claim: bytes, out: Settled) -> tuple[int, list[Any]] | None:
         """What the budget shard must do for one released action, or None (organic, a cancel outside
         its order's window: nothing to settle)."""
-        cancelled, raw_decision = parse_claim(claim) if claim else (False, b"")
+        cancelled, _digest, raw_decision = parse_claim(claim) if claim else (False, "", b"")
         if not raw_decision:
             if a.kind == "decide":
                 out.organic += 1
@@ -505,6 +605,20 @@ class SpeedLayer:
                 pipe.hset(self.keys.clocks(), mapping=changed)
             await pipe.execute()
         self._published.update(changed)
+
+
+def _refuse(batch: codec.Batch, raw: Any, name: str, value: str, rule: str) -> None:
+    batch.dead.append((raw, InvalidEvent(name, value, rule).as_dict()))
+    batch.dead_fields[name] += 1
+
+
+def _refuse_copy(batch: codec.Batch, item: codec.TouchItem | codec.PendingItem, copy: Any) -> None:
+    """Refuse a copy the identity rule does not keep (``copy``: the new one's raw value, or the
+    displaced one's stored form)."""
+    if isinstance(item, codec.TouchItem):
+        _refuse(batch, copy, "event_id", item.event_id, TOUCH_CONFLICT_RULE)
+    else:
+        _refuse(batch, copy, "order_id", item.data["order_id"], ORDER_CONFLICT_RULE)
 
 
 def _raise_first(results: list[Any]) -> list[Any]:

@@ -1,10 +1,12 @@
 """Redis key layout. Every key carries a hash tag, so each script's keys share one slot.
 
-User state (touches, pending actions, claims, cancel markers, counts) lives in
-user buckets ``{uN}``: all of one user's keys, and the keys of every user of the
-bucket, hash to one Redis Cluster slot, so a batch of events for a bucket is
-one script call. Budget state (charges, spend, stats, exhaustion, the ledger and
-the ``budget-events`` stream) lives in budget shards ``{bN}``.
+User state (touches, touch ids, counts) lives in user buckets ``{uN}``: all of
+one user's keys, and the keys of every user of the bucket, hash to one Redis
+Cluster slot, so a batch of events for a bucket is one script call. Orders and
+cancels (pending actions, claims, cancel markers) live in the bucket of their
+order id (``bucket(order_id)``): an order is named by its id whoever the user.
+Budget state (charges, spend, stats, exhaustion, the ledger and the
+``budget-events`` stream) lives in budget shards ``{bN}``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class Keys:
     def touches_in(self, bucket: int, user_id: str) -> str:
         """``touches`` when the user's bucket is known already (the hot path)."""
         return f"{self.prefix}:{{u{bucket}}}:t:{user_id}"
+
+    def touch_ids_in(self, bucket: int, user_id: str) -> str:
+        """A user's touches by event id (the identity rule's lookup: ``touch_ids``)."""
+        return f"{self.prefix}:{{u{bucket}}}:ti:{user_id}"
 
     def pending(self, bucket: int) -> str:
         return f"{self._u(bucket)}:pending"

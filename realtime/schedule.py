@@ -55,6 +55,17 @@ class ActionQueue:
             self._queued.add(key)
             heapq.heappush(self._heap, Action(key, bucket, data))
 
+    def replace(self, bucket: int, kind: ActionKind, data: dict[str, Any]) -> None:
+        """Queue ``data`` in place of the action of the same kind and order id, if one is queued
+        here (the identity rule replaced a pending copy of an order: its release time may differ)."""
+        order_id = data["order_id"]
+        keep = [a for a in self._heap if not (a.kind == kind and a.payload["order_id"] == order_id)]
+        if len(keep) != len(self._heap):
+            heapq.heapify(keep)
+            self._heap = keep
+            self._queued = {a.key for a in keep}
+        self.push(bucket, kind, data)
+
     def pop_released(self, watermark_ms: int) -> list[Action]:
         """Every action released strictly before ``watermark_ms``, in settlement order."""
         out = []

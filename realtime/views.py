@@ -9,7 +9,8 @@ the lake (``lake_view``): the speed layer's ledger and the landed raw events.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 
 from realtime.keys import Keys
 from shared_logic import Catalog
+from shared_logic.admission import touch_refusal
 from shared_logic.contract import (
     BILLING_MODEL,
     COUNTERS,
@@ -28,6 +30,7 @@ from shared_logic.contract import (
     parse_count_field,
     roas,
 )
+from shared_logic.identity import Rank, rank, row_digest, stands
 from shared_logic.timeutil import utc_day, utc_day_bounds_ms
 from storage.lake import Lake, PartitionRef, partition
 from storage.raw import HOURS, landed_by_day
@@ -122,12 +125,15 @@ def lake_view(
 ) -> list[dict[str, Any]]:
     """``speed_view`` of closed days from the lake: orders, revenue, spend and capped orders from
     the speed layer's ledger (``realtime_ledger/dt=``: a charge adds the order, a refund takes it
-    back, as the settlement scripts move the stats), touches from the landed raw events (distinct
-    event ids). Redis may have expired those days; the lake keeps them, and rows do not change
-    with Redis's retention."""
+    back, as the settlement scripts move the stats), touches from the landed raw events of the day
+    that admission keeps, one per event by the identity rule (``count_touches``, as the speed
+    layer's counters and the nightly job count them; copies of one event dated on two UTC days are
+    the one case where it may differ, since it reads one day). Redis may have expired those days;
+    the lake keeps them, and rows do not change with Redis's retention."""
     if not days or not campaign_ids:
         return []
     wanted = pa.array(sorted(set(campaign_ids)))
+    wanted_ids = set(campaign_ids)
     money: dict[tuple[str, str], dict[str, int]] = {}
     touches: dict[tuple[str, str], dict[str, int]] = {}
     hours: dict[tuple[str, str], list[PartitionRef]] = {}  # (type, day) -> its hour partitions
@@ -151,18 +157,12 @@ def lake_view(
                     slot["revenue"] = slot.get("revenue", 0) + sign * r["amount_minor"]
                     slot["spend"] = slot.get("spend", 0) + r["charge_minor"]
                     slot["capped_orders"] = slot.get("capped_orders", 0) + (sign > 0 and bool(r["capped"]))
-        for etype, counter in COUNTERS.items():
-            refs = hours.get((etype, day), [])
-            raw = lake.read(refs, columns=["campaign_id", "event_id"]) if refs else None
-            if raw is None or not raw.num_rows:
-                continue
-            raw = raw.filter(pc.is_in(raw["campaign_id"], value_set=wanted))
-            grouped = raw.group_by("campaign_id").aggregate([("event_id", "count_distinct")])
-            for cid, n in zip(
-                grouped["campaign_id"].to_pylist(),
-                grouped["event_id_count_distinct"].to_pylist(),
-                strict=True,
-            ):
+        refs = [ref for etype in COUNTERS for ref in hours.get((etype, day), [])]
+        raw = lake.read(refs) if refs else None
+        if raw is None or not raw.num_rows:
+            continue
+        for (cid, counter), n in count_touches(raw.to_pylist(), catalog).items():
+            if cid in wanted_ids:
                 touches.setdefault((day, cid), {})[counter] = n
     rows = []
     for day in days:
@@ -172,6 +172,21 @@ def lake_view(
                 continue
             rows.append(_billing_row(catalog, day, cid, stats, c))
     return rows
+
+
+def count_touches(rows: Iterable[Mapping[str, Any]], catalog: Catalog) -> Counter[tuple[str, str]]:
+    """Touches per (campaign, counter) of raw rows: those admission's catalog stage admits
+    (``shared_logic.admission``), one standing copy per event (``shared_logic.identity``)."""
+    standing: dict[tuple[str, str], tuple[Rank, Mapping[str, Any]]] = {}
+    for row in rows:
+        if touch_refusal(row["event_type"], row["campaign_id"], row["event_time"], catalog) is not None:
+            continue
+        key = (row["user_id"], row["event_id"])
+        copy = rank(row["event_time"], row["event_id"], row_digest(row))
+        held = standing.get(key)
+        if held is None or stands(copy, held[0]):
+            standing[key] = (copy, row)
+    return Counter((r["campaign_id"], COUNTERS[r["event_type"]]) for _, r in standing.values())
 
 
 def _billing_row(

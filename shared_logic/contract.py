@@ -199,8 +199,11 @@ SETTLEMENT_STATE_ROW: Final = RowSchema(
 #: The speed layer's ledger in the lake: a ledger row and the stream entry it came from.
 REALTIME_LEDGER_ROW: Final = LEDGER_ROW.plus(Column("stream_id", ColumnType.STRING, False))
 
-#: The nightly job's per-user output: one row per order (decided or organic) and one
-#: ``null`` row per user-day of touches that did not convert, with the journey's path.
+#: The nightly job's per-user output: one row per order (decided or organic), one ``null`` row
+#: per user-day of touches that did not convert, with the journey's path; one ``count`` row per
+#: campaign and counter of the user's admitted touches of the day (``counter``, ``touches``);
+#: one ``refused`` row per event of the day refused when deciding (``refusal``: its
+#: ``DEAD_LETTER_ROW`` as JSON).
 JOURNEY_ROW: Final = RowSchema(
     "journey",
     (
@@ -211,6 +214,9 @@ JOURNEY_ROW: Final = RowSchema(
         Column("path_channels", ColumnType.STRING_LIST, False),
         Column("path_times", ColumnType.INT64_LIST, False),
         Column("in_day", ColumnType.BOOL, False),
+        Column("counter", ColumnType.STRING),
+        Column("touches", ColumnType.INT64),
+        Column("refusal", ColumnType.STRING),
     ),
 )
 
@@ -360,6 +366,9 @@ RAW: Final = Dataset("raw/{event_type}", ("dt", "hour"), RAW_ROW)
 #: waits for the 24 of its day.
 LANDED: Final = Dataset("raw/_landed", ("dt", "hour"))
 DEAD_LETTERS: Final = Dataset("dead_letters", ("dt",), DEAD_LETTER_ROW)
+#: Landed events the nightly job refused when deciding (admission's catalog stage, the identity
+#: rule), by the day they are dated: the batch layer's dead letters, as the speed layer's.
+REFUSED: Final = Dataset("refused", ("dt",), DEAD_LETTER_ROW)
 REALTIME_LEDGER: Final = Dataset("realtime_ledger", ("dt",), REALTIME_LEDGER_ROW)
 BATCH_LEDGER: Final = Dataset("batch_ledger", ("dt",), LEDGER_ROW)
 ATTRIBUTION: Final = Dataset("attribution", ("model", "dt"), FACT_ROW)
@@ -396,13 +405,33 @@ class SettleStatus(IntEnum):
     REFUSED = -1  # a counter would pass 2^53 - 1
 
 
+class IngestStatus(IntEnum):
+    """What the ingest script did with one op (when it does not return the standing copy)."""
+
+    KNOWN = 0  # the same copy is stored (a touch), or the same order was decided
+    NEW = 1
+    PENDING = 2  # the same copy is pending
+    CONFLICT_DECIDED = 3  # another copy of the order was decided
+    REPLACED = 4
+    CHANGED = 5  # a replace found another standing copy than the one given: nothing done
+
+
+#: The ingest script's op codes.
+INGEST_OPS: Final = {"touch": "t", "pending": "p", "replace_touch": "r", "replace_pending": "P"}
+#: The claim script's op codes, and its answer for an order another copy superseded.
+CLAIM_OPS: Final = {"decide": "o", "cancel": "x"}
+CLAIM_SUPERSEDED: Final = "-"
+
+
 #: What each Lua script may name in its ``-- contract:`` header, as the header spells it.
 LUA_CONTRACT: Final = {
-    "touch_member": "kind|campaign_id|arrival_wm|event_id",
+    "touch_member": "kind|campaign_id|arrival_wm|digest|event_id",
+    "touch_ids": "event_id -> touch_member",
+    "pending_record": "digest|payload",
     "queue_member": "kind|order_id",
     "count_field": "campaign_id|counter",
     "pending_field": "o:order_id x:order_id",
-    "claim": "cancelled|decision",
+    "claim": "cancelled|digest|decision",
     "charge_record": "charge|day|refunded",
     "no_cap": str(NO_CAP),
     "stats_fields": " ".join(STATS_FIELDS),
@@ -410,19 +439,46 @@ LUA_CONTRACT: Final = {
     "budget_event_fields": " ".join(BUDGET_EVENT_FIELDS),
     "ledger_intent": "first_id last_id",
     "settle_status": " ".join(f"{s.name.lower()}:{s.value}" for s in SettleStatus),
+    "ingest_ops": " ".join(f"{name}:{code}" for name, code in INGEST_OPS.items()),
+    "ingest_status": " ".join(f"{s.name.lower()}:{s.value}" for s in IngestStatus),
+    "claim_ops": " ".join(f"{name}:{code}" for name, code in CLAIM_OPS.items()),
+    "claim_superseded": CLAIM_SUPERSEDED,
 }
 
 
-def touch_member(kind: TouchKind, campaign_id: str, event_id: str, arrival_wm: int) -> str:
+def touch_member(kind: TouchKind, campaign_id: str, event_id: str, arrival_wm: int, digest: str) -> str:
     """A touch in a user's sorted set (scored by its time), with the watermark of its partition
-    when it arrived: an order released before that watermark passed it cannot use it."""
-    return f"{TOUCH_CODES[kind]}{SEP}{campaign_id}{SEP}{arrival_wm}{SEP}{event_id}"
+    when it arrived (an order released before that watermark passed it cannot use it) and the
+    digest of its fields (``identity.digest``). The user's ``touch_ids`` hash maps each event id
+    to its member: the identity rule's lookup."""
+    return f"{TOUCH_CODES[kind]}{SEP}{campaign_id}{SEP}{arrival_wm}{SEP}{digest}{SEP}{event_id}"
 
 
-def parse_touch_member(member: str) -> tuple[TouchKind, str, str, int]:
-    """``(kind, campaign_id, event_id, arrival_wm)``; the event id is last, so it may hold the separator."""
-    code, campaign_id, arrival_wm, event_id = member.split(SEP, 3)
-    return _CODE_KINDS[code], campaign_id, event_id, int(arrival_wm)
+@dataclass(frozen=True, slots=True)
+class TouchMember:
+    kind: TouchKind
+    campaign_id: str
+    event_id: str
+    arrival_wm: int
+    digest: str
+
+
+def parse_touch_member(member: str) -> TouchMember:
+    """A member's fields; the event id is last, so it may hold the separator."""
+    code, campaign_id, arrival_wm, digest, event_id = member.split(SEP, 4)
+    return TouchMember(_CODE_KINDS[code], campaign_id, event_id, int(arrival_wm), digest)
+
+
+def pending_record(digest: str, payload: str) -> str:
+    """A pending order or cancel: the digest of its event's fields (what identifies a copy), then
+    its payload (JSON: the order's fields, its partition ``tp`` and arrival watermark ``awm``)."""
+    return f"{digest}{SEP}{payload}"
+
+
+def parse_pending_record(raw: bytes | str) -> tuple[str, str]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    digest, payload = text.split(SEP, 1)
+    return digest, payload
 
 
 def queue_member(kind: str, order_id: str) -> str:
@@ -448,10 +504,12 @@ def pending_kind(name: str) -> str:
     return "decide" if name.startswith(PENDING_PREFIX["decide"]) else "cancel"
 
 
-def parse_claim(claim: bytes) -> tuple[bool, bytes]:
-    """``cancelled|decision``: whether a cancel came first, and the decision (empty: organic)."""
-    cancelled, decision = claim.split(SEP.encode(), 1)
-    return cancelled == b"1", decision
+def parse_claim(claim: bytes) -> tuple[bool, str, bytes]:
+    """``cancelled|digest|decision``: whether a cancel came first, the digest of the order event
+    that was decided (a later copy with another digest is a conflicting order), and the decision
+    (empty: organic)."""
+    cancelled, digest, decision = claim.split(SEP.encode(), 2)
+    return cancelled == b"1", digest.decode(), decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +531,40 @@ class Checkpoint:
         text = raw.decode() if isinstance(raw, bytes) else raw
         parts = [int(x) for x in text.split(SEP)]
         return cls(*parts[:3])
+
+
+#: The one mapping between an order event and its fields: the speed layer's pending payload, a
+#: raw row of the lake (``RAW_ROW`` columns of the same names), the nightly job's orders.
+ORDER_FIELDS: Final = tuple(f for f in Order.__dataclass_fields__ if f != "event_type")
+
+
+def order_payload(order: Order) -> dict[str, Any]:
+    """An order's fields (promo codes as a list: JSON- and Arrow-ready)."""
+    out: dict[str, Any] = {name: getattr(order, name) for name in ORDER_FIELDS}
+    out["promo_codes"] = list(order.promo_codes)
+    return out
+
+
+def order_from_payload(p: Mapping[str, Any]) -> Order:
+    """The order ``order_payload`` wrote, or a raw row held (extra keys ignored, null codes: none)."""
+    values = {name: p[name] for name in ORDER_FIELDS}
+    values["event_time"] = int(values["event_time"])
+    values["amount_minor"] = int(values["amount_minor"])
+    values["promo_codes"] = tuple(values["promo_codes"]) if values["promo_codes"] is not None else ()
+    return Order(**values)
+
+
+def order_decision_fields(order: Order) -> dict[str, Any]:
+    """The order's own columns of a ``DECISION_ROW`` (an organic order has no campaign)."""
+    return {
+        "order_id": order.order_id,
+        "user_id": order.user_id,
+        "order_event_id": order.event_id,
+        "order_time_ms": order.event_time,
+        "merchant_id": order.merchant_id,
+        "amount_minor": order.amount_minor,
+        "currency": order.currency,
+    }
 
 
 def cap_arg(cap: int | None) -> int:

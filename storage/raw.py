@@ -18,9 +18,11 @@ from typing import Any
 import pyarrow as pa
 
 from shared_logic import InvalidEvent, parse_event
+from shared_logic.admission import refusal
 from shared_logic.contract import DEAD_LETTER_ROW, DEAD_LETTERS, LANDED, RAW, RAW_ROW, dead_letter
 from shared_logic.events import EVENT_TYPES, event_to_dict
-from shared_logic.policy import DEFAULT_MAX_FUTURE_MS, FUTURE_RULE, in_future
+from shared_logic.identity import digest
+from shared_logic.policy import DEFAULT_MAX_FUTURE_MS
 from shared_logic.timeutil import utc_hour
 from storage.arrow import conform, table_of
 from storage.lake import Lake, PartitionRef, partition
@@ -58,9 +60,11 @@ def land(
     names a file after the topic-partition and offset range it holds, a backfill after its source.
 
     Files appear whole or not at all, and writing the same ``name`` again rewrites the same files,
-    so a writer that died half-way and starts over leaves no duplicates. Redeliveries within the
-    call keep one copy; across calls the nightly job drops duplicate event ids. An event dated more
-    than ``max_future_ms`` after its arrival is a dead letter (``in_future``, both layers' rule).
+    so a writer that died half-way and starts over leaves no duplicates. Admission's wire stage
+    (``shared_logic.admission``, catalog None) decides what is a dead letter: a touch the catalog
+    refuses is landed (the layers refuse it when they decide, and a rerun with another catalog
+    must see it). Identical copies within the call (``identity.digest``) keep one; copies that
+    conflict are all landed, for the identity rule to choose between when deciding.
     """
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     dead: dict[str, list[dict[str, Any]]] = {}
@@ -68,15 +72,17 @@ def land(
     for raw, arrival in deliveries:
         try:
             event = parse_event(raw)
-            if in_future(event.event_time, arrival, max_future_ms):
-                raise InvalidEvent("event_time", event.event_time, FUTURE_RULE)
+            refused = refusal(event, arrival, max_future_ms, None)
+            if refused is not None:
+                raise refused
         except InvalidEvent as exc:
             row = dead_letter(raw, exc.as_dict(), arrival)
             dead.setdefault(utc_hour(arrival)[0], []).append(asdict(row))
             continue
-        if event.event_id in seen:  # a redelivery: the lake keeps one copy
+        copy = digest(event)
+        if copy in seen:  # a redelivery: the lake keeps one copy
             continue
-        seen.add(event.event_id)
+        seen.add(copy)
         row_ = event_to_dict(event)
         row_["ingested_at_ms"] = arrival
         dt, hour = utc_hour(event.event_time)

@@ -1,49 +1,105 @@
--- contract: touch_member = kind|campaign_id|arrival_wm|event_id
+-- contract: touch_member = kind|campaign_id|arrival_wm|digest|event_id
+-- contract: touch_ids = event_id -> touch_member
 -- contract: count_field = campaign_id|counter
 -- contract: pending_field = o:order_id x:order_id
--- Ingest a batch of one user bucket's events (all KEYS share the bucket's hash tag).
+-- contract: pending_record = digest|payload
+-- contract: claim = cancelled|digest|decision
+-- contract: ingest_ops = touch:t pending:p replace_touch:r replace_pending:P
+-- contract: ingest_status = known:0 new:1 pending:2 conflict_decided:3 replaced:4 changed:5
+-- Ingest a batch of one bucket's events (all KEYS share the bucket's hash tag: touches live in
+-- their user's bucket, orders and cancels in their order id's). The identity rule
+-- (shared_logic.identity) decides between copies; this script finds them and never compares
+-- ranks (Python does, byte for byte): it returns the standing copy of a conflict, and the
+-- caller sends a replace op when the new copy ranks lower.
 -- ARGV[1] retention of touches (ms), ARGV[2] TTL of counts (ms), ARGV[3] trim bound: touches
 -- older than it can earn no order still to be decided, ARGV[4] a JSON array of ops (one
--- argument, not six per event: packing arguments is the client's main cost):
---   {'t', touches key index, counts key index, member, score, counts field}
---   {'p', claim key index (0 for a cancel), pending key index, pending field, payload}
--- Returns one integer per op:
---   touch: 1 new, 0 already known (a redelivery changes nothing)
---   pending: 1 newly pending, 2 already pending, 0 already decided (nothing to do)
+-- argument, not many per event: packing arguments is the client's main cost):
+--   {'t', touches key, touch ids key, counts key, event_id, member, score, counts field, digest}
+--   {'p', claim key (0 for a cancel), pending key, pending field, record, digest}
+--   {'r', touches key, touch ids key, old counts key, new counts key, event_id, old member,
+--         new member, score, old counts field, new counts field}
+--   {'P', claim key, pending key, pending field, old record, new record}
+-- (key positions are 1-based indexes into KEYS). Returns one value per op:
+--   't': 1 new, 0 known (the same copy: nothing changes, counters included), or the standing
+--        copy's {member, score} when the new one conflicts with it
+--   'p': 1 newly pending, 2 the same copy is pending, 0 the same order was decided, 3 another
+--        copy of the order was decided (a late conflicting copy), or the standing record when
+--        another copy is pending (orders only: a cancel's copies are one pending cancel)
+--   'r', 'P': 4 replaced, 5 changed meanwhile (the standing copy is not the one given; nothing done)
 -- Reads and checks first, then writes: an error leaves nothing behind.
 local MAX = 9007199254740991  -- 2^53 - 1: every counter stays exact in Lua's doubles
 local retention = tonumber(ARGV[1])
 local counts_ttl = tonumber(ARGV[2])
 local trim_bound = tonumber(ARGV[3])
 local ops = cjson.decode(ARGV[4])
-local out, touches, pendings, seen, newest, counts = {}, {}, {}, {}, {}, {}
+local out, writes, seen, newest, counts = {}, {}, {}, {}, {}
+local function count(ckey, field, n)
+  local fields = counts[ckey]
+  if fields == nil then fields = {}; counts[ckey] = fields end
+  fields[field] = (fields[field] or 0) + n
+end
+local function digest_of(member)
+  return string.match(member, '^[^|]*|[^|]*|[^|]*|([^|]*)|')
+end
 for i, op in ipairs(ops) do
-  if op[1] == 't' then
-    local zkey = KEYS[op[2]]
-    local id = zkey .. '\n' .. op[4]
-    if seen[id] or redis.call('ZSCORE', zkey, op[4]) then
+  local code = op[1]
+  if code == 't' then
+    local zkey, hkey = KEYS[op[2]], KEYS[op[3]]
+    local id = hkey .. '\n' .. op[5]
+    local standing = seen[id]
+    if standing == nil then
+      local member = redis.call('HGET', hkey, op[5])
+      local score = member and redis.call('ZSCORE', zkey, member)
+      if score then standing = {member, tonumber(score)} end
+    end
+    if standing == nil then
+      seen[id] = {op[6], op[7]}
+      out[i] = 1
+      writes[#writes + 1] = {'t', zkey, hkey, op[5], op[6], op[7]}
+      if newest[zkey] == nil or op[7] > newest[zkey][1] then newest[zkey] = {op[7], hkey} end
+      count(KEYS[op[4]], op[8], 1)
+    elseif digest_of(standing[1]) == op[9] then
       out[i] = 0
     else
-      seen[id] = true
-      out[i] = 1
-      touches[#touches + 1] = op
-      if newest[zkey] == nil or op[5] > newest[zkey] then newest[zkey] = op[5] end
-      local ckey = KEYS[op[3]]
-      local fields = counts[ckey]
-      if fields == nil then fields = {}; counts[ckey] = fields end
-      fields[op[6]] = (fields[op[6]] or 0) + 1
+      out[i] = {standing[1], string.format('%d', standing[2])}
     end
-  else
+  elseif code == 'p' then
     local pkey = KEYS[op[3]]
     local id = pkey .. '\n' .. op[4]
-    if op[2] > 0 and redis.call('EXISTS', KEYS[op[2]]) == 1 then
-      out[i] = 0
-    elseif seen[id] or redis.call('HEXISTS', pkey, op[4]) == 1 then
-      out[i] = 2
+    local claim = op[2] > 0 and redis.call('GET', KEYS[op[2]])
+    if claim then
+      local claimed = string.match(claim, '^[^|]*|([^|]*)|')
+      out[i] = (claimed == op[6]) and 0 or 3
     else
-      seen[id] = true
-      out[i] = 1
-      pendings[#pendings + 1] = op
+      local standing = seen[id] or redis.call('HGET', pkey, op[4])
+      if not standing then
+        seen[id] = op[5]
+        out[i] = 1
+        writes[#writes + 1] = {'p', pkey, op[4], op[5]}
+      elseif op[2] == 0 or string.match(standing, '^([^|]*)|') == op[6] then
+        out[i] = 2
+      else
+        out[i] = standing
+      end
+    end
+  elseif code == 'r' then
+    local hkey = KEYS[op[3]]
+    if redis.call('HGET', hkey, op[6]) == op[7] then
+      out[i] = 4
+      writes[#writes + 1] = {'r', KEYS[op[2]], hkey, op[6], op[7], op[8], op[9]}
+      if newest[KEYS[op[2]]] == nil then newest[KEYS[op[2]]] = {op[9], hkey} end
+      count(KEYS[op[4]], op[10], -1)
+      count(KEYS[op[5]], op[11], 1)
+    else
+      out[i] = 5
+    end
+  else  -- 'P'
+    local pkey = KEYS[op[3]]
+    if redis.call('EXISTS', KEYS[op[2]]) == 0 and redis.call('HGET', pkey, op[4]) == op[5] then
+      out[i] = 4
+      writes[#writes + 1] = {'p', pkey, op[4], op[6]}
+    else
+      out[i] = 5
     end
   end
 end
@@ -55,15 +111,29 @@ for ckey, fields in pairs(counts) do
   end
 end
 -- writes below: nothing above this line writes
-for _, op in ipairs(touches) do
-  redis.call('ZADD', KEYS[op[2]], op[5], op[4])
+for _, w in ipairs(writes) do
+  if w[1] == 't' then
+    redis.call('ZADD', w[2], w[6], w[5])
+    redis.call('HSET', w[3], w[4], w[5])
+  elseif w[1] == 'r' then
+    redis.call('ZREM', w[2], w[5])
+    redis.call('ZADD', w[2], w[7], w[6])
+    redis.call('HSET', w[3], w[4], w[6])
+  else
+    redis.call('HSET', w[2], w[3], w[4])
+  end
 end
-for _, op in ipairs(pendings) do
-  redis.call('HSET', KEYS[op[3]], op[4], op[5])
-end
-for zkey, _ in pairs(newest) do
-  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', string.format('(%d', trim_bound))
+for zkey, top in pairs(newest) do
+  local hkey = top[2]
+  local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', string.format('(%d', trim_bound))
+  for _, member in ipairs(old) do
+    redis.call('HDEL', hkey, string.match(member, '^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$'))
+  end
+  if #old > 0 then
+    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', string.format('(%d', trim_bound))
+  end
   redis.call('PEXPIRE', zkey, retention)
+  redis.call('PEXPIRE', hkey, retention)
 end
 for ckey, fields in pairs(counts) do
   for field, n in pairs(fields) do

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from batch.journeys import decide_user
+from batch.journeys import DaySpec, decide_user
 from shared_logic import AttributionPolicy
 from tests.factories import DAY, HOUR, MIN, T0, campaign, catalog, promo
 
@@ -71,8 +71,10 @@ def _rows() -> pd.DataFrame:
 )
 def test_journeys_by_channel_key(key: str, path: list[str]) -> None:
     cat = catalog(campaign("ad1"), promo("pr1", codes=("SAVE",), merchant_ids=["m1"]))
-    rows = decide_user("u1", _rows(), cat, AttributionPolicy(), DAY0, DAY0 + DAY, key)
-    order, null = rows
+    rows = decide_user("u1", _rows(), DaySpec(cat, AttributionPolicy(), DAY0, DAY0 + DAY, key))
+    counted = {(r["campaign_id"], r["counter"]): r["touches"] for r in rows if r["kind"] == "count"}
+    assert counted == {("ad1", "impressions"): 2, ("ad1", "clicks"): 1}  # the day's admitted touches
+    order, null = (r for r in rows if r["kind"] != "count")
     assert (order["kind"], order["campaign_id"], order["touch_kind"]) == (
         "order",
         "pr1",
