@@ -286,7 +286,8 @@ def freeze_when(proc: subprocess.Popen[bytes], ready: Any, timeout_s: float, sli
         time.sleep(slice_s)
 
 
-OFFSET_COMMIT = 8  # the Kafka API key of OffsetCommit
+OFFSET_COMMIT = 8  # Kafka API keys: OffsetCommit
+LEAVE_GROUP = 13  # LeaveGroup
 
 
 class CommitHold:
@@ -297,7 +298,7 @@ class CommitHold:
     dropped with their connection. The broker must advertise this front's ``port`` (``InnerBroker``
     with ``advertised_port``) so every connection a client opens comes through here. ``refused``
     counts the connections closed at once because the broker (``upstream``, which may be changed to
-    a new broker's port) did not answer."""
+    a new broker's port) did not answer; ``requests`` lists the API key of every request seen."""
 
     def __init__(self, upstream: int, hold_after: int | None = None, port: int | None = None) -> None:
         import threading
@@ -307,6 +308,7 @@ class CommitHold:
         self.hold_after = hold_after
         self.passed = 0
         self.refused = 0
+        self.requests: list[int] = []  # the API key of every request clients sent, in arrival order
         self.held = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -346,6 +348,7 @@ class CommitHold:
             while True:
                 head = await reader.readexactly(4)
                 body = await reader.readexactly(struct.unpack(">i", head)[0])
+                self.requests.append(struct.unpack_from(">h", body)[0])
                 if not holding and struct.unpack_from(">h", body)[0] == OFFSET_COMMIT:
                     if self.hold_after is not None and self.passed >= self.hold_after:
                         holding = True

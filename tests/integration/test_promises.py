@@ -344,3 +344,238 @@ def test_the_worker_refuses_an_input_topic_with_another_partition_count(
     text = " ".join(log.read_text().split())
     assert "ATTRIBUTION_REALTIME_TOPIC_PARTITIONS" in text, text
     assert f"topic {cfg.topic('order')} has 3 partitions" in text, text
+
+
+# SIGTERM: finish the batch, commit, leave; the partitions move to the other worker ------------
+
+
+def _sync_redis(url: str) -> Any:
+    import redis
+
+    from realtime.client import is_cluster
+
+    if is_cluster(url):
+        host, _, port = url.split("://", 1)[1].split(",")[0].rpartition(":")
+        return redis.RedisCluster(host=host, port=int(port))
+    return redis.Redis.from_url(url)
+
+
+def _checkpoints(url: str, settings: Settings) -> dict[tuple[str, int], int]:
+    from realtime.keys import Keys
+
+    r = _sync_redis(url)
+    try:
+        raw = r.hgetall(Keys.of(settings.keys).clocks())
+    finally:
+        r.close()
+    out = {}
+    for k, v in raw.items():
+        topic, _, p = k.decode().rpartition("/")
+        out[(topic, int(p))] = int(v.split(b"|")[0])
+    return out
+
+
+def _settled(url: str, settings: Settings, ends: dict[tuple[str, int], int]) -> bool:
+    from realtime.keys import Keys
+
+    done = _checkpoints(url, settings)
+    if any(done.get(tp, 0) < n for tp, n in ends.items()):
+        return False
+    keys = Keys.of(settings.keys)
+    r = _sync_redis(url)
+    try:
+        pending = sum(r.hlen(keys.pending(b)) for b in range(keys.user_buckets))
+        return pending == 0 and not r.exists(keys.queue(0))
+    finally:
+        r.close()
+
+
+async def _committed(settings: Settings, group: str) -> dict[tuple[str, int], int]:
+    """The offsets the broker holds committed for ``group`` (-1: none)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from realtime.broker import client_options, input_topics
+
+    cfg = settings.realtime
+    consumer = AIOKafkaConsumer(**client_options(cfg), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        committed = {}
+        for topic in input_topics(cfg):
+            for p in range(cfg.topic_partitions):
+                got = await consumer.committed(TopicPartition(topic, p))
+                committed[(topic, p)] = -1 if got is None else got
+        return committed
+    finally:
+        await consumer.stop()
+
+
+class _Member:
+    """A consumer of ``settings``'s group in a thread of its own, polling until ``leave()``: a member
+    whose joining and leaving make the group rebalance (moving its generation past 0)."""
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+
+        self.settings = settings
+        self.assigned = threading.Event()
+        self._leave = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+
+    async def _run(self) -> None:
+        from realtime.broker import group_consumer, input_topics
+
+        cfg = self.settings.realtime
+        consumer = group_consumer(cfg, cfg.app_id, 10)
+        consumer.subscribe(input_topics(cfg))
+        await consumer.start()
+        try:
+            while not self._leave.is_set():
+                await consumer.getmany(timeout_ms=100)
+                if consumer.assignment():
+                    self.assigned.set()
+        finally:
+            await consumer.stop()  # commits nothing; leaves the group
+
+    def leave(self) -> None:
+        self._leave.set()
+        self._thread.join(30)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_batch_commits_and_leaves_and_the_partitions_move_on_a_cluster(
+    redis_server: Any, redis_cluster: Any, tmp_path: Path
+) -> None:
+    """An ``attribution worker`` drains a backlog on a 3-master Redis Cluster, reaching the broker
+    through a front that records every request. Frozen with work left, it is sent SIGTERM and
+    continued: it exits 0, the offsets the broker holds committed for its group equal its checkpoints
+    in Redis for every partition (the batch in hand finished, then committed), and its last request
+    to the broker is a LeaveGroup. A second worker takes every partition over, with the pending orders
+    the first left in Redis, and the outcome equals a replay of the same events: every order charged
+    once. (A partition moved by a SIGKILL takeover, two workers at once, is
+    ``tests/integration/test_kafka.py``'s; this one moves by a graceful leave, on a cluster.)
+
+    Tansu numbers a group's first generation 0, and aiokafka sends LeaveGroup only from generation 1
+    on (``GroupCoordinator._maybe_leave_group``): a member that never saw a rebalance cannot leave a
+    Tansu group, it expires. So another member joins the group first and leaves once the worker is
+    in: the worker is then in generation 2, as any member of a group that has rebalanced is.
+
+    Mutants killed: ``realtime.broker.serve`` without its SIGTERM handler (the worker dies by the
+    signal: exit -15), and ``KafkaWorker._close`` without ``consumer.stop()`` (no LeaveGroup sent)."""
+    from devtools.servers import InnerBroker, free_port
+    from devtools.synthetic import SyntheticConfig, generate
+    from devtools.traffic import produce
+    from realtime.replay import replay
+    from realtime.routing import partition_for, route
+    from tests.helpers import LEAVE_GROUP, CommitHold, flush, freeze_when, redis_snapshot
+
+    traffic = generate(SyntheticConfig(users=800, days=2, duplicate_rate=0.02, cancel_rate=0.15, seed=67))
+    values = [e.payload for e in traffic.events]
+    replay_url = redis_server.url.rsplit("/", 1)[0] + "/12"
+    flush(replay_url)
+    asyncio.run(
+        replay(values, traffic.catalog, Settings().replace(redis_url=replay_url), show_progress=False)
+    )
+
+    def outcome(url: str) -> dict[str, Any]:
+        state = asyncio.run(redis_snapshot(url))
+        return {k: v for k, v in state.items() if not k.endswith((":clocks", ":dead-letters"))}
+
+    expected = outcome(replay_url)
+    url = redis_cluster.url
+    flush(url)
+    tag = uuid.uuid4().hex[:8]
+    front_port = free_port()
+    inner = InnerBroker(advertised_port=front_port)
+    front = CommitHold(inner.port, port=front_port)
+    settings = Settings().replace(
+        redis_url=url,
+        realtime_broker_url=f"kafka://127.0.0.1:{front_port}",
+        realtime_topic_prefix=f"t{tag}",
+        realtime_app_id=f"g{tag}",
+        realtime_session_timeout_ms=6_000,
+        realtime_heartbeat_interval_ms=1_000,
+    )
+    cfg = settings.realtime
+    ends: dict[tuple[str, int], int] = {}
+    for v in values:
+        etype, key = route(v)
+        tp = (cfg.topic(etype), partition_for(key, cfg.topic_partitions))
+        ends[tp] = ends.get(tp, 0) + 1
+    asyncio.run(produce(values, cfg))
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(yaml.safe_dump({"campaigns": traffic.catalog.to_records()}))
+    env = {
+        **_base_env(),
+        "ATTRIBUTION_REDIS_URL": url,
+        "ATTRIBUTION_CATALOG_URL": str(cat),
+        "ATTRIBUTION_REALTIME_BROKER_URL": cfg.broker_url,
+        "ATTRIBUTION_REALTIME_TOPIC_PREFIX": cfg.topic_prefix,
+        "ATTRIBUTION_REALTIME_APP_ID": cfg.app_id,
+        "ATTRIBUTION_REALTIME_SESSION_TIMEOUT_MS": "6000",
+        "ATTRIBUTION_REALTIME_HEARTBEAT_INTERVAL_MS": "1000",
+        "ATTRIBUTION_REALTIME_TIMER_INTERVAL_S": "0.2",
+        "ATTRIBUTION_REALTIME_LEDGER_FLUSH_INTERVAL_S": "0",
+        "ATTRIBUTION_REALTIME_BATCH_SIZE": "100",
+    }
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    total = sum(ends.values())
+
+    def work_left(at_least: float) -> int | None:
+        done = _checkpoints(url, settings)
+        got = sum(min(done.get(tp, 0), n) for tp, n in ends.items())
+        return got if got >= at_least * total else None
+
+    try:
+        # Tansu numbers a group's first generation 0, and aiokafka sends LeaveGroup only from generation
+        # 1 on: another member joins first and leaves once A is in, so A is in generation 2.
+        other = _Member(settings)
+        wait_for("another member joins", other.assigned.is_set, 60)
+        with _process(["worker"], env, logs[0]) as a:
+            wait_for(
+                "A joins beside it", lambda: "assigned 30 partitions" in logs[0].read_text(), 90, alive=(a,)
+            )
+            other.leave()
+            wait_for(
+                "A holds every partition",
+                lambda: "assigned 60 partitions" in logs[0].read_text(),
+                90,
+                alive=(a,),
+            )
+            done = freeze_when(a, lambda: work_left(0.0), 120)
+            assert done < total, "the backlog was drained before SIGTERM: make the traffic larger"
+            sent = len(front.requests)
+            a.send_signal(signal.SIGTERM)
+            os.kill(a.pid, signal.SIGCONT)
+            assert a.wait(30) == 0, logs[0].read_text()[-3000:]
+        assert front.requests[sent:][-1:] == [LEAVE_GROUP]  # its last word to the broker: it leaves
+        committed = asyncio.run(_committed(settings, cfg.app_id))
+        checkpoints = _checkpoints(url, settings)
+        assert committed == {tp: checkpoints.get(tp, -1) for tp in committed}  # the batch in hand, committed
+        assert sum(checkpoints.values()) < total  # B has work of A's to take over
+        with _process(["worker"], env, logs[1]) as b:
+            wait_for(
+                "B takes every partition over",
+                lambda: "assigned 60 partitions" in logs[1].read_text(),
+                90,
+                alive=(b,),
+            )
+            wait_for(
+                "B settles everything",
+                lambda: _settled(url, settings, ends),
+                120,
+                interval_s=0.2,
+                alive=(b,),
+                logs=tuple(logs),
+            )
+            b.send_signal(signal.SIGTERM)
+            assert b.wait(30) == 0, logs[1].read_text()[-3000:]
+    finally:
+        front.stop()
+        inner.stop()
+    got = outcome(url)
+    charges = [e for e in got["attr:{b0}:ledger"] if e[b"kind"] in (b"charge", b"cancelled")]
+    orders = [json.loads(e[b"d"])["order_id"] for e in charges]
+    assert len(orders) == len(set(orders)) > 50  # every order charged once
+    assert got == expected
