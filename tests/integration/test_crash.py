@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from devtools.synthetic import SyntheticConfig, generate
 from realtime.keys import Keys
 from realtime.ledger import LedgerFlusher, read_ledger, read_stream
 from storage import open_lake
-from tests.helpers import flush, redis_snapshot
+from tests.helpers import flush, freeze_when, redis_snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ATTRIBUTION = str(Path(sys.executable).with_name("attribution"))
@@ -63,8 +61,12 @@ async def _state(url: str) -> dict[str, Any]:
 def test_sigkill_at_random_points_then_restart_charges_every_order_once(
     speed_redis_url: str, traffic_files: tuple[Path, Path, int]
 ) -> None:
-    """On one server and on a 3-master Redis Cluster."""
+    """On one server and on a 3-master Redis Cluster. Three replays are killed where they have
+    checkpointed 10-90% of the records (each frozen when its state is seen, then SIGKILLed: the
+    aim holds on a loaded machine), then a last one runs to the end: the state equals an
+    uninterrupted run's."""
     events, catalog, _ = traffic_files
+    total = sum(1 for line in events.read_bytes().splitlines() if line.strip())  # the replay's records
     url = speed_redis_url
     env = {**os.environ, "COLUMNS": "200"}
     subprocess.run(_replay_cmd(events, catalog, url), check=True, env=env, capture_output=True, timeout=300)
@@ -81,33 +83,38 @@ def test_sigkill_at_random_points_then_restart_charges_every_order_once(
         if is_cluster(url)
         else __import__("redis").Redis.from_url(url)
     )
-    ledger_key = Keys("attr", 256, 1).ledger(0)
-    kills = 0
-    # Kill when the ledger has grown to a random share of its final size: mid-charging, for sure.
+    clocks_key = Keys("attr", 256, 1).clocks()
+
+    def consumed() -> int:
+        """Records the replay has checkpointed (its partitions' next offsets)."""
+        return sum(int(v.split(b"|")[0]) for v in watch.hgetall(clocks_key).values())
+
+    kills: list[int] = []
+    # Each kill lands where the replay has checkpointed a random share of the records (it checkpoints
+    # after each chunk of 4,000, and charges as it goes): it is frozen (SIGSTOP) when that state is
+    # seen, then killed, so it cannot have run past it meanwhile.
     for share in sorted(rng.uniform(0.1, 0.9) for _ in range(3)):
-        target = int(share * len(expected["attr:{b0}:ledger"]))
         proc = subprocess.Popen(
             _replay_cmd(events, catalog, crash_url),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if watch.xlen(ledger_key) >= target:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-                break
-            time.sleep(0.002)
-        proc.wait(30)
+        # Past the share and past where the last run was killed: each run is killed after progress of its own.
+        at = max(share * total, consumed() + 1)
+        try:
+            kills.append(freeze_when(proc, lambda at=at: (n := consumed()) >= at and n, 120))
+        finally:
+            proc.kill()
+            proc.wait(30)
     partial = asyncio.run(_state(crash_url))
     watch.close()
     subprocess.run(
         _replay_cmd(events, catalog, crash_url), check=True, env=env, capture_output=True, timeout=300
     )
     after = asyncio.run(_state(crash_url))
-    assert kills >= 1, "the replay finished before any kill: make the traffic larger"
-    assert partial != expected or kills == 0  # the kills really interrupted work
+    assert any(n < total for n in kills), f"every kill came after the last record: {kills} of {total}"
+    assert partial != expected  # the kills really interrupted work
     assert after == expected
 
 
