@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -28,8 +28,6 @@ from storage import open_lake, partition
 from tests.helpers import SECURITY_HEADERS, assert_problem, markov_row, running_api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-TODAY = datetime.now(UTC).date()
-BATCH_DAY = (TODAY - timedelta(days=2)).isoformat()  # the batch view; the days after it are speed days
 BURSTS = {"admin": 5, "advertiser": 3, "ad_server": 7, "anonymous": 4}
 TIGHT = {
     **{f"ATTRIBUTION_API_RATE_{role.upper()}_BURST": str(n) for role, n in BURSTS.items()},
@@ -43,13 +41,25 @@ MAX_COST = 20  # days x campaigns; the catalog has 32 campaigns, adv00 has 4
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def days() -> tuple[date, str]:
+    """Today (UTC) when the module's tests start, and the batch day two days before it (the days after
+    it are speed days), taken when the lake is written, not when the module is imported (a long run
+    may import it on the day before). A day that turns while the tests run changes nothing they
+    assert: every date is derived from this one, the batch day is in the lake, and the speed days
+    stay within Redis's retention and never lie in the future."""
+    today = datetime.now(UTC).date()
+    return today, (today - timedelta(days=2)).isoformat()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, days: tuple[date, str]) -> dict[str, Any]:
+    today, batch_day = days
     folder = tmp_path_factory.mktemp("api-limits")
     catalog = make_catalog(SyntheticConfig())
     (folder / "catalog.yaml").write_text(yaml.safe_dump({"campaigns": catalog.to_records()}))
     lake = open_lake(f"file://{folder}/lake")
-    rows = [markov_row(c, BATCH_DAY) for c in catalog]
-    lake.write_partition(partition(METRICS, dt=BATCH_DAY), pa.Table.from_pylist(rows).drop(["dt"]))
+    rows = [markov_row(c, batch_day) for c in catalog]
+    lake.write_partition(partition(METRICS, dt=batch_day), pa.Table.from_pylist(rows).drop(["dt"]))
     keys_path = folder / "keys.yaml"
     keys = {
         "admin": add_key(keys_path, "ops", "admin"),
@@ -68,6 +78,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     own = [c.campaign_id for c in catalog if c.advertiser_id == "adv00"]
     other = next(c.campaign_id for c in catalog if c.advertiser_id != "adv00")
     return {
+        "today": today,
+        "batch_day": batch_day,
         "env": env,
         "keys": keys,
         "campaigns": [c.campaign_id for c in catalog],
@@ -160,12 +172,15 @@ def test_wrong_and_missing_keys_are_throttled_per_address(tight: str, world: dic
 
 def test_the_cost_bound_is_a_422_naming_the_parameter(roomy: str, world: dict[str, Any]) -> None:
     admin, some = world["keys"]["admin"], world["campaigns"]
-    day = BATCH_DAY
-    two_days = (TODAY - timedelta(days=1)).isoformat()
+    day = world["batch_day"]
+    two_days = (world["today"] - timedelta(days=1)).isoformat()
     ok = _get(roomy, "/v1/roas", admin, params={"start": day, "end": two_days, "campaign_id": some[:10]})
     assert ok.status_code == 200, ok.text
     long = _get(
-        roomy, "/v1/roas", admin, params={"start": day, "end": TODAY.isoformat(), "campaign_id": some[:10]}
+        roomy,
+        "/v1/roas",
+        admin,
+        params={"start": day, "end": world["today"].isoformat(), "campaign_id": some[:10]},
     )
     body = assert_problem(long, 422, "end")
     assert body["type"].endswith(":cost-limit")
@@ -176,9 +191,12 @@ def test_the_cost_bound_is_a_422_naming_the_parameter(roomy: str, world: dict[st
     assert assert_problem(wide, 422, "campaign_id")["cost"] == 32
     # An advertiser's own campaigns over 5 days fit.
     assert len(world["own"]) * 5 <= MAX_COST
-    five = (TODAY - timedelta(days=4)).isoformat()
+    five = (world["today"] - timedelta(days=4)).isoformat()
     mine = _get(
-        roomy, "/v1/roas", world["keys"]["advertiser"], params={"start": five, "end": TODAY.isoformat()}
+        roomy,
+        "/v1/roas",
+        world["keys"]["advertiser"],
+        params={"start": five, "end": world["today"].isoformat()},
     )
     assert mine.status_code == 200, mine.text
 
@@ -187,9 +205,9 @@ def test_size_limits_answer_413_414_431_and_values_are_echoed_cut_short(
     roomy: str, world: dict[str, Any]
 ) -> None:
     admin = world["keys"]["admin"]
-    huge = _get(roomy, "/v1/roas", admin, params={"start": "x" * 60_000, "end": BATCH_DAY})
+    huge = _get(roomy, "/v1/roas", admin, params={"start": "x" * 60_000, "end": world["batch_day"]})
     assert "x" * 100 not in assert_problem(huge, 414)["detail"]
-    long = _get(roomy, "/v1/roas", admin, params={"start": "x" * 10_000, "end": BATCH_DAY})
+    long = _get(roomy, "/v1/roas", admin, params={"start": "x" * 10_000, "end": world["batch_day"]})
     body = assert_problem(long, 422, "start")
     assert len(long.text) < 1_000
     assert "x" * 100 not in long.text
@@ -212,8 +230,16 @@ def test_size_limits_answer_413_414_431_and_values_are_echoed_cut_short(
 def test_every_error_status_is_a_problem_with_the_security_headers(roomy: str, world: dict[str, Any]) -> None:
     admin, adv, ads = world["keys"]["admin"], world["keys"]["advertiser"], world["keys"]["ad_server"]
     cases = [
-        (_get(roomy, "/v1/roas", None, params={"start": BATCH_DAY, "end": BATCH_DAY}), 401, None),
-        (_get(roomy, "/v1/roas", ads, params={"start": BATCH_DAY, "end": BATCH_DAY}), 403, None),
+        (
+            _get(roomy, "/v1/roas", None, params={"start": world["batch_day"], "end": world["batch_day"]}),
+            401,
+            None,
+        ),
+        (
+            _get(roomy, "/v1/roas", ads, params={"start": world["batch_day"], "end": world["batch_day"]}),
+            403,
+            None,
+        ),
         (_get(roomy, "/metrics", adv), 403, None),
         (_get(roomy, "/no/such/route", admin), 404, None),
         (
@@ -221,14 +247,22 @@ def test_every_error_status_is_a_problem_with_the_security_headers(roomy: str, w
                 roomy,
                 "/v1/roas",
                 adv,
-                params={"start": BATCH_DAY, "end": BATCH_DAY, "campaign_id": world["other"]},
+                params={
+                    "start": world["batch_day"],
+                    "end": world["batch_day"],
+                    "campaign_id": world["other"],
+                },
             ),
             404,
             "campaign_id",
         ),
         (httpx.delete(roomy + "/v1/budget", headers={"X-API-Key": admin}, timeout=30), 405, None),
-        (_get(roomy, "/v1/roas", admin, params={"start": BATCH_DAY}), 422, "end"),
-        (_get(roomy, "/v1/roas", admin, params={"start": BATCH_DAY, "end": "2000-01-01"}), 422, "end"),
+        (_get(roomy, "/v1/roas", admin, params={"start": world["batch_day"]}), 422, "end"),
+        (
+            _get(roomy, "/v1/roas", admin, params={"start": world["batch_day"], "end": "2000-01-01"}),
+            422,
+            "end",
+        ),
         (_get(roomy, "/v1/budget", admin, params={"campaign_id": "x", "at": "-1"}), 422, "at"),
     ]
     for resp, status, parameter in cases:
@@ -236,7 +270,10 @@ def test_every_error_status_is_a_problem_with_the_security_headers(roomy: str, w
         assert body["instance"].startswith("/")
     assert "GET" in cases[5][0].headers["allow"]
     ok = _get(
-        roomy, "/v1/roas", admin, params={"start": BATCH_DAY, "end": BATCH_DAY, "campaign_id": world["own"]}
+        roomy,
+        "/v1/roas",
+        admin,
+        params={"start": world["batch_day"], "end": world["batch_day"], "campaign_id": world["own"]},
     )
     assert ok.status_code == 200
     for name, value in SECURITY_HEADERS.items():
@@ -321,8 +358,13 @@ def test_docs_and_metrics_are_public_by_setting(world: dict[str, Any], private_r
 @pytest.mark.parametrize("fail_open", [True, False])
 def test_redis_stopped_means_503_problems_never_a_plain_500(world: dict[str, Any], fail_open: bool) -> None:
     admin, ads = world["keys"]["admin"], world["keys"]["ad_server"]
-    speed = {"start": BATCH_DAY, "end": TODAY.isoformat(), "model": "billing", "campaign_id": world["own"]}
-    batch_only = {"start": BATCH_DAY, "end": BATCH_DAY, "campaign_id": world["own"]}
+    speed = {
+        "start": world["batch_day"],
+        "end": world["today"].isoformat(),
+        "model": "billing",
+        "campaign_id": world["own"],
+    }
+    batch_only = {"start": world["batch_day"], "end": world["batch_day"], "campaign_id": world["own"]}
     server = LocalRedis()
     try:
         env = {
@@ -333,7 +375,10 @@ def test_redis_stopped_means_503_problems_never_a_plain_500(world: dict[str, Any
         }
         with running_api(env) as base:
             assert _get(base, "/v1/budget", ads, params={"campaign_id": world["own"]}).status_code == 200
-            assert _get(base, "/v1/roas", admin, params=speed).status_code == 200
+            served = _get(base, "/v1/roas", admin, params=speed)
+            assert served.status_code == 200
+            # The batch view ends at the batch day: the days after it, up to today, are Redis's.
+            assert served.json()["batch_through"] == world["batch_day"]
             server.stop()
             if fail_open:
                 # The limiter lets requests through; what needs Redis answers 503, the rest answers.
