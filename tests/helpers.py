@@ -367,6 +367,8 @@ class CommitHold:
         tasks = [asyncio.create_task(requests()), asyncio.create_task(answers())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the front stops: end quietly (asyncio reports a cancelled handler)
+            pass
         finally:
             for t in tasks:
                 t.cancel()
