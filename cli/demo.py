@@ -61,6 +61,7 @@ def run_demo(
     from batch.job import run_day
     from batch.reconcile import reconcile_day
     from batch.spark import spark_session
+    from devtools import awkward
     from devtools.servers import LocalRedis
     from realtime.replay import replay
     from reporting.auth import add_key
@@ -72,7 +73,14 @@ def run_demo(
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     lake_url = f"file://{(folder / 'lake').resolve()}"
-    config = SyntheticConfig(users=users, days=days, late_rate=0.0, cancel_rate=0.05)
+    config = SyntheticConfig(
+        users=users,
+        days=days,
+        late_rate=0.0,
+        cancel_rate=0.05,
+        awkward_rate=awkward.DEFAULT_RATE,
+        awkward_kinds=awkward.REPLAYABLE_KINDS,
+    )
 
     console.rule("[bold]1. traffic")
     traffic = generate(config)

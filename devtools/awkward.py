@@ -867,3 +867,11 @@ def awkward_deliveries(
 
 def json_bytes(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+#: The rate ``make demo`` and ``make live`` add awkward traffic at (issue 16: on by default).
+DEFAULT_RATE: Final = 0.02
+#: The kinds a replay of past traffic can agree with landing on: all but the future-bound scenes.
+#: Landing applies the future bound against each event's arrival, a replay's speed layer against
+#: the wall clock (a worker on a broker meets events as they arrive, so ``make live`` sends all).
+REPLAYABLE_KINDS: Final[tuple[str, ...]] = tuple(k for k in AWKWARD_KINDS if not k.startswith("future_"))

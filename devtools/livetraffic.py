@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from devtools import awkward
 from devtools.synthetic import SyntheticConfig, generate, make_catalog
 from devtools.traffic import encode
 from realtime import broker
@@ -55,7 +56,16 @@ def cap_scale(rate: float) -> int:
 def _config(users: int, seed: int, catalog_seed: int, days: int = 1) -> SyntheticConfig:
     today = datetime.now(UTC).date()
     return SyntheticConfig(
-        seed=seed, catalog_seed=catalog_seed, users=users, days=days, start=today, late_rate=0.0
+        seed=seed,
+        catalog_seed=catalog_seed,
+        users=users,
+        days=days,
+        start=today,
+        late_rate=0.0,
+        awkward_rate=awkward.DEFAULT_RATE,
+        # A producer clock ahead by up to the future bound moves its partition's watermark that far,
+        # and on-time events behind it become late: real, but not what the live loop checks.
+        awkward_kinds=awkward.REPLAYABLE_KINDS,
     )
 
 

@@ -80,6 +80,7 @@ from shared_logic.contract import (
     pending_field,
     pending_kind,
     queue_member,
+    settle_payload,
 )
 from shared_logic.identity import ORDER_CONFLICT_RULE, TOUCH_CONFLICT_RULE, stands
 from shared_logic.money import MAX_COUNTER_MINOR
@@ -514,20 +515,20 @@ class SpeedLayer:
             self.metrics.decisions.labels("attributed").inc()
         cid = campaign.campaign_id
         day = budget_day(d.order_time_ms, campaign.budget.timezone).isoformat()
-        payload = {
-            "m": ("cancelled" if cancelled else "charge") if a.kind == "decide" else "refund",
-            "cid": cid,
-            "price": d.price_minor,
-            "dcap": cap_arg(campaign.budget.daily_minor),
-            "lcap": cap_arg(campaign.budget.lifetime_minor),
-            "day": day,
-            "amount": d.amount_minor,
-            "ch": self.keys.charge(cid, d.order_id),
-            "sd": self.keys.spend_day(cid, day),
-            "sl": self.keys.spend_lifetime(cid),
-            "st": self.keys.stats(cid, utc_day(d.order_time_ms)),
-            "d": raw_decision.decode(),
-        }
+        payload = settle_payload(
+            m=("cancelled" if cancelled else "charge") if a.kind == "decide" else "refund",
+            cid=cid,
+            price=d.price_minor,
+            dcap=cap_arg(campaign.budget.daily_minor),
+            lcap=cap_arg(campaign.budget.lifetime_minor),
+            day=day,
+            amount=d.amount_minor,
+            ch=self.keys.charge(cid, d.order_id),
+            sd=self.keys.spend_day(cid, day),
+            sl=self.keys.spend_lifetime(cid),
+            st=self.keys.stats(cid, utc_day(d.order_time_ms)),
+            d=raw_decision.decode(),
+        )
         return self.keys.shard(cid), [
             a.release_ms,
             queue_member(a.kind, d.order_id),

@@ -416,6 +416,36 @@ class IngestStatus(IntEnum):
     CHANGED = 5  # a replace found another standing copy than the one given: nothing done
 
 
+#: One released action's payload in a budget shard's queue (the settle script reads ``p.<field>``):
+#: mode, campaign, price, daily and lifetime caps (``NO_CAP``: none), budget day, order amount,
+#: the charge record, budget-day spend, lifetime spend and stats keys, and the decision (JSON).
+SETTLE_PAYLOAD_FIELDS: Final = (
+    "m",
+    "cid",
+    "price",
+    "dcap",
+    "lcap",
+    "day",
+    "amount",
+    "ch",
+    "sd",
+    "sl",
+    "st",
+    "d",
+)
+#: The settle payload's modes: charge a decision, stop one a cancel came before, refund one.
+SETTLE_MODES: Final = ("charge", "cancelled", "refund")
+
+
+def settle_payload(**fields: Any) -> dict[str, Any]:
+    """A settle payload, refusing a field the settle script does not read or a missing one."""
+    if tuple(fields) != SETTLE_PAYLOAD_FIELDS or fields["m"] not in SETTLE_MODES:
+        raise ValueError(
+            f"settle payload {sorted(fields)}: fields must be {', '.join(SETTLE_PAYLOAD_FIELDS)}"
+        )
+    return fields
+
+
 #: The ingest script's op codes.
 INGEST_OPS: Final = {"touch": "t", "pending": "p", "replace_touch": "r", "replace_pending": "P"}
 #: The claim script's op codes, and its answer for an order another copy superseded.
@@ -443,6 +473,8 @@ LUA_CONTRACT: Final = {
     "ingest_status": " ".join(f"{s.name.lower()}:{s.value}" for s in IngestStatus),
     "claim_ops": " ".join(f"{name}:{code}" for name, code in CLAIM_OPS.items()),
     "claim_superseded": CLAIM_SUPERSEDED,
+    "settle_payload": " ".join(SETTLE_PAYLOAD_FIELDS),
+    "settle_modes": " ".join(SETTLE_MODES),
 }
 
 

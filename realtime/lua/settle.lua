@@ -5,6 +5,8 @@
 -- contract: ledger_fields = kind charge capped day due d
 -- contract: budget_event_fields = type scope campaign_id day spend cap due_ms
 -- contract: settle_status = nothing:0 charged:1 stopped:2 refunded:3 refused:-1
+-- contract: settle_payload = m cid price dcap lcap day amount ch sd sl st d
+-- contract: settle_modes = charge cancelled refund
 -- Settle one budget shard: enqueue the caller's released actions, then charge, stop or refund
 -- every queued action released strictly below the bound, in settlement order (the queue is
 -- scored by release time; equal scores sort by member, decisions '0|…' before cancels '1|…'),

@@ -30,7 +30,7 @@ import redis as redis_sync
 
 from batch.job import run_day
 from batch.reconcile import reconcile_day
-from devtools.awkward import AWKWARD_KINDS
+from devtools.awkward import REPLAYABLE_KINDS
 from devtools.synthetic import SyntheticConfig, Traffic, generate
 from realtime.keys import Keys
 from realtime.views import lake_view, speed_view
@@ -41,10 +41,7 @@ from tests.helpers import land_and_replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# The future-bound scenes are left out: a replay applies the future bound against the wall clock,
-# landing against each event's arrival, so a replay of old traffic cannot agree on them (the
-# worker on a broker applies it at arrival, as landing does).
-KINDS = tuple(k for k in AWKWARD_KINDS if not k.startswith("future_"))
+KINDS = REPLAYABLE_KINDS  # the future-bound scenes need arrival = now (see devtools.awkward)
 CONFIG = SyntheticConfig(
     users=400, days=3, seed=23, cancel_rate=0.15, duplicate_rate=0.02, awkward_rate=0.05, awkward_kinds=KINDS
 )

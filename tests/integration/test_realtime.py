@@ -352,7 +352,7 @@ def test_dead_letters_carry_payload_and_reason(redis_url: str) -> None:
     assert [(x["field"], x["rule"]) for x in letters] == [
         ("event_id", "is required"),
         ("campaign_id", "is not a campaign of the catalog"),
-        ("campaign_id", "is a ad campaign, which a promo_view cannot touch"),
+        ("campaign_id", "is an ad campaign, which a promo_view cannot touch"),
         ("<payload>", "is not valid JSON"),
     ]
     assert letters[1]["raw"].startswith("{")

@@ -15,8 +15,11 @@ from reporting.schemas import RoasRow
 from reporting.stores.base import sql_ddl
 from shared_logic import Lever, TouchKind
 from shared_logic.contract import (
+    CLAIM_OPS,
+    CLAIM_SUPERSEDED,
     COUNTERS,
     DECISION_ROW,
+    INGEST_OPS,
     LEDGER_ROW,
     LUA_CONTRACT,
     METRIC_DIMENSIONS,
@@ -24,9 +27,12 @@ from shared_logic.contract import (
     METRIC_MEASURES,
     METRIC_ROW,
     RAW_ROW,
+    SETTLE_MODES,
+    SETTLE_PAYLOAD_FIELDS,
     SETTLEMENT_STATE_ROW,
     Column,
     ColumnType,
+    IngestStatus,
     RowSchema,
     SettleStatus,
     TouchMember,
@@ -37,6 +43,7 @@ from shared_logic.contract import (
     parse_count_field,
     parse_touch_member,
     schema_of,
+    settle_payload,
     state_from_records,
     state_records,
     touch_member,
@@ -353,3 +360,30 @@ def _lua_field_problems(source: str, header: dict[str, str]) -> list[str]:
             problems.append(f"a stream entry with fields {names}, none of the declared lists {lists}")
     problems += [f"declared field {f!r} never used" for f in sorted(declared - used)]
     return problems
+
+
+def test_the_settle_payload_is_the_contracts() -> None:
+    """The settle script reads exactly the declared payload fields (``p.<field>``) and modes; the
+    engine's encoder refuses any other field, so a renamed field fails here, not in Redis."""
+    body = scripts.source("settle")
+    assert set(re.findall(r"\bp\.(\w+)", body)) == set(SETTLE_PAYLOAD_FIELDS)
+    assert set(re.findall(r"p\.m == '(\w+)'", body)) | {"refund"} == set(SETTLE_MODES)
+    fields = dict.fromkeys(SETTLE_PAYLOAD_FIELDS, 0) | {"m": "charge"}
+    assert list(settle_payload(**fields)) == list(SETTLE_PAYLOAD_FIELDS)
+    with pytest.raises(ValueError, match="fields must be"):
+        settle_payload(**{**fields, "extra": 1})
+    with pytest.raises(ValueError, match="fields must be"):
+        settle_payload(**{**fields, "m": "charged"})
+
+
+def test_the_ingest_and_claim_codes_are_the_contracts() -> None:
+    """Every op code and status the ingest and claim scripts use is declared once (``INGEST_OPS``,
+    ``IngestStatus``, ``CLAIM_OPS``) and named in their headers."""
+    ingest, claim = scripts.source("ingest"), scripts.source("claim")
+    used = set(re.findall(r"code == '(\w)'", ingest)) | {"P"}  # the last branch is the else
+    assert used == set(INGEST_OPS.values())
+    returned = {int(v) for v in re.findall(r"out\[i\] = (\d)\b", ingest)}
+    returned |= {int(v) for v in re.findall(r"and (\d) or (\d)", ingest) for v in v}
+    assert returned == {s.value for s in IngestStatus}
+    assert set(re.findall(r"a\[1\] == '(\w)'", claim)) == {CLAIM_OPS["decide"]}
+    assert f"out[i] = '{CLAIM_SUPERSEDED}'" in claim
