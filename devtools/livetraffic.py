@@ -10,11 +10,12 @@ and order ids) on the same catalog. The pace is kept by ``aiolimiter`` (a leaky 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from devtools import awkward
 from devtools.synthetic import SyntheticConfig, generate, make_catalog
@@ -113,8 +114,26 @@ class LiveTraffic:
             await producer.stop()
 
 
+_RFC3339: Final = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+
+
 def stamped(payload: Any, now_ms: int) -> Any:
-    """The payload with its event time set to ``now_ms`` (a malformed one as it is)."""
-    if isinstance(payload, dict) and isinstance(payload.get("event_time"), int):
+    """The payload with its event time set to ``now_ms`` (a malformed one as it is).
+
+    An RFC 3339 time (the awkward scenes send some) is written again at ``now_ms`` in its own
+    offset and number of fraction digits: left as it was, it would date the event on the day it
+    was generated for, and the live loop would carry late data that it does not mean to test.
+    """
+    if not isinstance(payload, dict):
+        return payload
+    value = payload.get("event_time")
+    if isinstance(value, int) and not isinstance(value, bool):
         return {**payload, "event_time": now_ms}
+    if isinstance(value, str) and (m := _RFC3339.match(value)):
+        digits, zone = m.group(1) or "", m.group(2)
+        offset = 0 if zone == "Z" else (1 if zone[0] == "+" else -1) * (int(zone[1:3]) * 60 + int(zone[4:6]))
+        text = awkward.rfc3339(
+            now_ms - now_ms % 1000 if not digits else now_ms, offset, len(digits), zone == "Z"
+        )
+        return {**payload, "event_time": text}
     return payload
