@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from datetime import date
-from typing import Annotated, Any
+from pathlib import Path
+from typing import IO, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -51,3 +55,83 @@ def dates(start: str, end: str | None) -> tuple[date, date]:
 
 def money(value: int | None, currency: str) -> str:
     return "-" if value is None else format_minor(value, currency)
+
+
+def exe_path() -> str:
+    """The ``attribution`` command as a user can type it from here: bare when it is on ``PATH``,
+    ``.venv/bin/attribution`` when it lies under the current folder, else its absolute path."""
+    exe = Path(sys.executable).with_name("attribution")
+    found = shutil.which("attribution")
+    if found and Path(found).resolve() == exe.resolve():
+        return "attribution"
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
+
+
+class SafeStream:
+    """A text stream that outlives its reader: writes go to ``target`` until it breaks (a closed
+    pipe, a killed ``tee``, a terminal gone: ``BrokenPipeError``, ``EIO``), then to ``fallback``
+    (a log file opened on first need), so a long command finishes what it started whatever happens
+    to its output. ``broken`` says whether it switched."""
+
+    def __init__(self, target: IO[str], fallback: Path) -> None:
+        self.target = target
+        self.fallback = fallback
+        self.broken = False
+        self._tty = _isatty(target)
+        self._out: IO[str] | None = None
+
+    def _switch(self) -> IO[str]:
+        if self._out is None:
+            self.broken = True
+            self.fallback.parent.mkdir(parents=True, exist_ok=True)
+            self._out = self.fallback.open("a", encoding="utf-8")
+            # Python flushes sys.stdout/sys.stderr at exit: point the broken descriptor at /dev/null
+            # so that flush neither fails nor prints "Exception ignored ... BrokenPipeError".
+            try:
+                fd = self.target.fileno()
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+            except (OSError, ValueError, AttributeError):
+                pass
+        return self._out
+
+    def write(self, text: str) -> int:
+        if self._out is None:
+            try:
+                written = self.target.write(text)
+                self.target.flush()
+                return written
+            except (OSError, ValueError):
+                pass
+        out = self._switch()
+        out.write(text)
+        out.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._out is None:
+            try:
+                self.target.flush()
+            except (OSError, ValueError):
+                self._switch()
+
+    def isatty(self) -> bool:
+        return self._tty and self._out is None
+
+    def fileno(self) -> int:
+        return self.target.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.target, "encoding", None) or "utf-8"
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -12,6 +12,13 @@ order, and says what is left behind.
 Every child runs in its own session, so the terminal's Ctrl-C reaches only this process, which
 stops them in order.
 
+The ordered stop does not depend on the terminal: SIGHUP (the terminal closed) and SIGTERM stop it
+as Ctrl-C does, and a broken stdout or stderr (``make live | tee live.log`` with ``tee`` killed by
+the same Ctrl-C, a closed pipe) switches the output to ``logs/live.log`` instead of ending the
+command. The stop summary is written to ``stop-summary.txt`` in the folder as well as the screen.
+When stdout is not a terminal the status is a plain line every few seconds instead of a redrawn
+table.
+
 While it runs, it supervises the worker, the lake sink and the API: a part that exits (any status,
 or a signal) is reported at once with the last lines of its log and started again with the same
 command and environment after a bounded exponential backoff (:class:`Backoff`); it resumes from its
@@ -44,7 +51,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from cli.common import console, money
+from cli.common import SafeStream, console, err, exe_path, money
 
 #: Settings of the children that differ from the defaults: quick rolls and flushes to watch.
 LIVE_ENV = {
@@ -244,12 +251,9 @@ def live(
     ] = False,
 ) -> None:
     """Run the production loop on this machine: broker, Redis, worker, lake sink, API and live
-    traffic; Ctrl-C stops it all."""
-    from devtools.livetraffic import LiveTraffic, live_catalog
-    from devtools.servers import LocalBroker, LocalRedis
-    from realtime.keys import Keys
+    traffic; Ctrl-C (or SIGHUP, SIGTERM) stops it all in order."""
+    from devtools.livetraffic import live_catalog
     from reporting.auth import add_key
-    from shared_logic.settings import load_settings
 
     folder = folder.resolve()
     lake_dir = folder / "lake"
@@ -261,9 +265,73 @@ def live(
     catalog_path.write_text(yaml.safe_dump({"campaigns": catalog.to_records()}, sort_keys=False))
     keys_path = folder / "keys.yaml"
     keys_path.unlink(missing_ok=True)
-    admin_key = add_key(keys_path, "make live", "admin")
+    adv = sorted({c.advertiser_id for c in catalog})[0]
+    made = {
+        "admin_key": add_key(keys_path, "make live admin", "admin"),
+        "advertiser_id": adv,
+        "advertiser_key": add_key(keys_path, f"make live {adv}", "advertiser", adv),
+        "ad_server_key": add_key(keys_path, "make live ad server", "ad_server"),
+    }
+    (folder / "stop-summary.txt").unlink(missing_ok=True)
 
-    with console.status("starting Redis and the broker"):
+    # Output that outlives its reader: a broken stdout/stderr goes on in logs/live.log.
+    fallback = folder / "logs" / "live.log"
+    saved = sys.stdout, sys.stderr, console.file, err.file
+    out, errs = SafeStream(sys.stdout, fallback), SafeStream(sys.stderr, fallback)
+    sys.stdout, sys.stderr = out, errs
+    console.file, err.file = out, errs  # type: ignore[assignment]
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+    try:
+        _live(
+            folder,
+            lake_dir,
+            catalog,
+            catalog_path,
+            keys_path,
+            made,
+            rate,
+            users,
+            seed,
+            duration,
+            lateness,
+        )
+    finally:
+        sys.stdout, sys.stderr, console.file, err.file = saved
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGHUP (the terminal gone) and SIGTERM outside the asyncio loop: stop as Ctrl-C does."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _busy(message: str) -> Any:
+    """A spinner on a terminal; one plain line otherwise."""
+    if console.is_terminal:
+        return console.status(message)
+    console.print(f"{message} ...")
+    return contextlib.nullcontext()
+
+
+def _live(
+    folder: Path,
+    lake_dir: Path,
+    catalog: Any,
+    catalog_path: Path,
+    keys_path: Path,
+    made: dict[str, str],
+    rate: float,
+    users: int,
+    seed: int,
+    duration: float | None,
+    lateness: float,
+) -> None:
+    from devtools.livetraffic import LiveTraffic
+    from devtools.servers import LocalBroker, LocalRedis
+    from realtime.keys import Keys
+    from shared_logic.settings import load_settings
+
+    with _busy("starting Redis and the broker"):
         redis_server = LocalRedis(own_session=True)
         broker = LocalBroker(own_session=True)
     api_port, worker_metrics, sink_metrics = _free_ports(3)
@@ -296,7 +364,7 @@ def live(
     api = f"http://127.0.0.1:{api_port}"
     where: dict[str, Any] = {
         "api": api,
-        "admin_key": admin_key,
+        **made,
         "redis_url": redis_server.url,
         "broker_url": broker.url,
         "lake": str(lake_dir),
@@ -320,11 +388,15 @@ def live(
         console.print(_where(where, next(iter(catalog)).campaign_id, rate))
         keys = Keys.of(settings.keys)
         stopped_by = asyncio.run(_run(traffic, loop, where, catalog, keys, duration))
+        for sig in (signal.SIGHUP, signal.SIGTERM):  # asyncio put back the defaults on its way out
+            signal.signal(sig, _interrupt)
         _settle(where["metrics"]["worker"], lateness, next(c for c in loop.children if c.name == "worker"))
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as exc:
+        if exc.args:
+            stopped_by = str(exc.args[0])
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the children stop in order; a second Ctrl-C waits
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # the children stop in order; a second Ctrl-C waits
         console.print(
             f"\n[bold]stopping[/bold] ({stopped_by}): traffic, worker (flushes its ledger), lake sink (lands "
             "what it holds), API, Redis, broker"
@@ -337,7 +409,9 @@ def live(
         broker.stop()
         if "pids" in where:
             _write_where(folder, where, loop)
-        console.print(_left_behind(loop, folder, lake_dir, traffic.sent))
+        summary = _left_behind(loop, folder, lake_dir, traffic.sent, stopped_by)
+        (folder / "stop-summary.txt").write_text("make live stopped\n" + "\n".join(summary) + "\n")
+        console.print(Panel("\n".join(summary), title="make live stopped", expand=False))
 
 
 def _write_where(folder: Path, where: dict[str, Any], loop: Loop) -> None:
@@ -363,7 +437,7 @@ def _settle(metrics_url: str, lateness_s: float, worker: Child) -> None:
         return
     deadline = time.monotonic() + lateness_s + 30
     pending: float | None = None
-    with console.status(f"settling the orders the worker still holds (allowed lateness {lateness_s:g}s)"):
+    with _busy(f"settling the orders the worker still holds (allowed lateness {lateness_s:g}s)"):
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 text = httpx.get(metrics_url, timeout=2).text
@@ -402,15 +476,22 @@ def _wait_port(port: int, child: Child, timeout_s: float = 60.0) -> None:
 
 def _where(where: dict[str, Any], first: str, rate: float) -> Panel:
     key, api = where["admin_key"], where["api"]
-    exe = Path(sys.executable).with_name("attribution")
+    adv, adv_key, ads_key = where["advertiser_id"], where["advertiser_key"], where["ad_server_key"]
+    exe = exe_path()
     lines = [
-        f"[bold]API[/bold]        {api}   admin key: {key}",
-        f"  curl -s -H 'X-API-Key: {key}' '{api}/v1/budget?campaign_id={first}'",
-        f"  curl -s -H 'X-API-Key: {key}' "
-        f"'{api}/v1/roas?start=$(date -u +%F)&end=$(date -u +%F)&model=billing'",
-        f"  {api}/docs (send the key as X-API-Key)",
-        "[bold]Budgets[/bold]    a live table, in another terminal (live.env holds every setting):",
+        f"[bold]API[/bold]        {api}",
+        f"  admin key (everything): {key}",
+        f"  advertiser {adv}'s key (its campaigns' ROAS and budgets): {adv_key}",
+        f"  ad-server key (budget state only): {ads_key}",
+        f"  curl -fsS -H 'X-API-Key: {ads_key}' '{api}/v1/budget?campaign_id={first}'",
+        f"  curl -fsS -H 'X-API-Key: {adv_key}' "
+        f'"{api}/v1/roas?start=$(date -u +%F)&end=$(date -u +%F)&model=billing"',
+        f"  {api}/docs (send a key as X-API-Key)",
+        "[bold]Budgets[/bold]    a live table, in another terminal, from where you ran this (live.env holds every "
+        "setting):",
         f"  set -a; . {where['env']}; set +a; {exe} budget show --watch",
+        f"[bold]Keys[/bold]       {exe} api-key list / create / revoke (with live.env sourced; the API "
+        "sees changes within seconds)",
         f"[bold]Lake[/bold]       {where['lake']}  (raw/, realtime_ledger/, dead_letters/, raw/_landed/)",
         f"[bold]Metrics[/bold]    worker {where['metrics']['worker']}",
         f"           lake sink {where['metrics']['lake_sink']}",
@@ -438,14 +519,16 @@ async def _run(
         reason["by"] = name
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         running.add_signal_handler(sig, on_signal, sig.name)
     producing = asyncio.create_task(traffic.run(stop))
     started = time.monotonic()
     redis = connect(RedisSettings(url=where["redis_url"]))
     reader, ids = BudgetReader(redis, catalog, keys), [c.campaign_id for c in catalog]
     redraw = started + 2.0
-    with Live(console=console, auto_refresh=False) as screen:
+    # On a terminal a table redrawn in place; otherwise (a pipe, a file) a plain line now and then.
+    drawn = console.is_terminal
+    with Live(console=console, auto_refresh=False) if drawn else contextlib.nullcontext() as screen:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.25)
@@ -455,25 +538,31 @@ async def _run(
             now = time.monotonic()
             events = loop.supervise(now)
             for said in events:
-                screen.console.print(said)
+                console.print(said)
             if events:
                 _write_where(loop.folder, where, loop)
             if duration is not None and now - started >= duration:
                 stop.set()
                 reason["by"] = f"--duration {duration:g}s"
             if events or now >= redraw or stop.is_set():
-                redraw = now + 2.0
-                screen.update(await _status(traffic, where, reader, ids, loop, now - started))
-                screen.refresh()
+                values = await _status_values(traffic, where, reader, ids, now - started)
+                if screen is not None and console.is_terminal:
+                    redraw = now + 2.0
+                    screen.update(Group(_status_table(values), _parts(loop, now)))
+                    screen.refresh()
+                else:
+                    redraw = now + 10.0
+                    console.print(_status_line(values, loop, now), highlight=False, soft_wrap=True)
     await redis.aclose()
     with contextlib.suppress(Exception):
         await producing
     return reason["by"]
 
 
-async def _status(
-    traffic: Any, where: dict[str, Any], reader: Any, ids: list[str], loop: Loop, elapsed: float
-) -> Group:
+async def _status_values(
+    traffic: Any, where: dict[str, Any], reader: Any, ids: list[str], elapsed: float
+) -> dict[str, str]:
+    """What the status shows, as text: the same in the table and the plain line."""
     states = await reader.states(ids, int(time.time() * 1000))
     lake = Path(where["lake"])
     raw = sum(1 for _ in (lake / "raw").glob("*/dt=*/hour=*/*.parquet"))
@@ -482,17 +571,39 @@ async def _status(
     spend: dict[str, int] = {}
     for s in states:
         spend[s.currency] = spend.get(s.currency, 0) + s.spend_day_minor
-    table = Table(title=f"live for {elapsed:,.0f}s (Ctrl-C stops)", show_header=True)
-    for col in ("events sent", "synthetic days", "spend today", "campaigns capped", "lake files"):
+    return {
+        "elapsed": f"{elapsed:,.0f}s",
+        "events sent": f"{traffic.sent:,} ({traffic.sent / max(elapsed, 1e-9):,.0f}/s)",
+        "synthetic days": f"{traffic.days}",
+        "spend today": ", ".join(money(v, c) for c, v in sorted(spend.items())) or "-",
+        "campaigns capped": f"{sum(s.exhausted for s in states)} of {len(states)}",
+        "lake files": f"raw {raw:,}, ledger {ledger:,}, dead letters {dead_letters:,}",
+    }
+
+
+def _status_table(values: dict[str, str]) -> Table:
+    table = Table(title=f"live for {values['elapsed']} (Ctrl-C stops)", show_header=True)
+    columns = [k for k in values if k != "elapsed"]
+    for col in columns:
         table.add_column(col, justify="right")
-    table.add_row(
-        f"{traffic.sent:,} ({traffic.sent / max(elapsed, 1e-9):,.0f}/s)",
-        f"{traffic.days}",
-        ", ".join(money(v, c) for c, v in sorted(spend.items())) or "-",
-        f"{sum(s.exhausted for s in states)} of {len(states)}",
-        f"raw {raw:,}, ledger {ledger:,}, dead letters {dead_letters:,}",
-    )
-    return Group(table, _parts(loop, time.monotonic()))
+    table.add_row(*(values[c] for c in columns))
+    return table
+
+
+def _status_line(values: dict[str, str], loop: Loop, now: float) -> str:
+    """The status as one plain line, for a pipe or a file."""
+    parts = []
+    for c in loop.children:
+        if c.gave_up:
+            parts.append(f"{c.name} gave up")
+        elif c.restart_at is not None:
+            parts.append(f"{c.name} down")
+        elif c.process.poll() is None:
+            parts.append(f"{c.name} up" + (f" ({c.restarts} restarts)" if c.restarts else ""))
+        else:
+            parts.append(f"{c.name} exited")
+    shown = "; ".join(f"{k} {v}" for k, v in values.items() if k != "elapsed")
+    return f"live {values['elapsed']}: {shown}; {', '.join(parts)}"
 
 
 def _parts(loop: Loop, now: float) -> Table:
@@ -520,18 +631,21 @@ def _parts(loop: Loop, now: float) -> Table:
     return table
 
 
-def _left_behind(loop: Loop, folder: Path, lake: Path, sent: int) -> Panel:
+def _left_behind(loop: Loop, folder: Path, lake: Path, sent: int, stopped_by: str) -> list[str]:
+    """The stop summary, plain lines (the screen shows them in a panel; ``stop-summary.txt`` holds
+    them too)."""
     files = [p for p in lake.rglob("*") if p.is_file()] if lake.exists() else []
     size = sum(p.stat().st_size for p in files)
-    lines = [f"{sent:,} events sent."]
+    exe = exe_path()
+    lines = [f"Stopped by {stopped_by} at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC; {sent:,} events sent."]
     lines += [f"{c.name}: {c.ended}" for c in loop.children]
     lines += [
         "Redis and the broker: stopped; they kept everything in memory, so it is gone.",
         f"Left behind in {folder}: the lake ({len(files):,} files, {size / 2**20:,.1f} MiB), "
-        "logs/, catalog.yaml, keys.yaml, live.env, live.json.",
-        "The nightly job and the reconciliation run on it with the same settings:",
+        "logs/, catalog.yaml, keys.yaml, live.env, live.json, stop-summary.txt.",
+        "The nightly job and the reconciliation run on it with the same settings (from where you ran this):",
         f"  set -a; . {folder / 'live.env'}; set +a",
-        "  attribution batch run --start $(date -u +%F) && attribution reconcile --start $(date -u +%F)",
+        f"  {exe} batch run --start $(date -u +%F) && {exe} reconcile --start $(date -u +%F)",
         "The next `make live` starts a fresh lake (--keep-lake keeps it).",
     ]
-    return Panel("\n".join(lines), title="make live stopped", expand=False)
+    return lines
