@@ -25,7 +25,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from cli.common import console as default_console
-from cli.common import settings
+from cli.common import exe_path, settings
 from devtools.synthetic import SyntheticConfig, generate
 from shared_logic.contract import BILLING_MODEL, METRICS, REPORT_MODELS, roas
 from shared_logic.money import format_minor
@@ -147,6 +147,7 @@ def run_demo(
     admin = add_key(keys, "demo admin", "admin")
     adv = sorted({c.advertiser_id for c in traffic.catalog})[0]
     advertiser_key = add_key(keys, f"demo {adv}", "advertiser", adv)
+    ad_server_key = add_key(keys, "demo ad server", "ad_server")
 
     console.rule("[bold]5. reconciliation")
     console.print(
@@ -158,14 +159,22 @@ def run_demo(
     seconds = time.perf_counter() - started
     console.rule("[bold]6. serve it")
     console.print(f"chart: {chart}")
+    port = _suggested_port()
+    period = f"start={config.start}&end={config.start + timedelta(days=days - 1)}"
     console.print(
-        "start the API (the demo's Redis has stopped: budget reads need a live one):\n"
+        "start the API from where you ran this (the demo's Redis has stopped: budget reads need a "
+        "live one; `make live` has one):\n"
         f"  ATTRIBUTION_LAKE_URL={lake_url} ATTRIBUTION_CATALOG_URL={folder / 'catalog.yaml'} "
-        f"ATTRIBUTION_API_KEYS_PATH={keys} .venv/bin/attribution api --port 8000\n"
-        f"  curl -H 'X-API-Key: {admin}' 'http://127.0.0.1:8000/v1/roas?start={config.start}"
-        f"&end={config.start + timedelta(days=days - 1)}&model=markov'\n"
+        f"ATTRIBUTION_API_KEYS_PATH={keys} {exe_path()} api --port {port}\n"
+        f"  admin key (everything): {admin}\n"
         f"  advertiser {adv}'s key (sees only its campaigns): {advertiser_key}\n"
-        f"  OpenAPI: http://127.0.0.1:8000/docs"
+        f"  ad-server key (budget state only): {ad_server_key}\n"
+        "then, in another terminal:\n"
+        f"  curl -fsS -H 'X-API-Key: {admin}' 'http://127.0.0.1:{port}/v1/roas?{period}&model=markov'\n"
+        f"  curl -fsS -H 'X-API-Key: {advertiser_key}' 'http://127.0.0.1:{port}/v1/roas?{period}&model=billing'\n"
+        f"  OpenAPI: http://127.0.0.1:{port}/docs",
+        highlight=False,
+        soft_wrap=True,
     )
     console.print(f"demo finished in {seconds:.0f}s")
     return DemoResult(folder, len(traffic.events), pct, chart, by_campaign, seconds, admin, advertiser_key)
@@ -253,3 +262,17 @@ def _chart(metrics: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _suggested_port(preferred: int = 8000) -> int:
+    """8000 when it is free here, else a free one, so the printed command runs as printed."""
+    import socket
+
+    from devtools.servers import free_port
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred

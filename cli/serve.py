@@ -69,6 +69,46 @@ def api_key_create(
     console.print(add_key(config.api.keys_path, name, role_, advertiser_id))
 
 
+@key_app.command("list")
+def api_key_list(
+    keys_path: Annotated[str | None, typer.Option(help="default: ATTRIBUTION_API_KEYS_PATH")] = None,
+) -> None:
+    """The keys of the key file: id (the start of its hash), name, role, advertiser. The keys
+    themselves are not kept, so they cannot be shown."""
+    from reporting.auth import key_id, read_keys
+
+    path = settings(api_keys_path=keys_path).api.keys_path
+    keys = read_keys(path)
+    if not keys:
+        console.print(f"no keys in {path} (`attribution api-key create` makes one)")
+        return
+    table = Table(title=f"{len(keys)} API keys in {path}")
+    for col in ("id", "name", "role", "advertiser"):
+        table.add_column(col)
+    for k in keys:
+        table.add_row(key_id(k), k.name, k.role, k.advertiser_id or "-")
+    console.print(table)
+
+
+@key_app.command("revoke")
+def api_key_revoke(
+    key_id_: Annotated[
+        str | None, typer.Option("--id", help="the key's id, as `api-key list` shows it (6+ hex digits)")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="the key's name, if no other key has it")] = None,
+    keys_path: Annotated[str | None, typer.Option(help="default: ATTRIBUTION_API_KEYS_PATH")] = None,
+) -> None:
+    """Remove a key from the key file. A running API refuses it within a few seconds (it re-reads
+    the file when it changes), without a restart."""
+    from reporting.auth import RELOAD_S, key_id, revoke_keys
+
+    path = settings(api_keys_path=keys_path).api.keys_path
+    for k in revoke_keys(path, name=name, id_prefix=key_id_):
+        console.print(
+            f"revoked {key_id(k)} ({k.name}, {k.role}); a running API refuses it within {RELOAD_S:g}s"
+        )
+
+
 @report_app.command("roas")
 def report_roas(
     start: Annotated[str, typer.Option(help="first day, YYYY-MM-DD")],
