@@ -48,7 +48,12 @@ def run(
     from storage import open_lake
 
     first, last = dates(start, end)
-    config = settings(catalog_url=catalog, lake_url=lake_url, batch_models=tuple(model) if model else None)
+    config = settings(
+        catalog_url=catalog,
+        lake_url=lake_url,
+        batch_models=tuple(model) if model else None,
+        needs=("catalog_url", "lake_url"),
+    )
     # Everything that can fail fast is opened (and checked) before Spark's JVM starts.
     lake, cat = open_lake(config.lake.url, config.s3), catalog_of(config)
     refuse_stale(lake, first, last, follow)
@@ -100,7 +105,7 @@ def reconcile(
     from storage.raw import days_between
 
     first, last = dates(start, end)
-    config = settings(catalog_url=catalog, lake_url=lake_url)
+    config = settings(catalog_url=catalog, lake_url=lake_url, needs=("catalog_url", "lake_url"))
     lake, cat = open_lake(config.lake.url, config.s3), catalog_of(config)
     table = Table(title="reconciliation")
     for col in ("day", "orders", "matched", "differing", "discrepancy %", "causes"):

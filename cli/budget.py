@@ -35,7 +35,7 @@ def show(
     """Spend, caps, remaining budget and pacing, straight from Redis."""
     from shared_logic.timeutil import to_epoch_ms
 
-    config = settings(catalog_url=catalog, redis_url=redis_url)
+    config = settings(catalog_url=catalog, redis_url=redis_url, needs=("redis_url", "catalog_url"))
     cat = catalog_of(config)
     try:
         fixed_ms = to_epoch_ms(at) if at else None
@@ -55,6 +55,8 @@ def show(
             console.print_json(json.dumps([asdict(s) for s in states]))
         else:
             console.print(_table(states, "budget state"))
+            if nothing_spent(states):
+                console.print(_nothing_spent_line(config, len(states)), highlight=False, soft_wrap=True)
         return
     from rich.live import Live
 
@@ -62,11 +64,27 @@ def show(
         with Live(console=console, auto_refresh=False, transient=False) as live:
             while True:
                 stamp = time.strftime("%H:%M:%S")
-                live.update(_table(read(), f"budget state at {stamp} (every {every:g}s; Ctrl-C stops)"))
+                states = read()
+                table = _table(states, f"budget state at {stamp} (every {every:g}s; Ctrl-C stops)")
+                if nothing_spent(states):
+                    table.caption = _nothing_spent_line(config, len(states))
+                live.update(table)
                 live.refresh()
                 time.sleep(every)
     except KeyboardInterrupt:
         return
+
+
+def nothing_spent(states: list[Any]) -> bool:
+    """No campaign has spent anything, today or ever: the table would be all zeros."""
+    return all(not s.spend_day_minor and not s.spend_lifetime_minor for s in states)
+
+
+def _nothing_spent_line(config: Settings, campaigns: int) -> str:
+    return (
+        f"nothing has spent: none of these {campaigns} campaigns has any spend in Redis {config.redis.url} "
+        f"(catalog {config.catalog.url}). Is this the Redis and catalog the worker uses?"
+    )
 
 
 def _table(states: list[Any], title: str) -> Table:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from shared_logic import Catalog
 from shared_logic.money import format_minor
-from shared_logic.settings import Settings, load_settings
+from shared_logic.settings import PREFIX, Settings, load_settings
 
 console = Console()
 if not console.is_terminal:  # piped or captured: wide enough for the tables
@@ -31,9 +31,36 @@ CatalogOpt = Annotated[
 ]
 
 
-def settings(**changes: Any) -> Settings:
-    """The settings tree from the environment, with the command's options on top."""
-    return load_settings(**changes)
+#: Settings a command can need that silently point at something else when left out: what they are
+#: called, and the option that gives them.
+NOTED = {
+    "redis_url": ("Redis", "--redis-url"),
+    "catalog_url": ("catalog", "--catalog"),
+    "lake_url": ("lake", "--lake-url"),
+}
+
+
+def settings(*, needs: tuple[str, ...] = (), **changes: Any) -> Settings:
+    """The settings tree from the environment, with the command's options on top.
+
+    ``needs`` names the settings of :data:`NOTED` the command uses: those given neither as an
+    option nor in the environment are said, in one line on stderr, with the defaults they take."""
+    config = load_settings(**changes)
+    defaulted = [n for n in needs if changes.get(n) is None and f"{PREFIX}{n.upper()}" not in os.environ]
+    if defaulted:
+        err.print(defaults_line(config, defaulted), highlight=False, soft_wrap=True)
+    return config
+
+
+def defaults_line(config: Settings, names: list[str]) -> str:
+    """``note: no Redis given (--redis-url or ATTRIBUTION_REDIS_URL): using redis://...; ...``"""
+    values = {"redis_url": config.redis.url, "catalog_url": config.catalog.url, "lake_url": config.lake.url}
+    said = "; ".join(
+        f"{NOTED[n][0]} {values[n]} (default; {NOTED[n][1]} or {PREFIX}{n.upper()} sets it)" for n in names
+    )
+    live_env = Path("var/live/live.env")
+    hint = f" For make live's: set -a; . {live_env}; set +a" if live_env.exists() else ""
+    return f"note: using defaults: {said}.{hint}"
 
 
 def catalog_of(config: Settings) -> Catalog:

@@ -487,8 +487,8 @@ def _where(where: dict[str, Any], first: str, rate: float) -> Panel:
         f"  curl -fsS -H 'X-API-Key: {adv_key}' "
         f'"{api}/v1/roas?start=$(date -u +%F)&end=$(date -u +%F)&model=billing"',
         f"  {api}/docs (send a key as X-API-Key)",
-        "[bold]Budgets[/bold]    a live table, in another terminal, from where you ran this (live.env holds every "
-        "setting):",
+        "[bold]Budgets[/bold]    a live table, in another terminal, from where you ran this "
+        "(live.env holds every setting):",
         f"  set -a; . {where['env']}; set +a; {exe} budget show --watch",
         f"[bold]Keys[/bold]       {exe} api-key list / create / revoke (with live.env sourced; the API "
         "sees changes within seconds)",

@@ -34,7 +34,9 @@ def replay(
     """Feed events through the agents on in-memory channels, in arrival order."""
     from realtime.replay import jsonl_source, lake_source, run
 
-    config = settings(catalog_url=catalog, redis_url=redis_url, lake_url=lake_url)
+    config = settings(
+        catalog_url=catalog, redis_url=redis_url, lake_url=lake_url, needs=("redis_url", "catalog_url")
+    )
     sources = [jsonl is not None, lake_from is not None, synthetic_users is not None]
     if sum(sources) != 1:
         raise typer.BadParameter("give exactly one of --jsonl, --lake-from/--lake-to, --synthetic-users")
@@ -78,7 +80,12 @@ def worker(
     """Run one speed-layer worker of the consumer group on Kafka (kafka://host:port)."""
     from realtime.kafka import run_worker
 
-    config = settings(catalog_url=catalog, realtime_broker_url=broker_url, redis_url=redis_url)
+    config = settings(
+        catalog_url=catalog,
+        realtime_broker_url=broker_url,
+        redis_url=redis_url,
+        needs=("redis_url", "catalog_url"),
+    )
     check_kafka(config.realtime, "the worker", "use `realtime replay` for memory://")
     asyncio.run(run_worker(config, catalog_of(config)))
 
@@ -95,6 +102,13 @@ def check_kafka(cfg: RealtimeSettings, who: str, instead: str) -> None:
 
     from realtime import broker
 
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    asyncio.run(broker.probe(cfg))
+    # The probe says in one line why no broker answers; aiokafka's own lines about it are noise.
+    # Afterwards they are an operator's only sign of a broker lost under a running service.
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        asyncio.run(broker.probe(cfg))
+    finally:
+        client_log.setLevel(level)
     logging.getLogger("realtime").setLevel(logging.INFO)

@@ -123,7 +123,7 @@ def report_roas(
     from storage import open_lake
 
     first, last = dates(start, end)
-    config = settings(lake_url=lake_url, store_url=store_url)
+    config = settings(lake_url=lake_url, store_url=store_url, needs=("lake_url",))
     lake = open_lake(config.lake.url, config.s3)
     store = open_store(config.store.url, lake)
     try:

@@ -46,6 +46,6 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         [exe, "budget", "show", "--catalog", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 2
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    lines = [line for line in out.stderr.splitlines() if line.strip() and not line.startswith("note: using")]
     assert lines == ["error: invalid campaign: field 'c1.currency' = 'XYZ': is not an ISO 4217 currency code"]
     assert "Traceback" not in out.stderr
