@@ -25,6 +25,8 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from reporting.console import ROUTERS as CONSOLE_ROUTERS
+from reporting.console import ConsoleSessions
 from reporting.metrics import ApiMetrics
 from reporting.middleware import RateLimits, RecordMetrics, RequestLimits, SecurityHeaders
 from reporting.problems import as_problem_media_type, install
@@ -85,7 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=app.metrics,
     )
     app.add_middleware(RequestLimits, section=settings.api)
-    for router in ROUTERS:
+    # Outermost: a console session becomes its key before the limiter reads X-API-Key.
+    app.add_middleware(ConsoleSessions, host=lambda: app.state.core, settings=settings)
+    for router in (*ROUTERS, *CONSOLE_ROUTERS):
         app.include_router(router)
     return app
 

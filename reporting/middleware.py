@@ -63,30 +63,59 @@ def _policy(csp: ContentSecurityPolicy) -> Secure:
 
 # JSON only: nothing may load, run or frame.
 API_POLICY = _policy(ContentSecurityPolicy().default_src(_NONE))
-# Swagger UI and ReDoc: their bundles and styles from jsDelivr (FastAPI's defaults), an inline
-# bootstrap script, fonts for ReDoc, and fetches of /openapi.json from this origin only.
-_CDN = "https://cdn.jsdelivr.net"
+# Swagger UI and ReDoc: their bundles, styles and start-up scripts from this origin
+# (``reporting.routes.docs``; nothing from a CDN), inline styles (both set them from script),
+# fetches of /openapi.json, ReDoc's web worker.
 DOCS_POLICY = _policy(
     ContentSecurityPolicy()
     .default_src(_NONE)
-    .script_src(_CDN, "'unsafe-inline'")
-    .style_src(_CDN, "https://fonts.googleapis.com", "'unsafe-inline'")
-    .font_src("https://fonts.gstatic.com")
-    .img_src("'self'", "data:", "https://fastapi.tiangolo.com", "https://cdn.redoc.ly")
+    .script_src("'self'")
+    .style_src("'self'", "'unsafe-inline'")
+    .img_src("'self'", "data:")
+    .font_src("'self'")
     .connect_src("'self'")
-    .worker_src("blob:")
+    .worker_src("'self'", "blob:")
 )
+# The console (``reporting.console``): its own script and stylesheet, inline SVG, fetches of its
+# JSON, forms posting to itself; no inline script or style.
+CONSOLE_PREFIX = "/console"
+CONSOLE_POLICY = Secure(
+    cache=CacheControl().no_store(),
+    csp=ContentSecurityPolicy()
+    .default_src(_NONE)
+    .script_src("'self'")
+    .style_src("'self'")
+    .img_src("'self'", "data:")
+    .connect_src("'self'")
+    .form_action("'self'")
+    .frame_ancestors(_NONE)
+    .base_uri(_NONE),
+    corp=CrossOriginResourcePolicy().same_origin(),
+    hsts=StrictTransportSecurity().max_age(63_072_000).include_subdomains(),
+    referrer=ReferrerPolicy().no_referrer(),
+    xcto=XContentTypeOptions().nosniff(),
+    xfo=XFrameOptions().deny(),
+)
+#: The largest form the console's POSTs may send (sign-in, sign-out), whatever ``max_body_bytes`` says.
+CONSOLE_FORM_BYTES = 4096
+
+
+def _console(path: str) -> bool:
+    return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
 
 class SecurityHeaders:
-    """Apply ``API_POLICY`` to every response, ``DOCS_POLICY`` to the docs pages."""
+    """Apply ``API_POLICY`` to every response, ``DOCS_POLICY`` to the docs pages,
+    ``CONSOLE_POLICY`` to the console's."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.api = SecureASGIMiddleware(app, secure=API_POLICY)
         self.docs = SecureASGIMiddleware(app, secure=DOCS_POLICY)
+        self.console = SecureASGIMiddleware(app, secure=CONSOLE_POLICY)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        target = self.docs if scope.get("path") in DOCS_PATHS else self.api
+        path = scope.get("path") or ""
+        target = self.docs if path in DOCS_PATHS else self.console if _console(path) else self.api
         await target(scope, receive, send)  # type: ignore[arg-type]  # secure types ASGI messages as object
 
 
@@ -156,8 +185,11 @@ class RequestLimits:
         if length is not None:
             if not length.isdigit():
                 return Problem(400, "Content-Length must be a number of bytes", parameter="Content-Length")
-            if int(length) > self.max_body:
-                what = "no body" if self.max_body == 0 else f"at most {self.max_body} bytes of body"
+            limit = self.max_body
+            if scope["method"] == "POST" and _console(scope["path"]):
+                limit = max(limit, CONSOLE_FORM_BYTES)  # the console's sign-in and sign-out forms
+            if int(length) > limit:
+                what = "no body" if limit == 0 else f"at most {limit} bytes of body"
                 return Problem(413, f"the body takes {int(length)} bytes; this API reads {what}")
         return None
 

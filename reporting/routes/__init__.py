@@ -9,4 +9,4 @@ from fastapi import APIRouter
 from reporting.routes import budget, docs, ops, roas
 
 # In the order the app mounts them: the OpenAPI document lists its paths in this order.
-ROUTERS: tuple[APIRouter, ...] = (docs.router, ops.router, roas.router, budget.router)
+ROUTERS: tuple[APIRouter, ...] = (docs.router, docs.assets, ops.router, roas.router, budget.router)

@@ -1,0 +1,256 @@
+"""The console over HTTP (FastAPI's TestClient on the real app: real Redis, DuckDB over a real
+lake with two batch days reconciled): sign-in, the cookie's flags, CSRF refusals, sign-out,
+advertiser isolation, and CSV downloads equal to the JSON API's numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from reporting.api import create_app
+from tests.console_world import DAYS, World, build_world
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, redis_server: Any, spark: Any) -> World:
+    return build_world(tmp_path_factory.mktemp("console"), redis_server.url, spark)
+
+
+@pytest.fixture
+def app_client(world: World) -> Iterator[TestClient]:
+    with TestClient(create_app(world.settings()), base_url="http://127.0.0.1") as client:
+        yield client
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html[:500]
+    return found.group(1)
+
+
+def sign_in(client: TestClient, key: str) -> Any:
+    form = client.get("/console/sign-in")
+    assert form.status_code == 200
+    return client.post(
+        "/console/sign-in", data={"api_key": key, "csrf": _csrf(form.text)}, follow_redirects=False
+    )
+
+
+def _json(client: TestClient, world: World, who: str, path: str, **params: Any) -> Any:
+    resp = client.get(path, params=params, headers={"X-API-Key": world.keys[who]})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def _csv(resp: Any) -> list[dict[str, str]]:
+    assert resp.status_code == 200, resp.text[:300]
+    assert resp.headers["content-type"].startswith("text/csv")
+    assert resp.headers["content-disposition"].startswith("attachment;")
+    return list(csv.DictReader(io.StringIO(resp.text)))
+
+
+def test_sign_in_sets_a_strict_httponly_expiring_cookie_and_the_key_never_in_a_url(
+    app_client: TestClient, world: World
+) -> None:
+    assert app_client.get("/console", follow_redirects=False).headers["location"] == "/console/sign-in"
+    resp = sign_in(app_client, world.keys["adv00"])
+    assert resp.status_code == 303 and resp.headers["location"] == "/console"
+    cookie = next(v for k, v in resp.headers.multi_items() if k == "set-cookie" and "console_session" in v)
+    flags = {p.strip().split("=")[0].lower(): p for p in cookie.split(";")}
+    assert "httponly" in flags and flags["samesite"].strip().lower() == "samesite=strict"
+    assert int(flags["max-age"].split("=")[1]) > 0 and flags["path"].strip() == "Path=/"
+    assert world.keys["adv00"] not in cookie  # encrypted, not merely signed
+    page = app_client.get("/console")
+    assert page.status_code == 200
+    assert world.keys["adv00"] not in page.text
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+
+
+def test_a_wrong_key_or_an_ad_server_key_cannot_sign_in(app_client: TestClient, world: World) -> None:
+    assert sign_in(app_client, "ak_not-a-key").status_code == 401
+    assert sign_in(app_client, world.keys["ads"]).status_code == 401
+    assert "console_session" not in app_client.cookies
+
+
+def test_forms_without_the_csrf_token_or_from_another_origin_are_refused(
+    app_client: TestClient, world: World
+) -> None:
+    app_client.get("/console/sign-in")
+    bad = app_client.post("/console/sign-in", data={"api_key": world.keys["adv00"], "csrf": "forged"})
+    assert bad.status_code == 403 and "console_session" not in app_client.cookies
+    form = app_client.get("/console/sign-in")
+    other_site = app_client.post(
+        "/console/sign-in",
+        data={"api_key": world.keys["adv00"], "csrf": _csrf(form.text)},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert other_site.status_code == 403
+    assert sign_in(app_client, world.keys["adv00"]).status_code == 303
+    refused = app_client.post("/console/sign-out", data={"csrf": "0" * 64}, follow_redirects=False)
+    assert refused.status_code == 403
+    assert app_client.get("/console").status_code == 200  # still signed in
+
+
+def test_sign_out_ends_the_session_even_for_a_copy_of_the_cookie(
+    app_client: TestClient, world: World
+) -> None:
+    sign_in(app_client, world.keys["adv01"])
+    copy = app_client.cookies["console_session"]
+    page = app_client.get("/console")
+    out = app_client.post("/console/sign-out", data={"csrf": _csrf(page.text)}, follow_redirects=False)
+    assert out.status_code == 303
+    app_client.cookies.set("console_session", copy)  # a copy kept from before the sign-out
+    replay = app_client.get("/console", follow_redirects=False)
+    assert replay.status_code == 303 and replay.headers["location"] == "/console/sign-in"
+    assert app_client.get("/console/today.json").status_code == 401
+
+
+def test_json_routes_keep_x_api_key_and_ignore_the_session(app_client: TestClient, world: World) -> None:
+    sign_in(app_client, world.keys["admin"])
+    assert app_client.get("/v1/roas", params={"start": DAYS[0], "end": DAYS[0]}).status_code == 401
+    assert app_client.get("/docs").status_code == 200  # the docs take the session
+
+
+def test_an_advertiser_sees_only_its_campaigns_anywhere(app_client: TestClient, world: World) -> None:
+    sign_in(app_client, world.keys["adv00"])
+    mine, theirs = world.campaigns_of("adv00"), world.campaigns_of("adv01")
+    assert mine and theirs
+    params = {"start": DAYS[0], "end": DAYS[2]}
+    pages = [
+        app_client.get(p, params=params).text
+        for p in ("/console", "/console/roas", "/console/budget", "/console/reconciliation")
+    ]
+    pages.append(app_client.get("/console/today.json").text)
+    pages += [
+        app_client.get(f"/console/csv/{t}.csv", params=params).text
+        for t in ("overview", "roas-daily", "roas-models", "budget", "reconciliation-campaigns")
+    ]
+    for text in pages:
+        for cid in theirs:
+            assert cid not in text
+        assert "adv01" not in text
+    assert all(cid in pages[0] for cid in mine)
+    # Asking for another advertiser's campaign, or picking an advertiser, changes nothing.
+    assert app_client.get("/console/roas", params={"campaign_id": theirs[0]}).status_code == 404
+    shown = app_client.get("/console", params={"advertiser": "adv01"}).text
+    assert not any(cid in shown for cid in theirs)
+
+
+def test_an_admin_picks_any_advertiser(app_client: TestClient, world: World) -> None:
+    sign_in(app_client, world.keys["admin"])
+    page = app_client.get("/console", params={"advertiser": "adv01"}).text
+    assert all(cid in page for cid in world.campaigns_of("adv01"))
+    assert not any(cid in page for cid in world.campaigns_of("adv00"))
+    assert app_client.get("/console", params={"advertiser": "nobody"}).status_code == 422
+
+
+def test_overview_csv_equals_the_roas_and_budget_apis(app_client: TestClient, world: World) -> None:
+    sign_in(app_client, world.keys["adv00"])
+    rows = _csv(
+        app_client.get(
+            "/console/csv/overview.csv", params={"start": DAYS[0], "end": DAYS[2], "model": "markov"}
+        )
+    )
+    report = _json(app_client, world, "adv00", "/v1/roas", start=DAYS[0], end=DAYS[2])["rows"]
+    spend: dict[str, int] = defaultdict(int)
+    revenue: dict[str, float] = defaultdict(float)
+    model_spend: dict[str, int] = defaultdict(int)
+    for r in report:
+        if r["model"] == "billing":
+            spend[r["campaign_id"]] += r["spend_minor"]
+        if r["model"] == "markov":
+            revenue[r["campaign_id"]] += r["revenue_minor"]
+            model_spend[r["campaign_id"]] += r["spend_minor"]
+    budget = {
+        b["campaign_id"]: b
+        for b in _json(app_client, world, "adv00", "/v1/budget", campaign_id=[r["campaign_id"] for r in rows])
+    }
+    assert {r["campaign_id"] for r in rows} == set(world.campaigns_of("adv00"))
+    for r in rows:
+        cid = r["campaign_id"]
+        assert int(r["spend_minor"]) == spend[cid]
+        assert float(r["revenue_minor"]) == pytest.approx(revenue[cid], rel=1e-12)
+        expected_roas = revenue[cid] / model_spend[cid] if model_spend[cid] else None
+        if expected_roas is None:
+            assert r["roas"] == ""
+        else:
+            assert float(r["roas"]) == pytest.approx(expected_roas, rel=1e-12)
+        assert int(r["spend_lifetime_minor"]) == budget[cid]["spend_lifetime_minor"]
+        assert r["spend_source"] == "batch+speed"  # two batch days, then a speed day
+        assert r["roas_source"] in ("batch", "-")  # markov is the batch layer's only
+    assert any(int(r["spend_minor"]) > 0 for r in rows)
+
+
+def test_roas_by_day_draws_one_line_per_model_and_its_csv_equals_the_api(
+    app_client: TestClient, world: World
+) -> None:
+    sign_in(app_client, world.keys["adv00"])
+    cid = world.campaigns_of("adv00")[0]
+    params = {"start": DAYS[0], "end": DAYS[2], "campaign_id": cid, "model": ["billing", "markov", "shapley"]}
+    page = app_client.get("/console/roas", params=params).text
+    svg = page[page.index('<svg xmlns="http://www.w3.org/2000/svg" id="roas-chart"') :]
+    svg = svg[: svg.index("</svg>")]
+    assert re.findall(r'data-series="([^"]+)"', svg) == ["billing", "markov", "shapley"]
+    models = _csv(app_client.get("/console/csv/roas-models.csv", params=params))
+    report = _json(app_client, world, "adv00", "/v1/roas", start=DAYS[0], end=DAYS[2], campaign_id=cid)
+    for m in models:
+        mine = [r for r in report["rows"] if r["model"] == m["model"]]
+        assert int(m["spend_minor"]) == sum(r["spend_minor"] for r in mine)
+        assert float(m["revenue_minor"]) == pytest.approx(sum(r["revenue_minor"] for r in mine), rel=1e-12)
+        assert int(m["days"]) == len(mine)
+    billing_points = svg.split('data-series="billing"')[1].split("</g>")[0].count("<circle")
+    expected = [r for r in report["rows"] if r["model"] == "billing" and r["roas"] is not None]
+    assert billing_points == len(expected)
+
+
+def test_reconciliation_csv_equals_the_json_route_and_the_nightly_summary(
+    app_client: TestClient, world: World
+) -> None:
+    from storage import partition
+
+    sign_in(app_client, world.keys["admin"])
+    params = {"start": DAYS[0], "end": DAYS[2]}
+    days = _csv(app_client.get("/console/csv/reconciliation-days.csv", params=params))
+    body = _json(app_client, world, "admin", "/v1/reconciliation", **params)
+    assert [d["day"] for d in days] == DAYS[:2] and body["unreconciled"] == [DAYS[2]]
+    for row, api in zip(days, body["days"], strict=True):
+        summary = world.lake.manifest(partition("reconciliation", dt=row["day"]))
+        assert summary is not None
+        assert int(row["orders"]) == api["orders"] == summary["orders"]
+        assert int(row["differing"]) == api["differing"] == summary["differing"]
+        for cause, n in summary["causes"].items():
+            assert int(row[cause]) == n
+    campaigns = _csv(app_client.get("/console/csv/reconciliation-campaigns.csv", params=params))
+    assert [int(r["difference_minor"]) for r in campaigns] == [
+        r["difference_minor"] for r in body["campaigns"]
+    ]
+
+
+def test_budget_view_draws_spend_and_cap_with_slots_for_pacing(app_client: TestClient, world: World) -> None:
+    sign_in(app_client, world.keys["adv00"])
+    page = app_client.get("/console/budget").text
+    assert 'data-series="spend today"' in page
+    assert 'data-slot="pacing target"' in page and 'data-slot="serve probability"' in page
+    today = app_client.get("/console/today.json").json()
+    assert {r["campaign_id"] for r in today["campaigns"]} == set(world.campaigns_of("adv00"))
+    assert all("timezone" in r and r["budget_day"] for r in today["campaigns"])
+
+
+def test_docs_load_their_assets_from_this_api(app_client: TestClient, world: World) -> None:
+    headers = {"X-API-Key": world.keys["admin"]}
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = app_client.get(page, headers=headers)
+        assert html.status_code == 200
+        assert "cdn." not in html.text and f"/docs/assets/{asset}" in html.text
+        assert "https:" not in html.headers["content-security-policy"]
+        assert app_client.get(f"/docs/assets/{asset}").status_code == 200
