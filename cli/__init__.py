@@ -19,7 +19,7 @@ from cli.common import err
 from cli.demo import demo
 from cli.errors import INTERRUPTED, describe
 from cli.generate import generate
-from cli.lake import lake_sink, land
+from cli.lake import lake_app, lake_sink, land
 from cli.live import live
 from cli.realtime import realtime_app, worker
 from cli.serve import api, key_app, report_app
@@ -41,6 +41,7 @@ app.command()(live)
 app.add_typer(realtime_app, name="realtime")
 app.add_typer(budget_app, name="budget")
 app.add_typer(batch_app, name="batch")
+app.add_typer(lake_app, name="lake")
 app.add_typer(report_app, name="report")
 app.add_typer(key_app, name="api-key")
 

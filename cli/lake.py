@@ -1,4 +1,5 @@
-"""``attribution lake-sink`` and ``attribution land``: raw events into the lake, one writer for both."""
+"""``attribution lake-sink`` and ``attribution land``: raw events into the lake, one writer for both;
+``attribution lake compact``: their small files rewritten into few."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.common import console, settings
+from cli.common import console, dates, settings
 from cli.realtime import check_kafka
 
 #: Lines per file a backfill writes (bounds its memory; each chunk is one ``land`` call).
@@ -120,3 +121,52 @@ def _chunks(path: Path) -> Iterator[tuple[list[bytes], int]]:
                 lines, size = [], 0
     if lines or size:
         yield lines, size
+
+
+lake_app = typer.Typer(help="Lake upkeep: compaction of landed raw files.", no_args_is_help=True)
+
+
+@lake_app.command("compact")
+def compact(
+    day: Annotated[str, typer.Option(help="day whose raw hours to compact, YYYY-MM-DD")],
+    end: Annotated[str | None, typer.Option(help="last day (inclusive); default: day")] = None,
+    lake_url: Annotated[str | None, typer.Option(help="default: ATTRIBUTION_LAKE_URL")] = None,
+    target_mib: Annotated[float, typer.Option(help="size of a compacted file, MiB", min=0.001)] = 128.0,
+    grace_s: Annotated[
+        float,
+        typer.Option(
+            help="delete replaced files only this long after the commit (readers may hold them)", min=0
+        ),
+    ] = 3600.0,
+    all_hours: Annotated[
+        bool,
+        typer.Option("--all-hours", help="also hours not marked landed yet (the sink may still add files)"),
+    ] = False,
+) -> None:
+    """Rewrite each raw hour's small files into few files of about --target-mib, atomically through
+    the partition's manifest (readers see the old files or the new, never both); idempotent."""
+    from storage import open_lake
+    from storage.compact import compact_day
+    from storage.raw import days_between
+
+    first, last = dates(day, end)
+    config = settings(lake_url=lake_url)
+    lake = open_lake(config.lake.url, config.s3)
+    started = time.perf_counter()
+    table = Table(title=f"compaction of {lake.url}")
+    for col in ("day", "partitions", "compacted", "files before", "files after", "rows", "MiB", "deleted"):
+        table.add_column(col, justify="right")
+    for d in days_between(first, last):
+        done = compact_day(lake, d, target_mib, grace_s, landed_only=not all_hours)
+        table.add_row(
+            d.isoformat(),
+            f"{len(done):,}",
+            f"{sum(not c.skipped for c in done):,}",
+            f"{sum(c.files_before for c in done):,}",
+            f"{sum(c.files_after for c in done):,}",
+            f"{sum(c.rows for c in done):,}",
+            f"{sum(c.bytes_before for c in done) / 2**20:.1f}",
+            f"{sum(c.deleted for c in done):,}",
+        )
+    console.print(table)
+    console.print(f"done in {time.perf_counter() - started:.1f}s")

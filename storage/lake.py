@@ -10,7 +10,11 @@ files of earlier writes are deleted. Readers take the manifest's files when
 there is one, so a reader never sees a half-written or mixed partition, and
 rewriting a partition replaces it whole. Append-only datasets (the ledger,
 the raw events of the lake sink) add complete files with deterministic
-names instead; a retried write overwrites the same name.
+names instead; a retried write overwrites the same name. Compaction
+(``storage.compact``) rewrites an append-only partition's files into few:
+its outputs stay hidden until a ``_SUCCESS`` manifest names them
+(``compacted``) and the files they replace (``replaced``), which readers then
+skip (``visible_files``); files added later stay visible.
 
 A backend (``storage.file``, ``storage.s3``) supplies the primitives: list,
 put and get small objects atomically, delete, write one Parquet file
@@ -37,6 +41,17 @@ from shared_logic.contract import Dataset
 log = logging.getLogger(__name__)
 
 MANIFEST = "_SUCCESS"
+#: Files ``storage.compact`` writes; one is visible only once a manifest's ``compacted`` lists it.
+COMPACT_PREFIX = "compact-"
+
+
+def visible_files(listed: Iterable[str], manifest: Mapping[str, Any] | None) -> list[str]:
+    """The files of an append-only partition a reader takes, from a listing made after reading its
+    manifest: every listed file except compaction's uncommitted outputs and the files a committed
+    compaction replaced (a sink's retry may rewrite those names; their rows are compacted)."""
+    compacted = set(manifest.get("compacted", ())) if manifest else set()
+    replaced = set(manifest.get("replaced", {})) if manifest else set()
+    return [n for n in listed if n not in replaced and (n in compacted or not n.startswith(COMPACT_PREFIX))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +189,8 @@ class Lake(ABC):
         manifest = self.manifest(ref)
         if manifest is not None and "files" in manifest:
             names = list(manifest["files"])
-        else:
-            names = self.list_parquet(ref)
+        else:  # an append-only partition; compaction (``storage.compact``) hides what it replaced
+            names = visible_files(self.list_parquet(ref), manifest)
         return [posixpath.join(ref.path, n) for n in names]
 
     def read(self, refs: Iterable[PartitionRef], columns: list[str] | None = None) -> pa.Table:
