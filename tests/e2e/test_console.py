@@ -63,17 +63,21 @@ def test_sign_in_sets_a_strict_httponly_expiring_cookie_and_the_key_never_in_a_u
 ) -> None:
     assert app_client.get("/console", follow_redirects=False).headers["location"] == "/console/sign-in"
     resp = sign_in(app_client, world.keys["adv00"])
-    assert resp.status_code == 303 and resp.headers["location"] == "/console"
+    assert resp.status_code == 303
+    assert resp.headers["location"] == "/console"
     cookie = next(v for k, v in resp.headers.multi_items() if k == "set-cookie" and "console_session" in v)
     flags = {p.strip().split("=")[0].lower(): p for p in cookie.split(";")}
-    assert "httponly" in flags and flags["samesite"].strip().lower() == "samesite=strict"
-    assert int(flags["max-age"].split("=")[1]) > 0 and flags["path"].strip() == "Path=/"
+    assert "httponly" in flags
+    assert flags["samesite"].strip().lower() == "samesite=strict"
+    assert int(flags["max-age"].split("=")[1]) > 0
+    assert flags["path"].strip() == "Path=/"
     assert world.keys["adv00"] not in cookie  # encrypted, not merely signed
     page = app_client.get("/console")
     assert page.status_code == 200
     assert world.keys["adv00"] not in page.text
     csp = page.headers["content-security-policy"]
-    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
 
 
 def test_a_wrong_key_or_an_ad_server_key_cannot_sign_in(app_client: TestClient, world: World) -> None:
@@ -87,7 +91,8 @@ def test_forms_without_the_csrf_token_or_from_another_origin_are_refused(
 ) -> None:
     app_client.get("/console/sign-in")
     bad = app_client.post("/console/sign-in", data={"api_key": world.keys["adv00"], "csrf": "forged"})
-    assert bad.status_code == 403 and "console_session" not in app_client.cookies
+    assert bad.status_code == 403
+    assert "console_session" not in app_client.cookies
     form = app_client.get("/console/sign-in")
     other_site = app_client.post(
         "/console/sign-in",
@@ -111,7 +116,8 @@ def test_sign_out_ends_the_session_even_for_a_copy_of_the_cookie(
     assert out.status_code == 303
     app_client.cookies.set("console_session", copy)  # a copy kept from before the sign-out
     replay = app_client.get("/console", follow_redirects=False)
-    assert replay.status_code == 303 and replay.headers["location"] == "/console/sign-in"
+    assert replay.status_code == 303
+    assert replay.headers["location"] == "/console/sign-in"
     assert app_client.get("/console/today.json").status_code == 401
 
 
@@ -124,7 +130,8 @@ def test_json_routes_keep_x_api_key_and_ignore_the_session(app_client: TestClien
 def test_an_advertiser_sees_only_its_campaigns_anywhere(app_client: TestClient, world: World) -> None:
     sign_in(app_client, world.keys["adv00"])
     mine, theirs = world.campaigns_of("adv00"), world.campaigns_of("adv01")
-    assert mine and theirs
+    assert mine
+    assert theirs
     params = {"start": DAYS[0], "end": DAYS[2]}
     pages = [
         app_client.get(p, params=params).text
@@ -222,7 +229,8 @@ def test_reconciliation_csv_equals_the_json_route_and_the_nightly_summary(
     params = {"start": DAYS[0], "end": DAYS[2]}
     days = _csv(app_client.get("/console/csv/reconciliation-days.csv", params=params))
     body = _json(app_client, world, "admin", "/v1/reconciliation", **params)
-    assert [d["day"] for d in days] == DAYS[:2] and body["unreconciled"] == [DAYS[2]]
+    assert [d["day"] for d in days] == DAYS[:2]
+    assert body["unreconciled"] == [DAYS[2]]
     for row, api in zip(days, body["days"], strict=True):
         summary = world.lake.manifest(partition("reconciliation", dt=row["day"]))
         assert summary is not None
@@ -240,7 +248,8 @@ def test_budget_view_draws_spend_and_cap_with_slots_for_pacing(app_client: TestC
     sign_in(app_client, world.keys["adv00"])
     page = app_client.get("/console/budget").text
     assert 'data-series="spend today"' in page
-    assert 'data-slot="pacing target"' in page and 'data-slot="serve probability"' in page
+    assert 'data-slot="pacing target"' in page
+    assert 'data-slot="serve probability"' in page
     today = app_client.get("/console/today.json").json()
     assert {r["campaign_id"] for r in today["campaigns"]} == set(world.campaigns_of("adv00"))
     assert all("timezone" in r and r["budget_day"] for r in today["campaigns"])
@@ -251,6 +260,7 @@ def test_docs_load_their_assets_from_this_api(app_client: TestClient, world: Wor
     for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
         html = app_client.get(page, headers=headers)
         assert html.status_code == 200
-        assert "cdn." not in html.text and f"/docs/assets/{asset}" in html.text
+        assert "cdn." not in html.text
+        assert f"/docs/assets/{asset}" in html.text
         assert "https:" not in html.headers["content-security-policy"]
         assert app_client.get(f"/docs/assets/{asset}").status_code == 200
