@@ -92,7 +92,9 @@ CONSOLE_POLICY = Secure(
     .base_uri(_NONE),
     corp=CrossOriginResourcePolicy().same_origin(),
     hsts=StrictTransportSecurity().max_age(63_072_000).include_subdomains(),
-    referrer=ReferrerPolicy().no_referrer(),
+    # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with the
+    # console's own forms, and their origin check would refuse them.
+    referrer=ReferrerPolicy().same_origin(),
     xcto=XContentTypeOptions().nosniff(),
     xfo=XFrameOptions().deny(),
 )

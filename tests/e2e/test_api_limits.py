@@ -342,8 +342,9 @@ def test_docs_and_metrics_are_public_by_setting(world: dict[str, Any], private_r
         docs = _get(base, "/docs", None)
         assert docs.status_code == 200
         assert "swagger-ui" in docs.text
-        # The docs page may load Swagger UI from its CDN; nothing else relaxes the policy.
-        assert "script-src https://cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+        # The docs page loads Swagger UI from this API (no CDN); nothing else relaxes the policy.
+        assert "script-src 'self'" in docs.headers["content-security-policy"]
+        assert "https:" not in docs.headers["content-security-policy"]
         assert docs.headers["cache-control"] == "no-store"
         spec = _get(base, "/openapi.json", None)
         assert spec.status_code == 200

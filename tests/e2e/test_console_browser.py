@@ -170,7 +170,8 @@ def test_an_advertiser_reads_switches_downloads_and_signs_out(
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Overview"
     # The page refreshes today's figures by itself (its script runs under the strict CSP).
-    page.wait_for_function("document.getElementById('refreshed').textContent.includes('as of')")
+    # (A function, not a string: Playwright evaluates a string with eval, which the page's CSP forbids.)
+    page.wait_for_function("() => document.getElementById('refreshed').textContent.includes('as of')")
     _shot(page, "overview-advertiser")
 
     # Switch the model with the keyboard-reachable picker.
@@ -218,7 +219,8 @@ def test_an_advertiser_reads_switches_downloads_and_signs_out(
     page.goto(f"{base}/console/budget")
     before = page.locator('#burn-chart [data-series="spend today"] circle').count()
     page.wait_for_function(
-        f"document.querySelectorAll('#burn-chart [data-series=\"spend today\"] circle').length > {before}"
+        "n => document.querySelectorAll('#burn-chart [data-series=\"spend today\"] circle').length > n",
+        arg=before,
     )
     assert page.locator('#burn-chart [data-slot="pacing target"]').count() == 1
     _shot(page, "budget-today")
