@@ -69,6 +69,9 @@ class SparkStandalone:
             "SPARK_LOCAL_IP": "127.0.0.1",
             "SPARK_LOG_DIR": self._dir.name,
             "SPARK_DAEMON_MEMORY": "256m",
+            # Executors inherit their worker's environment: nodes in another zone than the driver
+            # must change nothing (every day boundary is UTC, or a campaign's own zone).
+            "TZ": "Pacific/Chatham",
         }
         self.processes: list[subprocess.Popen[bytes]] = []
         try:
