@@ -11,7 +11,8 @@ gets one cause, the first that applies:
   lateness had passed, so the speed layer could not see it in time;
 - ``late order``: the order (or its cancel) arrived after its allowed lateness,
   so it was settled out of turn;
-- ``missing``: in one ledger only, with no late event to explain it;
+- ``missing``: in one ledger only, with no late event to explain it
+  (``missing_from`` says from which: ``realtime`` or ``batch``);
 - ``campaign``: both decided it, for different campaigns, with no late event to
   explain it;
 - ``cap``: same campaign, different charge, and a cap was involved: either
@@ -90,6 +91,8 @@ class Reconciliation:
     #: Orders decided more than once, per layer (``realtime``, ``batch``; one in both counts twice).
     duplicates: dict[str, int] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: Orders in one ledger only (cause ``missing``), per the layer they are missing from.
+    missing: dict[str, int] = field(default_factory=dict)
 
     @property
     def discrepancy_pct(self) -> float:
@@ -104,6 +107,7 @@ class Reconciliation:
             "discrepancy_pct": round(self.discrepancy_pct, 4),
             "causes": self.causes,
             "duplicates": self.duplicates,
+            "missing_from": self.missing,
             "spend_diff_minor": self.spend_diff_minor,
             "realtime_spend_minor": self.realtime_spend_minor,
             "batch_spend_minor": self.batch_spend_minor,
@@ -313,11 +317,22 @@ def reconcile_day(
             .when(F.col("cap_involved"), "cap")
             .otherwise("charge"),
         )
+        .withColumn(
+            "missing_from",
+            F.when(
+                F.col("status") == "missing",
+                F.when(F.coalesce(F.col("rt_decisions"), F.lit(0)) > 0, SIDES["bt"]).otherwise(SIDES["rt"]),
+            ),
+        )
         .withColumn("dt", F.lit(dt))
         .cache()
     )
     rows.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(RECONCILIATION.path))
     counts = {r["status"]: int(r["count"]) for r in rows.groupBy("status").count().collect()}
+    missing = {
+        str(r["missing_from"]): int(r["count"])
+        for r in rows.filter(F.col("missing_from").isNotNull()).groupBy("missing_from").count().collect()
+    }
     duplicates = {
         side: int(n or 0)
         for side, n in rows.agg(
@@ -356,6 +371,7 @@ def reconcile_day(
         realtime_spend_minor=int(sum(r["rt"] for r in spend)),
         batch_spend_minor=int(sum(r["bt"] for r in spend)),
         duplicates=duplicates,
+        missing=missing,
     )
     manifest = {
         **result.summary(),

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from cli.common import CatalogOpt, catalog_of, console, dates, settings
+from cli.common import CatalogOpt, catalog_of, console, dates, jvm_output_to_log, money, settings
 
 if TYPE_CHECKING:
     from batch.job import DayResult
+    from shared_logic import Catalog
 
 batch_app = typer.Typer(help="Batch layer: the nightly job over the lake.", no_args_is_help=True)
 
@@ -58,15 +60,20 @@ def run(
     lake, cat = open_lake(config.lake.url, config.s3), catalog_of(config)
     refuse_stale(lake, first, last, follow)
     table = Table(title="nightly job")
-    for col in ("day", "settled from", "orders", "attributed", "spend (minor)", "seconds"):
+    for col in ("day", "settled from", "orders", "attributed", "spend", "seconds"):
         table.add_column(col, justify="right")
 
     def progress(r: DayResult) -> None:
         followed = " (followed: its checkpoint was stale)" if date.fromisoformat(r.day) > last else ""
         console.print(f"  {r.day}: {r.orders:,} orders in {r.seconds:.1f}s{followed}")
 
+    days = (last - first).days + 1
+    console.print(f"nightly job: {days} day(s) {first}..{last}; starting Spark ...")
+    with jvm_output_to_log() as jvm_log:
+        spark = spark_session(config.spark)
+    console.print(f"Spark ready (its JVM's warnings go to {jvm_log})")
     results = run_range(
-        spark_session(config.spark),
+        spark,
         lake,
         cat,
         first,
@@ -82,7 +89,7 @@ def run(
             f"checkpoint {r.started_from}" if r.started_from else "start of history",
             f"{r.orders:,}",
             f"{r.attributed:,}",
-            f"{sum(r.spend_minor.values()):,}",
+            _spend(r.spend_minor, cat),
             f"{r.seconds:.1f}",
         )
     console.print(table)
@@ -110,15 +117,50 @@ def reconcile(
     table = Table(title="reconciliation")
     for col in ("day", "orders", "matched", "differing", "discrepancy %", "causes"):
         table.add_column(col, justify="right")
-    spark = spark_session(config.spark)
-    for d in days_between(first, last):
+    days = list(days_between(first, last))
+    console.print(f"reconciliation: {len(days)} day(s) {first}..{last}; starting Spark ...")
+    with jvm_output_to_log() as jvm_log:
+        spark = spark_session(config.spark)
+    console.print(f"Spark ready (its JVM's warnings go to {jvm_log})")
+    for i, d in enumerate(days, 1):
+        began = time.perf_counter()
         r = reconcile_day(spark, lake, cat, d, config)
+        console.print(
+            f"  {d} ({i}/{len(days)}): {r.orders:,} orders, discrepancy {r.discrepancy_pct:.3f}% "
+            f"in {time.perf_counter() - began:.1f}s"
+        )
         table.add_row(
             r.day,
             f"{r.orders:,}",
             f"{r.matched:,}",
             f"{r.differing:,}",
             f"{r.discrepancy_pct:.3f}",
-            ", ".join(f"{k}: {v}" for k, v in sorted(r.causes.items())) or "-",
+            _causes(r.causes, r.missing) or "-",
         )
     console.print(table)
+
+
+def _causes(causes: dict[str, int], missing: dict[str, int]) -> str:
+    """``late touch: 2, missing: 3 (from realtime 2, from batch 1)``"""
+    said = []
+    for cause, n in sorted(causes.items()):
+        sides = (
+            ", ".join(f"from {side} {k}" for side, k in sorted(missing.items())) if cause == "missing" else ""
+        )
+        said.append(f"{cause}: {n}" + (f" ({sides})" if sides else ""))
+    return ", ".join(said)
+
+
+def _spend(by_campaign: dict[str, int], cat: Catalog) -> str:
+    """Spend per currency (the campaigns' own), never one sum across currencies."""
+    per: dict[str, int] = {}
+    for campaign_id, minor in by_campaign.items():
+        found = cat.get(campaign_id)
+        currency = found.currency if found is not None else "?"
+        per[currency] = per.get(currency, 0) + minor
+    return (
+        ", ".join(
+            money(v, c) if c != "?" else f"{v:,} minor (unknown campaign)" for c, v in sorted(per.items())
+        )
+        or "-"
+    )

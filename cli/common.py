@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -162,3 +164,28 @@ def _isatty(stream: IO[str]) -> bool:
         return stream.isatty()
     except (OSError, ValueError, AttributeError):
         return False
+
+
+#: Where the JVM's own output (Spark's warnings, log4j's console lines) goes, not the terminal.
+JVM_LOG = Path("var/logs/spark.log")
+
+
+@contextlib.contextmanager
+def jvm_output_to_log(path: Path = JVM_LOG) -> Iterator[Path]:
+    """While Spark's JVM starts, point file descriptors 1 and 2 at ``path``: the JVM inherits them
+    and keeps writing its warnings there; this process gets its own back on the way out."""
+    path = path.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield path
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])

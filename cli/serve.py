@@ -146,9 +146,16 @@ def report_roas(
             str(r["dt"]),
             r["campaign_id"],
             r["model"],
-            f"{r['orders']:.1f}",
-            format_minor(int(r["revenue_minor"]), r["currency"]),
+            _credit(r["orders"], r["model"]),
+            format_minor(round(r["revenue_minor"]), r["currency"]),
             format_minor(int(r["spend_minor"]), r["currency"]),
             "-" if r["roas"] is None else f"{r['roas']:.2f}",
         )
     console.print(table)
+
+
+def _credit(value: float, model: str) -> str:
+    """Whole under the billing model; credit to two decimals under a multi-touch model."""
+    from shared_logic.contract import BILLING_MODEL
+
+    return f"{round(value):,}" if model == BILLING_MODEL else f"{value:,.2f}"

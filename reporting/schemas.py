@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, create_model, model_validator
 
-from shared_logic.contract import METRIC_DIMENSIONS, METRIC_MEASURES, METRIC_ROW, ColumnType
+from shared_logic.contract import BILLING_MODEL, METRIC_DIMENSIONS, METRIC_MEASURES, METRIC_ROW, ColumnType
 
 _PY: dict[ColumnType, Any] = {
     ColumnType.STRING: str,
@@ -35,13 +35,51 @@ def _fields(names: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+#: Credited quantities: whole under the billing model (one order, its whole value), fractional credit
+#: under a multi-touch model, rounded to this many decimal places.
+CREDIT_DECIMALS = 6
+CREDITED = ("orders", "revenue_minor")
+
+
+def whole_unless_split(row: dict[str, Any]) -> dict[str, Any]:
+    """A metric row's orders and revenue as the API shows them: integers under the billing model,
+    credit rounded to ``CREDIT_DECIMALS`` under a multi-touch model (changed in place, returned)."""
+    whole = row.get("model") == BILLING_MODEL
+    for name in CREDITED:
+        value = row.get(name)
+        if isinstance(value, float) and value == value:  # NaN stays for the caller to null
+            row[name] = round(value) if whole else round(value, CREDIT_DECIMALS)
+    return row
+
+
+class _RoasRowBase(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_unless_split(cls, data: Any) -> Any:
+        return whole_unless_split(dict(data)) if isinstance(data, dict) else data
+
+
+def _credited(fields: dict[str, Any]) -> dict[str, Any]:
+    for name in CREDITED:
+        doc = METRIC_ROW.column(name).doc or name
+        fields[name] = (
+            int | float,
+            Field(
+                description=f"{doc}: an integer under the billing model (whole orders and amounts); "
+                f"fractional credit under a multi-touch model, to {CREDIT_DECIMALS} decimal places"
+            ),
+        )
+    return fields
+
+
 RoasRow: type[BaseModel] = create_model(
     "RoasRow",
+    __base__=_RoasRowBase,
     day=(date, Field(description="UTC day")),
     **_fields(METRIC_DIMENSIONS),
     source=(Source, Field(description="batch view, or the speed layer after it")),
     windows=(Windows, Field(description="the attribution windows applied")),
-    **_fields(METRIC_MEASURES),
+    **_credited(_fields(METRIC_MEASURES)),
 )
 
 

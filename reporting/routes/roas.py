@@ -20,7 +20,7 @@ from reporting.auth import ApiKey
 from reporting.errors import InvalidParameter, TooCostly
 from reporting.problems import openapi_responses
 from reporting.routes.deps import KEYED, Caller, Core, visible
-from reporting.schemas import RoasReport
+from reporting.schemas import RoasReport, whole_unless_split
 from reporting.state import State
 from reporting.stores import RoasQuery
 from shared_logic.contract import REPORT_MODELS
@@ -138,7 +138,7 @@ def _row(state: State, r: dict[str, Any], source: Literal["batch", "speed"]) -> 
     row["day"] = str(r["dt"])
     row["source"] = source
     row["windows"] = {"click_ms": w.click_ms, "view_ms": w.view_ms}
-    return row
+    return whole_unless_split(row)
 
 
 def _report(state: State, batch: list[dict[str, Any]], speed: list[dict[str, Any]]) -> list[dict[str, Any]]:
