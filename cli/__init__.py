@@ -29,6 +29,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: docstring paragraphs rewrapped to the terminal, no "<bool>" metavars,
+    # option names never cut; up to 120 columns wide.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 app.command()(generate)
 app.command()(worker)
@@ -44,6 +48,9 @@ app.add_typer(batch_app, name="batch")
 app.add_typer(lake_app, name="lake")
 app.add_typer(report_app, name="report")
 app.add_typer(key_app, name="api-key")
+for _group in app.registered_groups:  # the groups' help too
+    if _group.typer_instance is not None:
+        _group.typer_instance.rich_markup_mode = None
 
 
 def main(argv: list[str] | None = None) -> None:
