@@ -1,0 +1,146 @@
+"""Every command ``make demo`` and ``make live`` print runs as printed, from the project root, in a
+shell without the virtualenv on ``PATH`` (a fresh clone after ``make setup``): the commands are
+taken from their output and run with ``bash -c``; each must exit 0.
+
+``attribution demo`` and ``attribution live`` are what the make targets run; small inputs here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_live import _kill_leftovers, _where
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXE = str(Path(sys.executable).with_name("attribution"))
+
+
+def _shell_env() -> dict[str, str]:
+    """A newcomer's shell: no ATTRIBUTION_ settings, the virtualenv not on PATH."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTRIBUTION_", "VIRTUAL_ENV"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    env["COLUMNS"] = "250"
+    return env
+
+
+def _lines(text: str) -> list[str]:
+    """The output's lines without a panel's borders."""
+    return [line.strip().strip("│").strip() for line in text.splitlines()]
+
+
+def _run(command: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", command], cwd=ROOT, env=_shell_env(), capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def _ok(command: str, timeout_s: float = 300) -> str:
+    done = _run(command, timeout_s)
+    assert done.returncode == 0, (
+        f"{command}\n exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+    )
+    return done.stdout
+
+
+@contextlib.contextmanager
+def _background(command: str, port: int) -> Iterator[None]:
+    """A printed server command, run until the test is done with it."""
+    proc = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=ROOT,
+        env=_shell_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert proc.poll() is None, f"{command}\n exited {proc.returncode}"
+            assert time.monotonic() < deadline, f"{command}\n did not listen on {port}"
+            time.sleep(0.2)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_the_commands_make_demo_prints_run_as_printed(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [EXE, "demo", "--folder", str(tmp_path / "demo"), "--users", "300", "--days", "2"],
+        cwd=ROOT,
+        env=_shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    served = out.stdout.split("6. serve it", 1)[1]
+    lines = _lines(served)
+    (api,) = [line for line in lines if " api --port " in line]
+    assert not api.split()[-4].startswith("attribution"), api  # the path to it, not a bare name
+    curls = [line for line in lines if line.startswith("curl ")]
+    assert len(curls) >= 2, served
+    port = int(re.search(r"--port (\d+)", api).group(1))  # type: ignore[union-attr]
+    with _background(api, port):
+        for curl in curls:
+            assert '"rows"' in _ok(curl, 60), curl
+
+
+def test_the_commands_make_live_prints_run_as_printed(tmp_path: Path) -> None:
+    folder, log = tmp_path / "live", tmp_path / "live.out"
+    started = time.time()
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [EXE, "live", "--folder", str(folder), "--rate", "200", "--users", "400", "--lateness", "3"],
+            cwd=ROOT,
+            env=_shell_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "make live: the production loop" not in log.read_text() or "live " not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        lines = _lines(log.read_text())
+        curls = [line for line in lines if line.startswith("curl ")]
+        assert len(curls) >= 2, lines
+        for curl in curls:
+            _ok(curl, 60)
+        sourced = [line for line in lines if line.startswith("set -a;") and "budget show" in line]
+        assert len(sourced) == 1, lines
+        _ok(sourced[0].replace(" --watch", ""), 60)  # the live table, drawn once
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_leftovers(folder, started)
+    lines = _lines(log.read_text())
+    after = lines[next(i for i, line in enumerate(lines) if line.startswith("The nightly job")) + 1 :]
+    printed = [line for line in after if line.startswith(("set -a", ".venv/", "/", "attribution"))]
+    assert len(printed) == 2, after
+    assert "batch run" in printed[1]
+    ran = _ok("\n".join(printed), 600)
+    assert "discrepancy" in ran, ran
+    assert (folder / "stop-summary.txt").exists()
+    assert _where(folder)["parts"]["worker"]["state"] == "stopped"
