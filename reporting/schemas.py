@@ -36,19 +36,20 @@ def _fields(names: tuple[str, ...]) -> dict[str, Any]:
 
 
 #: Credited quantities: whole under the billing model (one order, its whole value), fractional credit
-#: under a multi-touch model, rounded to this many decimal places.
-CREDIT_DECIMALS = 6
+#: under a multi-touch model, as computed (a 64-bit float: about 15 significant digits, unrounded,
+#: so a campaign's credit sums back to its orders).
+CREDIT_PRECISION = "a 64-bit float, unrounded (about 15 significant digits)"
 CREDITED = ("orders", "revenue_minor")
 
 
 def whole_unless_split(row: dict[str, Any]) -> dict[str, Any]:
     """A metric row's orders and revenue as the API shows them: integers under the billing model,
-    credit rounded to ``CREDIT_DECIMALS`` under a multi-touch model (changed in place, returned)."""
+    credit as computed under a multi-touch model (changed in place, returned)."""
     whole = row.get("model") == BILLING_MODEL
     for name in CREDITED:
         value = row.get(name)
         if isinstance(value, float) and value == value:  # NaN stays for the caller to null
-            row[name] = round(value) if whole else round(value, CREDIT_DECIMALS)
+            row[name] = round(value) if whole else value
     return row
 
 
@@ -66,7 +67,7 @@ def _credited(fields: dict[str, Any]) -> dict[str, Any]:
             int | float,
             Field(
                 description=f"{doc}: an integer under the billing model (whole orders and amounts); "
-                f"fractional credit under a multi-touch model, to {CREDIT_DECIMALS} decimal places"
+                f"fractional credit under a multi-touch model: {CREDIT_PRECISION}"
             ),
         )
     return fields

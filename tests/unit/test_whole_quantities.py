@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cli.batch import _causes, _spend
-from reporting.schemas import CREDIT_DECIMALS, RoasReport, RoasRow, whole_unless_split
+from reporting.schemas import CREDIT_PRECISION, RoasReport, RoasRow, whole_unless_split
 from tests.factories import campaign, catalog
 
 pytestmark = pytest.mark.unit
@@ -40,15 +40,15 @@ def test_the_billing_model_answers_whole_orders_and_revenue() -> None:
 
 def test_multi_touch_credit_stays_fractional_to_its_documented_precision() -> None:
     row = whole_unless_split({**BASE, "model": "markov", "orders": 1 / 3, "revenue_minor": 4375.666666666})
-    assert row["orders"] == round(1 / 3, CREDIT_DECIMALS)
+    assert row["orders"] == 1 / 3  # as credited, unrounded: a campaign's credit sums back to its orders
     assert isinstance(row["orders"], float)
-    assert row["revenue_minor"] == 4375.666667
+    assert row["revenue_minor"] == 4375.666666666
 
 
 def test_the_openapi_schema_says_integer_or_number_with_the_precision() -> None:
     orders = RoasReport.model_json_schema()["$defs"]["RoasRow"]["properties"]["orders"]
     assert {"type": "integer"} in orders["anyOf"]
-    assert f"{CREDIT_DECIMALS} decimal places" in orders["description"]
+    assert CREDIT_PRECISION in orders["description"]
     assert (
         RoasReport.model_json_schema()["$defs"]["RoasRow"]["properties"]["impressions"]["type"] == "integer"
     )
