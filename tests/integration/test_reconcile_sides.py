@@ -9,11 +9,12 @@ from tests.integration import test_reconcile as base
 from tests.integration.test_reconcile import Run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-# test_reconcile's module fixtures (pytest knows them by their own names: built, run)
-built_lake, reconciled = base.built, base.run
+# test_reconcile's module fixtures, registered here under these names
+built, reconciled = base.built, base.run
 
 
-def test_a_missing_order_says_from_which_layer_it_is_missing(run: Run) -> None:
+def test_a_missing_order_says_from_which_layer_it_is_missing(reconciled: Run) -> None:
+    run = reconciled
     # o_missing_bt: only batch decided it, so the speed layer's ledger lacks it; o_missing_rt the reverse
     assert (run.rows["o_missing_bt"]["status"], run.rows["o_missing_bt"]["missing_from"]) == (
         "missing",
