@@ -51,8 +51,8 @@ B(D) = (start of D+1, UTC) + L.
   Zero spend and closed days are dropped.
 - The cancel horizon (``shared_logic.settlement.cancel_counts``). A cancel
   counts when dated from the order's UTC day minus the look-back (the longest
-  window plus L, in days) to the order's day plus H; the first to land (then
-  the earliest, then the lowest event id) is the order's cancel. Every run,
+  window plus L, in days) to the order's day plus H; the earliest (then the
+  lowest event id, ``settlement.cancel_rank``) is the order's cancel. Every run,
   from scratch or not, reads all cancels that can count for the orders it may
   settle and applies this rule, so all pick the same cancel. It bounds what a
   checkpoint carries, and makes a day's figures final once D+H has landed. (It
@@ -414,13 +414,11 @@ def _settle(spark: Any, lake: Lake, catalog: Catalog, bounds: DayBounds, night: 
         state.filter(F.col("record") == "charge").select("order_id", "campaign_id", "order_time_ms")
     )
     night.cancels = (
-        night.cancel_events.select(
-            "order_id", F.col("event_time").alias("cancel_time_ms"), "ingested_at_ms", "event_id"
-        )
+        night.cancel_events.select("order_id", F.col("event_time").alias("cancel_time_ms"), "event_id")
         .join(known, "order_id")
         .filter(cancel_counts("order_time_ms", "cancel_time_ms", bounds.lookback_days, bounds.horizon_days))
         .groupBy("order_id", "campaign_id")
-        .agg(F.min(F.struct("ingested_at_ms", "cancel_time_ms", "event_id")).alias("first"))
+        .agg(F.min(F.struct("cancel_time_ms", "event_id")).alias("first"))  # settlement.cancel_rank
         .select("order_id", "campaign_id", F.col("first.cancel_time_ms").alias("cancel_time_ms"))
         .cache()
     )

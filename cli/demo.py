@@ -79,7 +79,6 @@ def run_demo(
         late_rate=0.0,
         cancel_rate=0.05,
         awkward_rate=awkward.DEFAULT_RATE,
-        awkward_kinds=awkward.REPLAYABLE_KINDS,
     )
 
     console.rule("[bold]1. traffic")

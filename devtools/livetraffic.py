@@ -64,9 +64,7 @@ def _config(users: int, seed: int, catalog_seed: int, days: int = 1) -> Syntheti
         start=today,
         late_rate=0.0,
         awkward_rate=awkward.DEFAULT_RATE,
-        # A producer clock ahead by up to the future bound moves its partition's watermark that far,
-        # and on-time events behind it become late: real, but not what the live loop checks.
-        awkward_kinds=awkward.REPLAYABLE_KINDS,
+        awkward_kinds=awkward.LIVE_KINDS,
     )
 
 

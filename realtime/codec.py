@@ -63,7 +63,10 @@ class BucketOps:
         return pos
 
 
-Record = tuple[TP, int, Any]  # (topic-partition, offset, raw value)
+#: (topic-partition, offset, raw value, arrival ms): the arrival is the record's timestamp, what
+#: landing stamps the event with too, so both apply the future bound against the same instant;
+#: None (a record with no timestamp) is the batch's wall clock.
+Record = tuple[TP, int, Any, int | None]
 
 
 @dataclass(slots=True)
@@ -99,12 +102,12 @@ def build(records: Iterable[Record], ctx: BuildContext, clocks: Clocks, day_cach
     letter moves its partition's offset, never its watermark.
     """
     batch = Batch()
-    for tp, offset, raw in records:
+    for tp, offset, raw, arrival in records:
         clock = clocks.parts.get(tp) or clocks.assign(tp, offset)
         if offset < clock.next_offset:  # applied before the checkpoint: a redelivery
             continue
         try:
-            moved = _add(batch, raw, clock.watermark, tp, ctx, day_cache)
+            moved = _add(batch, raw, clock.watermark, tp, ctx, day_cache, arrival)
         except InvalidEvent as exc:
             batch.dead.append((raw, exc.as_dict()))
             batch.dead_fields[exc.field] += 1
@@ -150,12 +153,19 @@ class PendingItem:
 
 
 def _add(
-    batch: Batch, raw: Any, awm: int, tp: TP, ctx: BuildContext, day_cache: dict[int, str]
+    batch: Batch,
+    raw: Any,
+    awm: int,
+    tp: TP,
+    ctx: BuildContext,
+    day_cache: dict[int, str],
+    arrival_ms: int | None = None,
 ) -> int | None:
     """Add one record's op; returns the event time that moves its partition (None: it moves nothing)."""
     event = parse_event(raw)
     t = event.event_time
-    refused = refusal(event, ctx.now_ms, ctx.max_future_ms, ctx.catalog)
+    arrival = ctx.now_ms if arrival_ms is None or arrival_ms <= 0 else arrival_ms
+    refused = refusal(event, arrival, ctx.max_future_ms, ctx.catalog)
     if refused is not None:
         raise refused
     etype = event.event_type
@@ -239,7 +249,7 @@ def add_op(ops: BucketOps, keys: Keys, item: TouchItem | PendingItem) -> None:
             INGEST_OPS["pending"],
             ops.key(keys.claim(item.bucket, oid)) if item.kind == "decide" else 0,
             ops.key(keys.pending(item.bucket)),
-            pending_field(item.kind, oid),
+            pending_field(item.kind, oid, item.digest),
             item.record,
             item.digest,
         )

@@ -10,6 +10,7 @@ and rule it broke.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,6 +20,11 @@ import orjson
 
 from shared_logic.contract import DeadLetterRow, dead_letter
 from storage.registry import Backend, Registry
+
+log = logging.getLogger(__name__)
+
+#: Stream nodes ``MEMORY USAGE`` samples to estimate the dead-letter stream's size.
+_SAMPLES = 5
 
 Raw = Any  # bytes, str or a decoded dict: whatever came in
 DeadLetter = tuple[Raw, dict[str, str]]
@@ -48,15 +54,26 @@ class MemoryDeadLetters:
 
 
 class RedisDeadLetters:
-    """Appends dead letters to a capped Redis stream."""
+    """Appends dead letters to a Redis stream capped by count (``XADD MAXLEN``) and by memory.
 
-    def __init__(self, redis: Any, key: str, maxlen: int = 1_000_000) -> None:
-        self.redis, self.key, self.maxlen = redis, key, maxlen
+    The memory cap is checked after each write: Redis's own estimate of the stream's size
+    (``MEMORY USAGE`` on a few sampled nodes, cheap whatever the length) above ``max_bytes`` trims
+    the oldest entries to the share of the count that fits in 90% of it, so the stream holds the
+    newest dead letters and stays under its memory whatever their sizes."""
+
+    def __init__(
+        self, redis: Any, key: str, maxlen: int = 1_000_000, max_bytes: int = 256 * 1024 * 1024
+    ) -> None:
+        self.redis, self.key, self.maxlen, self.max_bytes = redis, key, maxlen, max_bytes
 
     @classmethod
     def from_url(cls, url: str, **context: Any) -> RedisDeadLetters:
+        realtime = context["settings"].realtime
         return cls(
-            context["redis"], context["keys"].dead_letters(), context["settings"].realtime.dead_letter_maxlen
+            context["redis"],
+            context["keys"].dead_letters(),
+            realtime.dead_letter_maxlen,
+            realtime.dead_letter_max_mib * 1024 * 1024,
         )
 
     async def send_many(self, letters: Sequence[DeadLetter]) -> None:
@@ -69,7 +86,19 @@ class RedisDeadLetters:
                 pipe.xadd(
                     self.key, {k: str(v) for k, v in row.items()}, maxlen=self.maxlen, approximate=False
                 )
-            await pipe.execute()
+            pipe.memory_usage(self.key, samples=_SAMPLES)
+            pipe.xlen(self.key)
+            *_, used, length = await pipe.execute()
+        if used and used > self.max_bytes and length > 1:
+            keep = max(1, int(length * 0.9 * self.max_bytes / used))
+            trimmed = await self.redis.xtrim(self.key, maxlen=keep, approximate=False)
+            log.warning(
+                "dead-letter stream %s over %d bytes (%d): its %d oldest entries trimmed",
+                self.key,
+                self.max_bytes,
+                used,
+                trimmed,
+            )
 
     async def read(self, count: int = 1000) -> list[dict[str, str]]:
         rows = await self.redis.xrange(self.key, count=count)

@@ -205,6 +205,27 @@ class SpeedLayer:
     def set_end(self, tp: TP, end_offset: int) -> None:
         self.clocks.set_end(tp, end_offset)
 
+    def rewind_lost_log(self, tp: TP, end_offset: int, start_offset: int) -> None:
+        """The broker's log of ``tp`` ends (at ``end_offset``) before this partition's checkpoint:
+        it lost records the engine had applied, or the topic was recreated. Which of the records it
+        holds now are new cannot be told from offsets, so the partition resumes at the log's start:
+        a record applied before is known by the identity rule and changes nothing (a touch is
+        known, an order claimed), a new one is applied. The watermark is kept (time never goes
+        back). Without this, the redelivery check would skip every new record until the log
+        passed the old checkpoint again."""
+        clock = self.clocks.parts[tp]
+        log.error(
+            "%s: checkpoint at offset %d but the log ends at %d: the broker lost records already "
+            "applied, or the topic was recreated; resuming at the log start %d (records applied "
+            "before change nothing)",
+            tp_name(tp),
+            clock.next_offset,
+            end_offset,
+            start_offset,
+        )
+        self.metrics.log_lost.labels(topic=tp[0], partition=str(tp[1])).inc()
+        clock.next_offset = start_offset
+
     async def _recover(self, names: set[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for bucket in range(self.keys.user_buckets):
@@ -230,7 +251,7 @@ class SpeedLayer:
         """One batch of raw values from this engine's own source (offsets follow on)."""
         clock = self.clocks.parts.get(self.source) or self.clocks.assign(self.source)
         start = clock.next_offset
-        return await self.process_records([(self.source, start + i, v) for i, v in enumerate(values)])
+        return await self.process_records([(self.source, start + i, v, None) for i, v in enumerate(values)])
 
     async def process_records(self, records: Iterable[codec.Record]) -> Settled:
         """Ingest one batch of records, then release, decide, claim, settle and checkpoint."""
@@ -599,7 +620,9 @@ class SpeedLayer:
         async with self.redis.pipeline(transaction=False) as pipe:
             by_bucket: dict[int, list[str]] = {}
             for a in released:
-                by_bucket.setdefault(a.bucket, []).append(pending_field(a.kind, a.payload["order_id"]))
+                by_bucket.setdefault(a.bucket, []).append(
+                    pending_field(a.kind, a.payload["order_id"], a.payload["dg"])
+                )
             for bucket, fields in by_bucket.items():
                 pipe.hdel(self.keys.pending(bucket), *fields)
             if changed:

@@ -149,7 +149,7 @@ class KafkaWorker:
                 for tp, rows in fetched.records.items():
                     if tp in held:
                         key = (tp.topic, tp.partition)
-                        records += [(key, r.offset, r.value) for r in rows]
+                        records += [(key, r.offset, r.value, r.timestamp) for r in rows]
                 skipped = [bad for bad in fetched.skipped if bad.tp in held]
                 self._refresh_ends(held)
                 try:
@@ -299,8 +299,18 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka sh
             tps = sorted(assigned)
             positions = {(tp.topic, tp.partition): await w.consumer.position(tp) for tp in tps}
             resume_at = await w.engine.assign(list(positions), restore=True, positions=positions)
+            try:
+                ends = await w.consumer.end_offsets(tps)
+                lost = [tp for tp in tps if resume_at[(tp.topic, tp.partition)] > ends[tp]]
+                starts = await w.consumer.beginning_offsets(lost) if lost else {}
+            except Exception as exc:  # the broker went away again: the next assignment checks
+                log.warning("log ends of the assigned partitions not read (%s); not checked", exc)
+                starts = {}
             for tp in tps:
                 offset = resume_at[(tp.topic, tp.partition)]
+                if tp in starts:
+                    w.engine.rewind_lost_log((tp.topic, tp.partition), ends[tp], starts[tp])
+                    offset = starts[tp]
                 if offset != positions[(tp.topic, tp.partition)]:
                     w.consumer.seek(tp, offset)  # the checkpoint is ahead of the last commit
             w._apply_pause()

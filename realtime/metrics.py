@@ -70,6 +70,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.log_lost = Counter(
+            "attribution_partition_log_lost_total",
+            "Assignments whose checkpoint was past the partition's log end (the broker lost records "
+            "this engine had applied, or the topic was recreated): resumed at the log start",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.pending = Gauge("attribution_pending_actions", "Orders and cancels waiting", registry=r)
         self.too_late = Counter(
             "attribution_too_late_touches_total",

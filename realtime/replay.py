@@ -58,17 +58,24 @@ REPLAY_PREFIX = "replay:"
 
 
 def partitioned(
-    values: Sequence[Any], settings: Settings, producers: Producers | None = None
+    values: Sequence[Any],
+    settings: Settings,
+    producers: Producers | None = None,
+    arrivals: Sequence[int] | None = None,
 ) -> tuple[list[Record], dict[TP, int]]:
     """The records a broker would hold: each value in its type's topic, in the partition its
     producer puts it in (``producers``; by default keyed by user with Kafka's default partitioner),
-    with offsets in arrival order; and how many each partition holds. Partitions are named
-    ``replay:<topic>`` so a replay's checkpoints never mix with a Kafka worker's."""
+    with offsets in arrival order, stamped with its arrival (``arrivals``, as a broker stamps a
+    record; by default the wall clock when it is processed); and how many each partition holds.
+    Partitions are named ``replay:<topic>`` so a replay's checkpoints never mix with a Kafka
+    worker's."""
+    if arrivals is not None and len(arrivals) != len(values):
+        raise ValueError(f"arrivals = {len(arrivals)} times for {len(values)} values: one per value")
     counts: dict[TP, int] = dict.fromkeys(all_partitions(settings.realtime, REPLAY_PREFIX), 0)
     records: list[Record] = []
-    for value in values:
+    for i, value in enumerate(values):
         tp = topic_partition(value, settings.realtime, REPLAY_PREFIX, producers)
-        records.append((tp, counts[tp], value))
+        records.append((tp, counts[tp], value, None if arrivals is None else arrivals[i]))
         counts[tp] += 1
     return records, counts
 
@@ -86,11 +93,14 @@ async def replay(
     show_progress: bool = True,
     stop_after: int | None = None,
     producers: Producers | None = None,
+    arrivals: Sequence[int] | None = None,
 ) -> ReplayResult:
     """Feed ``values`` through the agent, settle everything, and (``flush_ledger``) flush the
     ledger to the lake of ``settings``. ``producers``: how each topic's producer partitions
-    (``realtime.routing``), to meet the events in the partitions a broker holds them in."""
-    records, ends = partitioned(values, settings, producers)
+    (``realtime.routing``), to meet the events in the partitions a broker holds them in.
+    ``arrivals``: when each value reached the broker (what landing stamps it with), so the future
+    bound is applied against the same instant as landing does; by default the wall clock."""
+    records, ends = partitioned(values, settings, producers, arrivals)
     worker = Worker(settings.replace(realtime_broker_url="memory://"), catalog, sources=list(ends))
     await worker.start_in_memory(ends)
     started = time.perf_counter()

@@ -38,22 +38,29 @@ def release_ms(data: dict[str, Any], lateness_ms: int) -> int:
     return max(int(data["event_time"]) + lateness_ms, int(data.get("awm", 0)))
 
 
+def _queued_key(action: Action) -> tuple[ActionKey, str]:
+    """What makes a queued action one: its key and its event's digest (two cancels of one order
+    released at the same instant are two actions; a redelivered copy is the same one)."""
+    return action.key, str(action.payload.get("dg", ""))
+
+
 class ActionQueue:
-    """A heap of pending actions keyed by ``settlement.action_key`` of their release; each queued once."""
+    """A heap of pending actions ordered by ``settlement.action_key`` of their release; each queued
+    once (``_queued_key``)."""
 
     def __init__(self, lateness_ms: int) -> None:
         self.lateness_ms = lateness_ms
         self._heap: list[Action] = []
-        self._queued: set[ActionKey] = set()
+        self._queued: set[tuple[ActionKey, str]] = set()
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def push(self, bucket: int, kind: ActionKind, data: dict[str, Any]) -> None:
-        key = action_key(release_ms(data, self.lateness_ms), kind, data["order_id"])
-        if key not in self._queued:
-            self._queued.add(key)
-            heapq.heappush(self._heap, Action(key, bucket, data))
+        action = Action(action_key(release_ms(data, self.lateness_ms), kind, data["order_id"]), bucket, data)
+        if (queued := _queued_key(action)) not in self._queued:
+            self._queued.add(queued)
+            heapq.heappush(self._heap, action)
 
     def replace(self, bucket: int, kind: ActionKind, data: dict[str, Any]) -> None:
         """Queue ``data`` in place of the action of the same kind and order id, if one is queued
@@ -63,7 +70,7 @@ class ActionQueue:
         if len(keep) != len(self._heap):
             heapq.heapify(keep)
             self._heap = keep
-            self._queued = {a.key for a in keep}
+            self._queued = {_queued_key(a) for a in keep}
         self.push(bucket, kind, data)
 
     def pop_released(self, watermark_ms: int) -> list[Action]:
@@ -71,7 +78,7 @@ class ActionQueue:
         out = []
         while self._heap and self._heap[0].key[0] < watermark_ms:
             action = heapq.heappop(self._heap)
-            self._queued.discard(action.key)
+            self._queued.discard(_queued_key(action))
             out.append(action)
         return out
 
@@ -84,7 +91,7 @@ class ActionQueue:
         if dropped:
             heapq.heapify(keep)
             self._heap = keep
-            self._queued = {a.key for a in keep}
+            self._queued = {_queued_key(a) for a in keep}
         return dropped
 
     def first_release_ms(self) -> int | None:

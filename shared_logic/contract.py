@@ -460,7 +460,7 @@ LUA_CONTRACT: Final = {
     "pending_record": "digest|payload",
     "queue_member": "kind|order_id",
     "count_field": "campaign_id|counter",
-    "pending_field": "o:order_id x:order_id",
+    "pending_field": "o:order_id x:order_id|digest",
     "claim": "cancelled|digest|decision",
     "charge_record": "charge|day|refunded",
     "no_cap": str(NO_CAP),
@@ -528,7 +528,15 @@ def parse_count_field(name: str) -> tuple[str, str]:
     return campaign_id, counter
 
 
-def pending_field(kind: str, order_id: str) -> str:
+def pending_field(kind: str, order_id: str, digest: str = "") -> str:
+    """An order's field in its bucket's pending hash (``o:<order_id>``: one order per id, the
+    identity rule picks the copy), or a cancel's (``x:<order_id>|<digest>``: every distinct cancel
+    of an order waits for its own release, so the earliest that counts is the order's cancel
+    whichever lands first; a redelivered copy finds its own field)."""
+    if kind == "cancel":
+        if not digest:
+            raise ValueError(f"digest = {digest!r}: a pending cancel's field names its digest")
+        return f"{PENDING_PREFIX[kind]}{order_id}{SEP}{digest}"
     return PENDING_PREFIX[kind] + order_id
 
 

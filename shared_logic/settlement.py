@@ -132,6 +132,16 @@ def cancel_counts(order_time_ms: int, cancel_time_ms: int, lookback_days: int, h
     return lo <= cancel_time_ms < hi
 
 
+def cancel_rank(cancel: OrderCancel) -> tuple[int, str]:
+    """Which of an order's counting cancels is its cancel: the earliest, then the least event id.
+
+    Not the first to land: cancels of one order by different users reach different partitions,
+    so which lands first depends on consumption order. The speed layer keeps every distinct cancel
+    pending (``contract.pending_field``) and releases them by time, so the earliest that counts
+    is the first it applies; the nightly job takes the same one (``batch.job``)."""
+    return cancel.event_time, cancel.event_id
+
+
 @dataclass(slots=True)
 class _Charged:
     decision: Decision
@@ -308,7 +318,8 @@ def settle_events(
 
     The reference both layers must agree with: each order (the first event of
     its order id) is decided by ``attribute_order`` over all of its user's
-    touches, its cancel is the first one inside its cancel window (``cancel_counts``), then
+    touches, its cancel is the earliest one inside its cancel window (``cancel_counts``, then
+    ``cancel_rank``), then
     decisions and cancels are settled in ``action_key`` order.
     Returns the book and the decision of every order (``None``: organic).
     """
@@ -342,7 +353,8 @@ def settle_events(
             if named is None or cancel_counts(named.event_time, c.event_time, lookback, horizon)
         ]
         if counting:
-            actions.append(SettlementAction(counting[0].event_time + lateness, "cancel", order_id))
+            first = min(counting, key=cancel_rank)
+            actions.append(SettlementAction(first.event_time + lateness, "cancel", order_id))
     book = ChargeBook(catalog)
     book.settle(actions)
     return book, decisions

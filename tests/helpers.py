@@ -108,7 +108,10 @@ def land_and_replay(
     land_events(lake, ((e.payload, e.arrival_ms) for e in traffic.events))
     settings = Settings().replace(redis_url=redis_url, lake_url=url, **changes)
     payloads = [e.payload for e in traffic.events]
-    asyncio.run(replay(payloads, traffic.catalog, settings, flush_ledger=True, show_progress=False))
+    arrivals = [e.arrival_ms for e in traffic.events]
+    asyncio.run(
+        replay(payloads, traffic.catalog, settings, flush_ledger=True, show_progress=False, arrivals=arrivals)
+    )
     catalog = folder / "catalog.yaml"
     catalog.write_text(yaml.safe_dump({"campaigns": traffic.catalog.to_records()}))
     return lake, settings, catalog

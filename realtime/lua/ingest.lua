@@ -1,7 +1,7 @@
 -- contract: touch_member = kind|campaign_id|arrival_wm|digest|event_id
 -- contract: touch_ids = event_id -> touch_member
 -- contract: count_field = campaign_id|counter
--- contract: pending_field = o:order_id x:order_id
+-- contract: pending_field = o:order_id x:order_id|digest
 -- contract: pending_record = digest|payload
 -- contract: claim = cancelled|digest|decision
 -- contract: ingest_ops = touch:t pending:p replace_touch:r replace_pending:P
@@ -24,7 +24,8 @@
 --        copy's {member, score} when the new one conflicts with it
 --   'p': 1 newly pending, 2 the same copy is pending, 0 the same order was decided, 3 another
 --        copy of the order was decided (a late conflicting copy), or the standing record when
---        another copy is pending (orders only: a cancel's copies are one pending cancel)
+--        another copy is pending (orders only: a cancel's field names its digest, so only the
+--        same copy of a cancel finds one)
 --   'r', 'P': 4 replaced, 5 changed meanwhile (the standing copy is not the one given; nothing done)
 -- Reads and checks first, then writes: an error leaves nothing behind.
 local MAX = 9007199254740991  -- 2^53 - 1: every counter stays exact in Lua's doubles

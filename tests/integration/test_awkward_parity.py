@@ -30,7 +30,7 @@ import redis as redis_sync
 
 from batch.job import run_day
 from batch.reconcile import reconcile_day
-from devtools.awkward import REPLAYABLE_KINDS
+from devtools.awkward import AWKWARD_KINDS
 from devtools.synthetic import SyntheticConfig, Traffic, generate
 from realtime.keys import Keys
 from realtime.views import lake_view, speed_view
@@ -41,7 +41,7 @@ from tests.helpers import land_and_replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-KINDS = REPLAYABLE_KINDS  # the future-bound scenes need arrival = now (see devtools.awkward)
+KINDS = AWKWARD_KINDS  # the future-bound scenes too: the replay meets each event at its arrival
 CONFIG = SyntheticConfig(
     users=400, days=3, seed=23, cancel_rate=0.15, duplicate_rate=0.02, awkward_rate=0.05, awkward_kinds=KINDS
 )

@@ -385,90 +385,92 @@ def test_redis_stopped_restarted_then_hung_under_a_running_worker_and_api(
         return done if done >= at_least * total else None
 
     try:
-        with running_api(api_env) as api, _process(["worker"], env, log) as worker:
+        with running_api(api_env) as api:
+            # Checked before the worker starts: a slow answer on a loaded machine must not let the
+            # worker drain the backlog before the first fault.
             assert get(api, "/v1/budget", ads, campaign_id=campaigns).status_code == 200
             assert [get(api, "/health", advertiser).status_code for _ in range(2)] == [200, 200]
+            with _process(["worker"], env, log) as worker:
+                # 1. Stopped, then restarted on the same port and folder.
+                done = freeze_when(worker, lambda: consumed(0.25), 120)
+                assert done < total, "the backlog was drained before the fault: make the traffic larger"
+                server.stop()
+                os.kill(worker.pid, signal.SIGCONT)
+                wait_for(
+                    "the worker reports the lost connection and retries",
+                    lambda: (
+                        re.search(r"batch failed \(\w*ConnectionError", log.read_text())
+                        and "cannot resume yet" in log.read_text()
+                    ),
+                    60,
+                    alive=(worker,),
+                    logs=(log,),
+                )
+                budget = get(api, "/v1/budget", ads, campaign_id=campaigns)
+                assert budget.status_code == 503, budget.text
+                assert "Redis" in budget.json()["detail"]
+                assert get(api, "/health", advertiser).status_code == 200  # fails open
+                metrics = get(api, "/metrics", admin).text
+                assert re.search(r"^attribution_api_rate_limit_errors_total [1-9]", metrics, re.M), metrics
+                assert worker.poll() is None
+                server = LocalRedis(port, appendonly=True, extra=persist)
+                # Run in slices until it has resumed and loaded its scripts again, then held stopped while
+                # the API is checked: the backlog is not drained behind the test's back.
+                freeze_when(
+                    worker,
+                    lambda: (
+                        "resumed 60 partitions from their checkpoints" in log.read_text() and scripts_loaded()
+                    ),
+                    60,
+                )
+                assert _errorstats(server.url).get("errorstat_NOSCRIPT", 0) >= 1  # it was told, and reloaded
+                # The limiter asks Redis again after its pause; the bucket kept its two tokens spent (AOF).
+                refused = wait_for(
+                    "the rate limiter counts again",
+                    lambda: (r := get(api, "/health", advertiser)).status_code == 429 and r,
+                    30,
+                    interval_s=0.2,
+                )
+                assert int(refused.headers["retry-after"]) >= 1
+                assert get(api, "/v1/budget", ads, campaign_id=campaigns).status_code == 200
 
-            # 1. Stopped, then restarted on the same port and folder.
-            done = freeze_when(worker, lambda: consumed(0.25), 120)
-            assert done < total, "the backlog was drained before the fault: make the traffic larger"
-            server.stop()
-            os.kill(worker.pid, signal.SIGCONT)
-            wait_for(
-                "the worker reports the lost connection and retries",
-                lambda: (
-                    re.search(r"batch failed \(\w*ConnectionError", log.read_text())
-                    and "cannot resume yet" in log.read_text()
-                ),
-                60,
-                alive=(worker,),
-                logs=(log,),
-            )
-            budget = get(api, "/v1/budget", ads, campaign_id=campaigns)
-            assert budget.status_code == 503, budget.text
-            assert "Redis" in budget.json()["detail"]
-            assert get(api, "/health", advertiser).status_code == 200  # fails open
-            metrics = get(api, "/metrics", admin).text
-            assert re.search(r"^attribution_api_rate_limit_errors_total [1-9]", metrics, re.M), metrics
-            assert worker.poll() is None
-            server = LocalRedis(port, appendonly=True, extra=persist)
-            # Run in slices until it has resumed and loaded its scripts again, then held stopped while
-            # the API is checked: the backlog is not drained behind the test's back.
-            freeze_when(
-                worker,
-                lambda: (
-                    "resumed 60 partitions from their checkpoints" in log.read_text() and scripts_loaded()
-                ),
-                60,
-            )
-            assert _errorstats(server.url).get("errorstat_NOSCRIPT", 0) >= 1  # it was told, and reloaded
-            # The limiter asks Redis again after its pause; the bucket kept its two tokens spent (AOF).
-            refused = wait_for(
-                "the rate limiter counts again",
-                lambda: (r := get(api, "/health", advertiser)).status_code == 429 and r,
-                30,
-                interval_s=0.2,
-            )
-            assert int(refused.headers["retry-after"]) >= 1
-            assert get(api, "/v1/budget", ads, campaign_id=campaigns).status_code == 200
-
-            # 2. Hung past the socket timeout, then continued.
-            done = freeze_when(worker, lambda: consumed(0.6), 120)  # in slices from where it was held
-            assert done < total, "the backlog was drained before the fault: make the traffic larger"
-            os.kill(server.process.pid, signal.SIGSTOP)
-            os.kill(worker.pid, signal.SIGCONT)
-            started = time.monotonic()
-            budget = get(api, "/v1/budget", ads, campaign_id=campaigns)
-            assert budget.status_code == 503, budget.text
-            assert time.monotonic() - started < 10
-            started = time.monotonic()
-            assert get(api, "/health", admin).status_code == 200
-            assert time.monotonic() - started < 5
-            wait_for(
-                "the worker reports the timeout and retries",
-                lambda: re.search(r"batch failed \(\w*TimeoutError", log.read_text()),
-                60,
-                alive=(worker,),
-                logs=(log,),
-            )
-            os.kill(server.process.pid, signal.SIGCONT)
-            wait_for(
-                "the worker resumes again",
-                lambda: log.read_text().count("resumed 60 partitions from their checkpoints") >= 2,
-                60,
-                alive=(worker,),
-                logs=(log,),
-            )
-            wait_for(
-                "the worker settles everything",
-                lambda: _progress(url, settings, ends)[1],
-                120,
-                interval_s=0.2,
-                alive=(worker,),
-                logs=(log,),
-            )
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(30) == 0, log.read_text()[-3000:]
+                # 2. Hung past the socket timeout, then continued.
+                done = freeze_when(worker, lambda: consumed(0.6), 120)  # in slices from where it was held
+                assert done < total, "the backlog was drained before the fault: make the traffic larger"
+                os.kill(server.process.pid, signal.SIGSTOP)
+                os.kill(worker.pid, signal.SIGCONT)
+                started = time.monotonic()
+                budget = get(api, "/v1/budget", ads, campaign_id=campaigns)
+                assert budget.status_code == 503, budget.text
+                assert time.monotonic() - started < 10
+                started = time.monotonic()
+                assert get(api, "/health", admin).status_code == 200
+                assert time.monotonic() - started < 5
+                wait_for(
+                    "the worker reports the timeout and retries",
+                    lambda: re.search(r"batch failed \(\w*TimeoutError", log.read_text()),
+                    60,
+                    alive=(worker,),
+                    logs=(log,),
+                )
+                os.kill(server.process.pid, signal.SIGCONT)
+                wait_for(
+                    "the worker resumes again",
+                    lambda: log.read_text().count("resumed 60 partitions from their checkpoints") >= 2,
+                    60,
+                    alive=(worker,),
+                    logs=(log,),
+                )
+                wait_for(
+                    "the worker settles everything",
+                    lambda: _progress(url, settings, ends)[1],
+                    120,
+                    interval_s=0.2,
+                    alive=(worker,),
+                    logs=(log,),
+                )
+                worker.send_signal(signal.SIGTERM)
+                assert worker.wait(30) == 0, log.read_text()[-3000:]
         got = asyncio.run(_outcome(url))
     finally:
         if server.process.poll() is None:
@@ -554,6 +556,14 @@ def test_a_worker_survives_a_broker_restart_and_resumes_at_its_checkpoints(
             wait_for(
                 "the worker tries to reconnect to the stopped broker",
                 lambda: front.refused >= refused + 3,
+                60,
+                alive=(worker,),
+                logs=(log,),
+            )
+            # The operator sees it: the Kafka client's own warnings are not silenced after the start.
+            wait_for(
+                "the worker logs the lost broker",
+                lambda: re.search(r"^(WARNING|ERROR) aiokafka", log.read_text(), re.M),
                 60,
                 alive=(worker,),
                 logs=(log,),

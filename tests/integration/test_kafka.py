@@ -19,6 +19,7 @@ from devtools.traffic import produce
 from realtime.kafka import KafkaWorker
 from realtime.replay import replay
 from realtime.routing import route
+from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
 from tests.helpers import read_dead_letter_topic, redis_snapshot
 
@@ -126,6 +127,14 @@ async def _drain_backlog(
                             for f in engine.metrics.registry.collect()
                             for s in f.samples
                             if s.name == "attribution_dead_letters_total"
+                        )
+                    )
+                    seen["log_lost"] = int(
+                        sum(
+                            s.value
+                            for f in engine.metrics.registry.collect()
+                            for s in f.samples
+                            if s.name == "attribution_partition_log_lost_total"
                         )
                     )
                     break
@@ -434,6 +443,45 @@ def _is_stopped(pid: int) -> bool:
 
 class _Killed(BaseException):  # a death: nothing in the worker handles it
     """The worker dies here (no checkpoint, no commit)."""
+
+
+def test_a_checkpoint_past_the_log_end_resumes_at_the_log_start(broker: Any, redis_server: Any) -> None:
+    """The broker lost records the engine had applied (a broker restarted without its log, a
+    topic recreated): Redis's checkpoints name offsets past the end of every partition's log, which
+    now holds only new records. The worker, on assignment, finds each checkpoint past its log's
+    end, says so (an error line and ``attribution_partition_log_lost_total``), resumes at the log's
+    start, and decides the new records exactly as a replay of them does.
+
+    Mutant killed: resuming at the checkpoint (the redelivery check then skips every new record
+    until the log passes the old offset: nothing is decided)."""
+    import redis as redis_sync
+
+    from realtime.clock import tp_name
+    from realtime.keys import Keys
+    from shared_logic.contract import Checkpoint
+
+    small = generate(SyntheticConfig(users=500, days=1, cancel_rate=0.15, seed=41))
+    values = [e.payload for e in small.events]
+    replay_url = _db(redis_server.url, 12)
+    asyncio.run(replay(values, small.catalog, Settings().replace(redis_url=replay_url), show_progress=False))
+    expected = asyncio.run(_outcome(replay_url))
+
+    url = _db(redis_server.url, 13)
+    settings = _settings(broker, url)
+    cfg = settings.realtime
+    ahead = Checkpoint(50_000, 0).encode()
+    with redis_sync.Redis.from_url(url) as r:
+        r.hset(
+            Keys.of(settings.keys).clocks(),
+            mapping={
+                tp_name((cfg.topic(t), p)): ahead for t in EVENT_TYPES for p in range(cfg.topic_partitions)
+            },
+        )
+    seen = asyncio.run(_drain_backlog(settings, small, values))
+    assert seen["log_lost"] == len(EVENT_TYPES) * cfg.topic_partitions
+    got = asyncio.run(_outcome(url))
+    assert len(got["attr:{b0}:ledger"]) > 10
+    assert got == expected
 
 
 def test_redelivered_events_after_a_crash_between_effects_and_commit_change_nothing(

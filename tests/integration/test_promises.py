@@ -4,12 +4,9 @@ it (the docstrings name the mutants; each was applied once and seen to fail the 
 - events dated in the future are dead letters in the speed layer and in landing (``attribution land``);
 - hour markers are never written early;
 - the worker refuses an input topic with another partition count;
-- the Redis dead-letter stream is capped by count;
+- the Redis dead-letter stream is capped by count and by memory;
 - SIGTERM makes a worker finish its batch, commit and leave the group, and its partitions move to
-  the other worker, on a Redis Cluster, with every order charged once.
-
-The dead-letter cap by memory (``realtime.dead_letter_max_mib``) is not held here: the setting is
-read by nothing (see the report of issue 20)."""
+  the other worker, on a Redis Cluster, with every order charged once."""
 
 from __future__ import annotations
 
@@ -293,6 +290,44 @@ def test_the_redis_dead_letter_stream_keeps_the_newest_up_to_its_count(redis_url
     length, kept = asyncio.run(run())
     assert length == 25
     assert kept == [f"bad {i}" for i in range(35, 60)]
+
+
+def test_the_redis_dead_letter_stream_stays_under_its_memory_cap(redis_url: str) -> None:
+    """``realtime.dead_letter_max_mib=1`` and a count cap far above it: 600 dead letters of 4 KiB
+    (2.4 MB of payload, in batches of 50) leave a stream whose exact size (``MEMORY USAGE`` with
+    every node counted) is at most 1 MiB, holding the newest entries, in order, with none lost
+    between the oldest kept and the last.
+
+    Mutants killed: ``from_url`` ignoring the setting (the default 256 MiB: all 600 kept, about
+    2.5 MB), and no trim after the write (the same)."""
+    from redis.asyncio import Redis
+
+    from realtime.deadletters import DEAD_LETTERS as SINKS
+    from realtime.keys import Keys
+
+    settings = Settings().replace(
+        redis_url=redis_url, realtime_dead_letter_maxlen=100_000, realtime_dead_letter_max_mib=1
+    )
+    sent = [f"{i:05d} " + "x" * 5000 for i in range(600)]
+
+    async def run() -> tuple[int, list[str]]:
+        redis = Redis.from_url(redis_url)
+        keys = Keys.of(settings.keys)
+        await redis.delete(keys.dead_letters())
+        sink: Any = SINKS.open("redis://", redis=redis, keys=keys, settings=settings)
+        for start in range(0, len(sent), 50):
+            await sink.send_many(
+                [(raw, {"field": "<payload>", "value": "", "rule": "r"}) for raw in sent[start : start + 50]]
+            )
+        used = await redis.memory_usage(keys.dead_letters(), samples=0)
+        kept = [row["raw"][:5] for row in await sink.read(count=1000)]
+        await redis.aclose()
+        return int(used or 0), kept
+
+    used, kept = asyncio.run(run())
+    assert 0 < used <= 1024 * 1024
+    assert 50 <= len(kept) < 600
+    assert kept == [f"{i:05d}" for i in range(600 - len(kept), 600)]
 
 
 # The partition count -------------------------------------------------------------------------

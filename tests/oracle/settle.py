@@ -14,8 +14,9 @@ README, "How the two layers agree":
 README, "The cancel horizon":
 
     A cancel counts when dated from its order's UTC day minus the look-back (the longest window
-    plus L, in days) to that day plus ``ATTRIBUTION_RULES_CANCEL_HORIZON_DAYS``; the first to
-    land is the order's cancel. A cancel after the horizon refunds nothing.
+    plus L, in days) to that day plus ``ATTRIBUTION_RULES_CANCEL_HORIZON_DAYS``; the earliest of
+    those (then the least event id) is the order's cancel, whichever lands first [...]. A cancel
+    after the horizon refunds nothing.
 
 and the settlement module's documentation: actions run "in ``action_key`` order (due time,
 then decisions before cancels, then order id)"; a ledger line is "a charge (possibly capped to
@@ -150,12 +151,13 @@ def cancel_counts(order_ms: int, cancel_ms: int, catalog: Catalog, policy: Attri
 def counting_cancel(
     order: Order, events: Sequence[Event], catalog: Catalog, policy: AttributionPolicy
 ) -> tuple[OrderCancel | None, list[OrderCancel]]:
-    """ "the first to land is the order's cancel", among the cancels of its order id that count;
-    returns it and the cancels of the order that count for nothing."""
+    """ "the earliest of those (then the least event id) is the order's cancel", among the cancels
+    of its order id that count; returns it and the cancels of the order that count for nothing."""
     named = [e for e in events if isinstance(e, OrderCancel) and e.order_id == order.order_id]
     counting = [c for c in named if cancel_counts(order.event_time, c.event_time, catalog, policy)]
     outside = [c for c in named if c not in counting]
-    return (counting[0] if counting else None), outside
+    first = sorted(counting, key=lambda c: (c.event_time, c.event_id))[:1]
+    return (first[0] if first else None), outside
 
 
 # the schedule -------------------------------------------------------------------------------

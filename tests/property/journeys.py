@@ -38,7 +38,7 @@ from shared_logic.campaigns import Campaign, Catalog, Lever, Windows
 from shared_logic.events import Click, Event, Impression, Order, OrderCancel, PromoView, event_to_dict
 from shared_logic.policy import AttributionPolicy
 from tests.oracle.rule import STRENGTH_OF_EVENT, is_eligible, window_ms
-from tests.oracle.settle import MS_PER_DAY, cancel_counts, lookback_days, utc_day_start
+from tests.oracle.settle import MS_PER_DAY, lookback_days, utc_day_start
 
 MIN: Final = 60_000
 HOUR: Final = 3_600_000
@@ -274,30 +274,6 @@ def _landing_key(event: Event, delay: int) -> tuple[int, int, str]:
     return (event.event_time + delay, event.event_time, event.event_id)
 
 
-def _first_cancel_counts(
-    landed: list[tuple[Event, int]], catalog: Catalog, policy: AttributionPolicy
-) -> None:
-    """Drop the cancels of an order that land before its first counting one (in place).
-
-    The speed layer keeps one pending cancel per order: a cancel of the order landing while
-    another is pending, or in the same batch, is taken for a copy of it and dropped, whether the
-    standing one counts or not; settlement (and ``settle_events``, and the nightly job) take the
-    first cancel to land among those that count. They differ when the first to land does not
-    count (``test_the_speed_layer_keeps_the_first_counting_cancel`` pins it): until the speed
-    layer agrees, its journeys hold no such cancel."""
-    orders = {e.order_id: e for e, _ in landed if isinstance(e, Order)}
-    seen_counting: set[str] = set()
-    keep = []
-    for e, delay in landed:
-        if isinstance(e, OrderCancel) and e.order_id in orders:
-            if cancel_counts(orders[e.order_id].event_time, e.event_time, catalog, policy):
-                seen_counting.add(e.order_id)
-            elif e.order_id not in seen_counting:
-                continue
-        keep.append((e, delay))
-    landed[:] = keep
-
-
 @st.composite
 def journeys(
     draw: st.DrawFn,
@@ -307,14 +283,11 @@ def journeys(
     max_orders: int = 6,
     max_touches: int = 12,
     policy: AttributionPolicy | None = None,
-    first_cancel_counts: bool = False,
 ) -> Journey:
     """A journey set: ``layers`` keeps to what the layers accept (touches on active campaigns of
     their lever, windows from the catalog, unique event ids); ``reuse_ids`` adds twin touches
     naming two campaigns under one event id; ``policy`` fixes the policy instead of
-    drawing one; ``first_cancel_counts`` leaves out the cancels
-    of an order landing before its first counting one (what the speed layer needs for now, see
-    ``_first_cancel_counts``)."""
+    drawing one."""
     catalog = draw(catalogs())
     policy = policy or _policy(draw, catalog, layers)
     campaigns = list(catalog)
@@ -425,8 +398,6 @@ def journeys(
     for k in echoes:
         delays[first_cancel + k - 1], delays[first_cancel + k] = 0, lateness
     landed = sorted(zip(events, delays, strict=True), key=lambda ed: _landing_key(*ed))
-    if first_cancel_counts:
-        _first_cancel_counts(landed, catalog, policy)
     return Journey(
         catalog,
         policy,
