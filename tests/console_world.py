@@ -12,16 +12,11 @@ from typing import Any
 from devtools.synthetic import SyntheticConfig, Traffic, generate
 from shared_logic.settings import Settings
 from storage.lake import Lake
-from tests.helpers import land_and_replay
+from tests.helpers import UNTHROTTLED, land_and_replay
 
 FIRST = datetime.now(UTC).date() - timedelta(days=4)
 CONFIG = SyntheticConfig(users=400, days=3, seed=23, start=FIRST)
 DAYS = [(FIRST + timedelta(days=i)).isoformat() for i in range(3)]
-UNTHROTTLED = {
-    f"ATTRIBUTION_API_RATE_{role}_{knob}": "1000000"
-    for role in ("ADMIN", "ADVERTISER", "AD_SERVER", "ANONYMOUS")
-    for knob in ("PER_S", "BURST")
-}
 
 
 @dataclass

@@ -98,6 +98,15 @@ async def redis_snapshot(url: str, match: str = "attr:*", sort_streams: bool = F
     return out
 
 
+#: API settings with every role's rate limit out of reach: for tests about answers, not throttling
+#: (tests/e2e/test_api_limits.py is about throttling).
+UNTHROTTLED = {
+    f"ATTRIBUTION_API_RATE_{role}_{knob}": "1000000"
+    for role in ("ADMIN", "ADVERTISER", "AD_SERVER", "ANONYMOUS")
+    for knob in ("PER_S", "BURST")
+}
+
+
 def land_and_replay(
     folder: Path, traffic: Traffic, redis_url: str, **changes: Any
 ) -> tuple[Lake, Settings, Path]:
@@ -263,6 +272,23 @@ def stop_process(pid: int, timeout_s: float = 10.0) -> None:
 
     os.kill(pid, signal.SIGSTOP)
     wait_for(f"process {pid} stops", lambda: is_stopped(pid), timeout_s, interval_s=0.001)
+
+
+def stop_group(proc: subprocess.Popen[Any], term_s: float = 30.0, kill_s: float = 10.0) -> None:
+    """Stop a process started in its own session and everything in its process group: SIGTERM,
+    then SIGKILL when it has not exited within ``term_s``."""
+    import contextlib
+    import os
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(term_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(kill_s)
 
 
 def freeze_when(proc: subprocess.Popen[bytes], ready: Any, timeout_s: float, slice_s: float = 0.05) -> Any:

@@ -19,7 +19,7 @@ from reporting.auth import add_key
 from reporting.schemas import RoasReport
 from shared_logic.settings import Settings
 from storage import partition
-from tests.helpers import assert_problem, land_and_replay, running_api
+from tests.helpers import UNTHROTTLED, assert_problem, land_and_replay, running_api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 # Recent days: the API reads the speed layer only for days whose keys can still be in Redis
@@ -27,12 +27,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 FIRST = datetime.now(UTC).date() - timedelta(days=4)
 CONFIG = SyntheticConfig(users=500, days=3, seed=11, start=FIRST)
 DAYS = [(FIRST + timedelta(days=i)).isoformat() for i in range(3)]
-# Generous limits: these tests are about answers, not throttling (tests/e2e/test_api_limits.py is).
-UNTHROTTLED = {
-    f"ATTRIBUTION_API_RATE_{role}_{knob}": "1000000"
-    for role in ("ADMIN", "ADVERTISER", "AD_SERVER", "ANONYMOUS")
-    for knob in ("PER_S", "BURST")
-}
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,10 @@ import yaml
 
 from devtools.livetraffic import live_catalog
 from reporting.auth import RELOAD_S, add_key, read_keys
-from tests.helpers import running_api
+from tests.helpers import UNTHROTTLED, running_api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 EXE = str(Path(sys.executable).with_name("attribution"))
-UNTHROTTLED = {
-    f"ATTRIBUTION_API_RATE_{role}_{knob}": "1000000"
-    for role in ("ADMIN", "ADVERTISER", "AD_SERVER", "ANONYMOUS")
-    for knob in ("PER_S", "BURST")
-}
 
 
 @pytest.fixture

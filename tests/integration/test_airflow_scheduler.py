@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 
 from devtools.synthetic import SyntheticConfig, generate
 from storage import open_lake, partition
-from tests.helpers import land_and_replay
+from tests.helpers import land_and_replay, stop_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -134,12 +133,7 @@ def test_rerun_through_the_scheduler_on_postgresql(metadata_db: str, redis_url: 
         )
         assert state == "success", (tis, log.read_text()[-4000:])
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc)
 
     assert [(t, m) for t, m, _, _ in tis] == [
         ("finish_day", 0),

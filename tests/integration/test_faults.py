@@ -286,6 +286,14 @@ def _errorstats(url: str) -> dict[str, int]:
         r.close()
 
 
+def _settle_and_stop(worker: subprocess.Popen[bytes], log: Path, settled: Any) -> None:
+    """Wait until ``settled()`` (everything produced is consumed and settled), then SIGTERM: the
+    worker must leave cleanly."""
+    wait_for("the worker settles everything", settled, 120, interval_s=0.2, alive=(worker,), logs=(log,))
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, log.read_text()[-3000:]
+
+
 def test_redis_stopped_restarted_then_hung_under_a_running_worker_and_api(
     broker: Any, redis_server: Any, tmp_path: Path
 ) -> None:
@@ -461,16 +469,7 @@ def test_redis_stopped_restarted_then_hung_under_a_running_worker_and_api(
                     alive=(worker,),
                     logs=(log,),
                 )
-                wait_for(
-                    "the worker settles everything",
-                    lambda: _progress(url, settings, ends)[1],
-                    120,
-                    interval_s=0.2,
-                    alive=(worker,),
-                    logs=(log,),
-                )
-                worker.send_signal(signal.SIGTERM)
-                assert worker.wait(30) == 0, log.read_text()[-3000:]
+                _settle_and_stop(worker, log, lambda: _progress(url, settings, ends)[1])
         got = asyncio.run(_outcome(url))
     finally:
         if server.process.poll() is None:
@@ -580,16 +579,7 @@ def test_a_worker_survives_a_broker_restart_and_resumes_at_its_checkpoints(
                 alive=(worker,),
                 logs=(log,),
             )
-            wait_for(
-                "the worker settles everything",
-                lambda: _progress(url, settings, ends)[1],
-                120,
-                interval_s=0.2,
-                alive=(worker,),
-                logs=(log,),
-            )
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(30) == 0, log.read_text()[-3000:]
+            _settle_and_stop(worker, log, lambda: _progress(url, settings, ends)[1])
     finally:
         stack.close()
         inner.stop()

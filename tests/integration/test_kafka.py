@@ -72,6 +72,11 @@ def _ends(values: list[Any], settings: Settings) -> Counter[tuple[str, int]]:
     return ends
 
 
+def _total(engine: Any, name: str) -> int:
+    """A counter's value summed over its labels."""
+    return int(sum(s.value for f in engine.metrics.registry.collect() for s in f.samples if s.name == name))
+
+
 async def _drain_backlog(
     settings: Settings,
     traffic: Traffic,
@@ -121,22 +126,8 @@ async def _drain_backlog(
                 )
                 if done and engine.pending == 0 and not await engine.redis.exists(engine.keys.queue(0)):
                     seen["processed"] = worker.processed
-                    seen["dead_letters"] = int(
-                        sum(
-                            s.value
-                            for f in engine.metrics.registry.collect()
-                            for s in f.samples
-                            if s.name == "attribution_dead_letters_total"
-                        )
-                    )
-                    seen["log_lost"] = int(
-                        sum(
-                            s.value
-                            for f in engine.metrics.registry.collect()
-                            for s in f.samples
-                            if s.name == "attribution_partition_log_lost_total"
-                        )
-                    )
+                    seen["dead_letters"] = _total(engine, "attribution_dead_letters_total")
+                    seen["log_lost"] = _total(engine, "attribution_partition_log_lost_total")
                     break
             assert time.monotonic() < deadline, f"backlog not drained: {engine.pending} pending"
             await asyncio.sleep(0.1)

@@ -36,7 +36,7 @@ from devtools.servers import free_port
 from devtools.synthetic import SyntheticConfig, generate
 from shared_logic.settings import Settings
 from storage import Lake, open_lake, partition
-from tests.helpers import land_and_replay
+from tests.helpers import land_and_replay, stop_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -131,12 +131,7 @@ class SparkStandalone:
     def stop(self) -> None:
         for p in reversed(self.processes):  # workers (and their executors) first, the master last
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait(5)
+                stop_group(p, 15, 5)
             with contextlib.suppress(ProcessLookupError):  # executors a worker left behind
                 os.killpg(p.pid, signal.SIGKILL)
         self._dir.cleanup()
