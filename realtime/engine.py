@@ -232,12 +232,23 @@ class SpeedLayer:
                 pipe.hgetall(self.keys.pending(bucket))
             results = await pipe.execute()
         recovered = 0
+        renamed: list[tuple[int, bytes, str, bytes]] = []
         for bucket, entries in enumerate(results):
             for name, record in entries.items():
                 data = orjson.loads(parse_pending_record(record)[1])
                 if data.get("tp", self.sources[0]) in names:
-                    self.queue.push(bucket, cast(ActionKind, pending_kind(name.decode())), data)
+                    kind = cast(ActionKind, pending_kind(name.decode()))
+                    self.queue.push(bucket, kind, data)
                     recovered += 1
+                    field = pending_field(kind, data["order_id"], data["dg"])
+                    if name.decode() != field:  # a cancel pending under an earlier worker's field
+                        renamed.append((bucket, name, field, record))
+        if renamed:  # under the field its release removes (``_checkpoint``)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for bucket, old, new, record in renamed:
+                    pipe.hset(self.keys.pending(bucket), new, record)
+                    pipe.hdel(self.keys.pending(bucket), old)
+                await pipe.execute()
         if recovered:
             log.info("recovered %d pending actions from Redis", recovered)
 

@@ -548,3 +548,68 @@ def test_a_live_agent_keeps_consuming_whatever_the_bytes(redis_url: str, hostile
     assert result.dead_lettered == 3 * len(hostile)
     expected = settle_events([parse_event(p) for p in valid], traffic.catalog, AttributionPolicy())[1]
     assert result.decided == sum(d is not None for d in expected.values())
+
+
+def test_a_cancel_pending_under_an_earlier_workers_field_is_moved_and_still_applies(redis_url: str) -> None:
+    """An earlier worker kept one pending cancel per order under ``x:<order_id>``; this one keeps each
+    cancel under ``x:<order_id>|<digest>`` and removes that field when it releases it. Recovering the
+    partition moves the old field to the new one, so the cancel is applied once (it stops its order)
+    and leaves nothing pending behind.
+
+    Mutant killed: recovery without the move (the old field survives its release: pending forever,
+    recovered and released again at every restart)."""
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushall()
+    catalog = _tight_catalog()
+    cancel = {
+        "event_id": "x1",
+        "event_type": "order_cancel",
+        "event_time": T0,
+        "user_id": "u1",
+        "order_id": "o1",
+    }
+    click = {
+        "event_id": "k1",
+        "event_type": "click",
+        "event_time": T0 - HOUR,
+        "user_id": "u1",
+        "campaign_id": "ad1",
+    }
+    order = {"event_id": "e1", "event_type": "order", "event_time": T0 + MIN, "user_id": "u1",
+             "order_id": "o1", "merchant_id": "m1", "amount_minor": 5_000, "currency": "USD"}  # fmt: skip
+    settings = _settings(redis_url)
+    keys = Keys.of(settings.keys)
+
+    async def pending(redis: Any) -> dict[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        for b in range(keys.user_buckets):
+            out.update(await redis.hgetall(keys.pending(b)))
+        return out
+
+    async def run() -> tuple[list[bytes], list[bytes], list[bytes], dict[bytes, bytes]]:
+        redis = Redis.from_url(redis_url)
+        first = SpeedLayer(redis, catalog, settings, MemoryDeadLetters())
+        await first.start()
+        await first.process([click, cancel])
+        (name, record), *more = (await pending(redis)).items()
+        assert not more
+        assert name.startswith(b"x:o1|")
+        bucket = keys.bucket("o1")  # a cancel waits in its order id's bucket
+        await redis.hdel(keys.pending(bucket), name)
+        await redis.hset(keys.pending(bucket), "x:o1", record)  # as an earlier worker left it
+        second = SpeedLayer(redis, catalog, settings, MemoryDeadLetters())
+        await second.start()
+        await second.assign([second.source])
+        moved = list(await pending(redis))
+        await second.process([order])
+        await second.drain()
+        ledger = [e.kind for e in await read_stream(redis, keys)]
+        left = await pending(redis)
+        await redis.aclose()
+        return [name], moved, ledger, left
+
+    (name,), moved, ledger, left = asyncio.run(run())
+    assert moved == [name]
+    assert ledger == ["cancelled"]
+    assert left == {}
