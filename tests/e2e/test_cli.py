@@ -31,7 +31,7 @@ def _run(
         (
             ["lake-snk"],
             2,
-            "error: No such command 'lake-snk'. Did you mean 'lake-sink'? (see 'attribution --help')",
+            "error: No such command 'lake-snk'. Did you mean 'lake-sink', 'lake'? (see 'attribution --help')",
         ),
         (["frobnicate"], 2, "error: No such command 'frobnicate'. (see 'attribution --help')"),
         (
