@@ -205,26 +205,25 @@ class SpeedLayer:
     def set_end(self, tp: TP, end_offset: int) -> None:
         self.clocks.set_end(tp, end_offset)
 
-    def rewind_lost_log(self, tp: TP, end_offset: int, start_offset: int) -> None:
-        """The broker's log of ``tp`` ends (at ``end_offset``) before this partition's checkpoint:
+    def rewind_lost_log(self, tp: TP, end_offset: int) -> None:
+        """The broker's log of ``tp`` ends (at ``end_offset``) before this partition's next offset:
         it lost records the engine had applied, or the topic was recreated. Which of the records it
-        holds now are new cannot be told from offsets, so the partition resumes at the log's start:
-        a record applied before is known by the identity rule and changes nothing (a touch is
-        known, an order claimed), a new one is applied. The watermark is kept (time never goes
-        back). Without this, the redelivery check would skip every new record until the log
-        passed the old checkpoint again."""
+        holds now are new cannot be told from offsets, so every record from the log's start is
+        taken in (the source reads from there): one applied before is known by the identity rule
+        and changes nothing (a touch is known, an order claimed), a new one is applied. The
+        watermark is kept (time never goes back). Without this, the redelivery check would skip
+        every new record until the log passed the old offset again."""
         clock = self.clocks.parts[tp]
         log.error(
-            "%s: checkpoint at offset %d but the log ends at %d: the broker lost records already "
-            "applied, or the topic was recreated; resuming at the log start %d (records applied "
-            "before change nothing)",
+            "%s: next offset %d but the log ends at %d: the broker lost records already applied, "
+            "or the topic was recreated; taking the log in from its start (records applied before "
+            "change nothing)",
             tp_name(tp),
             clock.next_offset,
             end_offset,
-            start_offset,
         )
         self.metrics.log_lost.labels(topic=tp[0], partition=str(tp[1])).inc()
-        clock.next_offset = start_offset
+        clock.next_offset = 0
 
     async def _recover(self, names: set[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
