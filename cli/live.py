@@ -637,6 +637,11 @@ def _left_behind(loop: Loop, folder: Path, lake: Path, sent: int, stopped_by: st
     files = [p for p in lake.rglob("*") if p.is_file()] if lake.exists() else []
     size = sum(p.stat().st_size for p in files)
     exe = exe_path()
+    # The days its ledger holds, named: `$(date -u +%F)`, evaluated once per command, named two
+    # days for a run stopped across midnight UTC, and the wrong day when run on a later one.
+    days = sorted(p.name.removeprefix("dt=") for p in (lake / "realtime_ledger").glob("dt=*"))
+    first, last = (days[0], days[-1]) if days else (f"{datetime.now(UTC):%Y-%m-%d}",) * 2
+    span = f"--start {first} --end {last}"
     lines = [f"Stopped by {stopped_by} at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC; {sent:,} events sent."]
     lines += [f"{c.name}: {c.ended}" for c in loop.children]
     lines += [
@@ -645,7 +650,7 @@ def _left_behind(loop: Loop, folder: Path, lake: Path, sent: int, stopped_by: st
         "logs/, catalog.yaml, keys.yaml, live.env, live.json, stop-summary.txt.",
         "The nightly job and the reconciliation run on it with the same settings (from where you ran this):",
         f"  set -a; . {folder / 'live.env'}; set +a",
-        f"  {exe} batch run --start $(date -u +%F) && {exe} reconcile --start $(date -u +%F)",
+        f"  {exe} batch run {span} && {exe} reconcile {span}",
         "The next `make live` starts a fresh lake (--keep-lake keeps it).",
     ]
     return lines
