@@ -39,6 +39,10 @@ def line_chart(
     """An SVG line chart. ``slots`` are series to come (named, empty ``<g>``), for views built
     before their data exists."""
     left, right, top, bottom = 56, 16, 16, 40
+    legend = _legend_places([s.name for s in series], left, width - right)
+    rows = 1 + max((row for _, row in legend), default=0)
+    height += _LEGEND_ROW * (rows - 1)  # the plot keeps its size; the legend wraps below it
+    bottom += _LEGEND_ROW * (rows - 1)
     w, h = width - left - right, height - top - bottom
     ys = [y for s in series for _, y in s.points]
     top_y = max([*ys, y_max or 0.0, 1e-9]) * 1.05
@@ -88,16 +92,32 @@ def line_chart(
             )
         parts.append("</g>")
     parts.extend(f'<g class="series slot" data-slot="{escape(name)}"></g>' for name in slots)
-    legend_x = left
-    for i, s in enumerate(series):
+    for i, (s, (x, row)) in enumerate(zip(series, legend, strict=True)):
         colour = PALETTE[i % len(PALETTE)]
+        y = height - bottom + 26 + row * _LEGEND_ROW
         parts.append(
-            f'<rect x="{legend_x}" y="{height - 14}" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{legend_x + 14}" y="{height - 5}" font-size="11">{escape(s.name)}</text>'
+            f'<rect x="{x}" y="{y}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{x + 14}" y="{y + 9}" font-size="11">{escape(s.name)}</text>'
         )
-        legend_x += 14 + 7 * len(s.name) + 16
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped above
+
+
+#: Height of one row of the legend (px).
+_LEGEND_ROW = 16
+
+
+def _legend_places(names: Sequence[str], left: int, right: int) -> list[tuple[int, int]]:
+    """Where each legend entry goes, (x, row): left to right, a new row when the next one would
+    pass ``right`` (a name takes about 7 px a character at 11 px)."""
+    out, x, row = [], left, 0
+    for name in names:
+        size = 14 + 7 * len(name)
+        if x > left and x + size > right:
+            x, row = left, row + 1
+        out.append((x, row))
+        x += size + 16
+    return out
 
 
 def _short(v: float) -> str:

@@ -115,13 +115,20 @@ def signed_in(request: Request) -> tuple[ApiKey, Session]:
 
 
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    return templates.TemplateResponse(request, name, {"format_minor": _money, **context}, status_code=status)
+    return templates.TemplateResponse(
+        request, name, {"format_minor": _money, "format_orders": _orders, **context}, status_code=status
+    )
 
 
 def _money(amount: float | None, currency: str | None) -> str:
     if amount is None or currency is None:
         return "-"
     return format_minor(round(amount), currency)
+
+
+def _orders(orders: float, model: str) -> str:
+    """The billing model counts whole orders; a multi-touch model's credit splits them (2 decimals)."""
+    return f"{round(orders):,}" if model == BILLING_MODEL else f"{orders:,.2f}"
 
 
 def _same_origin(request: Request) -> bool:
