@@ -29,7 +29,7 @@ D up to D, cancels up to the cancel horizon after D. Events the wire rules
 refuse (dated too far in the future) take part in neither layer and are not read.
 
 Rows go to ``reconciliation/dt=D/``; the summary (discrepancy %, spend difference
-per campaign, counts per cause) to its manifest.
+per campaign, each layer's spend per currency, counts per cause) to its manifest.
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ class Reconciliation:
     differing: int
     causes: dict[str, int]
     spend_diff_minor: dict[str, int]
-    realtime_spend_minor: int
-    batch_spend_minor: int
+    #: Each layer's net charges per currency (never one sum across currencies).
+    realtime_spend_minor: dict[str, int]
+    batch_spend_minor: dict[str, int]
     #: Orders decided more than once, per layer (``realtime``, ``batch``; one in both counts twice).
     duplicates: dict[str, int] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -208,74 +209,89 @@ def reconcile_day(
     """Compare the two ledgers of ``day``, write the rows, return the summary.
 
     ``catalog`` is the one the day was decided with: its windows set the look-back of the raw
-    events read, its budgets say whether a cap was reached.
+    events read, its budgets say whether a cap was reached. The steps: read both ledgers, one row
+    per order; flag what arrived late and what a cap touched; give each row its cause; write the
+    rows; sum them up into the manifest.
     """
-    from pyspark.sql import functions as F  # noqa: N812
-
     config = config or Settings()
-    lateness = config.rules.allowed_lateness_ms
     dt = day.isoformat()
     rt, rt_found = _read_ledger(spark, lake, REALTIME_LEDGER, dt)
     bt, bt_found = _read_ledger(spark, lake, BATCH_LEDGER, dt)
     if not rt_found and not bt_found:
         raise NothingToReconcile(f"day = {dt}: no realtime or batch ledger in {lake.url}")
-    joined = _per_order(rt, "rt").join(_per_order(bt, "bt"), "order_id", "full")
-
-    # Arrival times of the orders, their cancels and the touches, over the policy's window.
     window = raw_window(catalog, day, config)
+    flagged = _flagged(
+        _per_order(rt, "rt").join(_per_order(bt, "bt"), "order_id", "full"),
+        _late_flags(spark, lake, window, config),
+        _caps_reached(spark, [rt, bt], catalog),
+    )
+    rows = _classified(flagged, dt).cache()
+    rows.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(RECONCILIATION.path))
+    result = _summed(rows, dt)
+    manifest = {
+        **result.summary(),
+        "read": {k: [a.isoformat(), b.isoformat()] for k, (a, b) in window.items()},
+    }
+    lake.commit_written(partition(RECONCILIATION, dt=dt), manifest)
+    rows.unpersist()
+    return result
+
+
+def _late_flags(
+    spark: Any, lake: Lake, window: dict[str, tuple[date, date]], config: Settings
+) -> tuple[Any, Any]:
+    """Which orders (their own event or a cancel) and which touches arrived after their allowed
+    lateness, from the raw events of the policy's window: ``(order_id, order_late)`` and
+    ``(bt_user_id, bt_touch, touch_late)`` (a touch is named by its user and event id: one flag
+    per name, so no order row is repeated)."""
+    from pyspark.sql import functions as F  # noqa: N812
+
     raw = (
         _read_raw(spark, lake, *window["events"], (*TOUCH_TYPES, ORDER_TYPE))
         .unionByName(_read_raw(spark, lake, *window["cancels"], (CANCEL_TYPE,)))
         .filter(~in_future(config.rules.max_future_ms))
     )
-    late = ((F.col("ingested_at_ms") - F.col("event_time")) > lateness).cast("int")
-    late_orders = (
+    late = ((F.col("ingested_at_ms") - F.col("event_time")) > config.rules.allowed_lateness_ms).cast("int")
+    orders = (
         raw.filter(F.col("event_type").isin(ORDER_TYPE, CANCEL_TYPE))
         .groupBy("order_id")
         .agg(F.max(late).alias("order_late"))
     )
-    # A touch is named by its user and event id: one flag per name, so no order row is repeated.
-    late_touches = (
+    touches = (
         raw.filter(F.col("event_type").isin(*TOUCH_TYPES))
         .groupBy(F.col("user_id").alias("bt_user_id"), F.col("event_id").alias("bt_touch"))
         .agg(F.max(late).alias("touch_late"))
     )
-    caps = _caps_reached(spark, [rt, bt], catalog)
-    rows = (
-        joined.join(late_orders, "order_id", "left")
-        .join(late_touches, ["bt_user_id", "bt_touch"], "left")
-        .join(
+    return orders, touches
+
+
+def _flagged(joined: Any, late: tuple[Any, Any], caps: Any) -> Any:
+    """The joined orders with their late flags and whether each side's campaign reached a cap on
+    the order's budget day (0 where nothing says so)."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    late_orders, late_touches = late
+    rows = joined.join(late_orders, "order_id", "left").join(late_touches, ["bt_user_id", "bt_touch"], "left")
+    for side in SIDES:
+        rows = rows.join(
             caps.select(
-                F.col("campaign_id").alias("rt_campaign"),
-                F.col("budget_day").alias("rt_budget_day"),
-                F.col("cap_reached").alias("rt_cap_reached"),
+                F.col("campaign_id").alias(f"{side}_campaign"),
+                F.col("budget_day").alias(f"{side}_budget_day"),
+                F.col("cap_reached").alias(f"{side}_cap_reached"),
             ),
-            ["rt_campaign", "rt_budget_day"],
+            [f"{side}_campaign", f"{side}_budget_day"],
             "left",
         )
-        .join(
-            caps.select(
-                F.col("campaign_id").alias("bt_campaign"),
-                F.col("budget_day").alias("bt_budget_day"),
-                F.col("cap_reached").alias("bt_cap_reached"),
-            ),
-            ["bt_campaign", "bt_budget_day"],
-            "left",
-        )
-        .fillna(
-            0,
-            subset=[
-                "order_late",
-                "touch_late",
-                "rt_decisions",
-                "bt_decisions",
-                "rt_capped",
-                "bt_capped",
-                "rt_cap_reached",
-                "bt_cap_reached",
-            ],
-        )
-    )
+    zero = ["order_late", "touch_late"] + [
+        f"{side}_{name}" for side in SIDES for name in ("decisions", "capped", "cap_reached")
+    ]
+    return rows.fillna(0, subset=zero)
+
+
+def _classified(rows: Any, dt: str) -> Any:
+    """Each order's cause, the first that applies (the module's docstring lists them)."""
+    from pyspark.sql import functions as F  # noqa: N812
+
     both = (F.col("rt_decisions") > 0) & (F.col("bt_decisions") > 0)
     cap_involved = (
         (F.col("rt_capped") == 1)
@@ -284,7 +300,14 @@ def reconcile_day(
         | (F.col("bt_cap_reached") == 1)
     )
     rt_dup, bt_dup = F.col("rt_decisions") > 1, F.col("bt_decisions") > 1
-    rows = (
+    same_amount = F.col("rt_amount").eqNullSafe(F.col("bt_amount")) & F.col("rt_currency").eqNullSafe(
+        F.col("bt_currency")
+    )
+    same_campaign = F.col("rt_campaign").eqNullSafe(F.col("bt_campaign"))
+    same_charge = F.coalesce(F.col("rt_charge"), F.lit(0)).eqNullSafe(
+        F.coalesce(F.col("bt_charge"), F.lit(0))
+    )
+    return (
         rows.withColumn("cap_involved", cap_involved)
         .withColumn(
             "duplicate_in",
@@ -293,27 +316,12 @@ def reconcile_day(
         .withColumn(
             "status",
             F.when(rt_dup | bt_dup, "duplicate")
-            .when(
-                F.col("rt_campaign").eqNullSafe(F.col("bt_campaign"))
-                & F.coalesce(F.col("rt_charge"), F.lit(0)).eqNullSafe(
-                    F.coalesce(F.col("bt_charge"), F.lit(0))
-                )
-                & F.col("rt_amount").eqNullSafe(F.col("bt_amount"))
-                & F.col("rt_currency").eqNullSafe(F.col("bt_currency")),
-                "match",
-            )
-            .when(
-                both
-                & ~(
-                    F.col("rt_amount").eqNullSafe(F.col("bt_amount"))
-                    & F.col("rt_currency").eqNullSafe(F.col("bt_currency"))
-                ),
-                "amount",
-            )
+            .when(same_campaign & same_charge & same_amount, "match")
+            .when(both & ~same_amount, "amount")
             .when(F.col("touch_late") == 1, "late touch")
             .when(F.col("order_late") == 1, "late order")
             .when(~both, "missing")
-            .when(~F.col("rt_campaign").eqNullSafe(F.col("bt_campaign")), "campaign")
+            .when(~same_campaign, "campaign")
             .when(F.col("cap_involved"), "cap")
             .otherwise("charge"),
         )
@@ -325,9 +333,15 @@ def reconcile_day(
             ),
         )
         .withColumn("dt", F.lit(dt))
-        .cache()
     )
-    rows.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(RECONCILIATION.path))
+
+
+def _summed(rows: Any, dt: str) -> Reconciliation:
+    """The day's summary: counts per cause and side, and each layer's spend per campaign and per
+    currency (a layer's charge counts for the campaign it chose, in the order's currency: a
+    campaign charges only orders in its own)."""
+    from pyspark.sql import functions as F  # noqa: N812
+
     counts = {r["status"]: int(r["count"]) for r in rows.groupBy("status").count().collect()}
     missing = {
         str(r["missing_from"]): int(r["count"])
@@ -346,37 +360,37 @@ def reconcile_day(
         .items()
         if n
     }
-    # Each layer's charges count for the campaign that layer chose.
-    rt_spend = rows.groupBy(F.col("rt_campaign").alias("campaign_id")).agg(
-        F.sum(F.coalesce("rt_charge", F.lit(0))).alias("rt")
-    )
-    bt_spend = rows.groupBy(F.col("bt_campaign").alias("campaign_id")).agg(
-        F.sum(F.coalesce("bt_charge", F.lit(0))).alias("bt")
-    )
+    spends = [
+        rows.groupBy(
+            F.col(f"{side}_campaign").alias("campaign_id"), F.col(f"{side}_currency").alias("currency")
+        ).agg(F.sum(F.coalesce(f"{side}_charge", F.lit(0))).alias(side))
+        for side in SIDES
+    ]
     spend = (
-        rt_spend.join(bt_spend, "campaign_id", "full")
+        spends[0]
+        .join(spends[1], ["campaign_id", "currency"], "full")
         .filter(F.col("campaign_id").isNotNull())
-        .fillna(0, subset=["rt", "bt"])
+        .fillna(0, subset=list(SIDES))
         .collect()
     )
-    diffs = {r["campaign_id"]: int(r["rt"] - r["bt"]) for r in spend if r["rt"] != r["bt"]}
+    diffs: dict[str, int] = {}
+    per_currency: dict[str, dict[str, int]] = {side: {} for side in SIDES}
+    for r in spend:
+        if r["rt"] != r["bt"]:
+            diffs[r["campaign_id"]] = diffs.get(r["campaign_id"], 0) + int(r["rt"] - r["bt"])
+        for side in SIDES:
+            if r[side]:
+                per_currency[side][r["currency"]] = per_currency[side].get(r["currency"], 0) + int(r[side])
     total = sum(counts.values())
-    result = Reconciliation(
+    return Reconciliation(
         day=dt,
         orders=total,
         matched=counts.get("match", 0),
         differing=total - counts.get("match", 0),
         causes={k: v for k, v in counts.items() if k != "match"},
-        spend_diff_minor=diffs,
-        realtime_spend_minor=int(sum(r["rt"] for r in spend)),
-        batch_spend_minor=int(sum(r["bt"] for r in spend)),
+        spend_diff_minor={k: v for k, v in diffs.items() if v},
+        realtime_spend_minor=per_currency["rt"],
+        batch_spend_minor=per_currency["bt"],
         duplicates=duplicates,
         missing=missing,
     )
-    manifest = {
-        **result.summary(),
-        "read": {k: [a.isoformat(), b.isoformat()] for k, (a, b) in window.items()},
-    }
-    lake.commit_written(partition(RECONCILIATION, dt=dt), manifest)
-    rows.unpersist()
-    return result

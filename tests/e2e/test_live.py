@@ -148,7 +148,8 @@ def _reconciles(spark: Any, folder: Path, where: dict[str, Any]) -> None:
         report = reconcile_day(spark, lake, catalog, datetime.fromisoformat(day).date(), settings)
         assert report.orders > 0
         assert report.discrepancy_pct == 0.0, (day, report.causes)
-        assert report.realtime_spend_minor == report.batch_spend_minor > 0
+        assert report.batch_spend_minor
+        assert report.realtime_spend_minor == report.batch_spend_minor
 
 
 def _campaigns(where: dict[str, Any]) -> list[str]:
