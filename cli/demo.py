@@ -170,7 +170,8 @@ def run_demo(
         "then, in another terminal:\n"
         f"  curl -fsS -H 'X-API-Key: {admin}' 'http://127.0.0.1:{port}/v1/roas?{period}&model=markov'\n"
         f"  curl -fsS -H 'X-API-Key: {advertiser_key}' 'http://127.0.0.1:{port}/v1/roas?{period}&model=billing'\n"
-        f"  OpenAPI: http://127.0.0.1:{port}/docs",
+        f"  OpenAPI: http://127.0.0.1:{port}/docs\n"
+        f"  the console, in a browser: http://127.0.0.1:{port}/console (sign in with a key above)",
         highlight=False,
         soft_wrap=True,
     )

@@ -487,6 +487,7 @@ def _where(where: dict[str, Any], first: str, rate: float) -> Panel:
         f"  curl -fsS -H 'X-API-Key: {adv_key}' "
         f'"{api}/v1/roas?start=$(date -u +%F)&end=$(date -u +%F)&model=billing"',
         f"  {api}/docs (send a key as X-API-Key)",
+        f"  {api}/console in a browser (sign in with a key above: ROAS, budgets, reconciliation)",
         "[bold]Budgets[/bold]    a live table, in another terminal, from where you ran this "
         "(live.env holds every setting):",
         f"  set -a; . {where['env']}; set +a; {exe} budget show --watch",

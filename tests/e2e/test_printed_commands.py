@@ -81,6 +81,13 @@ def _background(command: str, port: int) -> Iterator[None]:
         proc.wait(30)
 
 
+def _console_answers(lines: list[str]) -> None:
+    """The console's printed address answers with its sign-in page."""
+    (said,) = [line for line in lines if "/console" in line]
+    url = re.search(r"http://\S+/console", said).group(0)  # type: ignore[union-attr]
+    assert 'name="api_key"' in _ok(f"curl -fsSL '{url}'", 60), said
+
+
 def test_the_commands_make_demo_prints_run_as_printed(tmp_path: Path) -> None:
     out = subprocess.run(
         [EXE, "demo", "--folder", str(tmp_path / "demo"), "--users", "300", "--days", "2"],
@@ -101,6 +108,7 @@ def test_the_commands_make_demo_prints_run_as_printed(tmp_path: Path) -> None:
     with _background(api, port):
         for curl in curls:
             assert '"rows"' in _ok(curl, 60), curl
+        _console_answers(lines)
 
 
 def test_the_commands_make_live_prints_run_as_printed(tmp_path: Path) -> None:
@@ -125,6 +133,7 @@ def test_the_commands_make_live_prints_run_as_printed(tmp_path: Path) -> None:
         assert len(curls) >= 2, lines
         for curl in curls:
             _ok(curl, 60)
+        _console_answers(lines)
         sourced = [line for line in lines if line.startswith("set -a;") and "budget show" in line]
         assert len(sourced) == 1, lines
         _ok(sourced[0].replace(" --watch", ""), 60)  # the live table, drawn once
