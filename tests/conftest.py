@@ -9,12 +9,17 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 # Spark's Python workers must run this interpreter, not the system python3.
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Hypothesis's per-example deadline measures the machine, not the code: with test files run two
+# at a time on 2 cores, any deadline fails at random. Example counts are each test's own.
+hypothesis.settings.register_profile("suite", deadline=None)
+hypothesis.settings.load_profile("suite")
 # py4j logs from a destructor at interpreter exit, after pytest has closed its streams.
 logging.getLogger("py4j").setLevel(logging.WARNING)
 # Airflow reads its home at import: a private one per run, before anything imports airflow.

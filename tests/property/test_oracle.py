@@ -37,6 +37,7 @@ import pytest
 from hypothesis import Phase, event, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
+from hypothesis.errors import NoSuchExample
 
 import tests.oracle as oracle
 from shared_logic import (
@@ -360,12 +361,34 @@ def _reach(strategy: st.SearchStrategy[Journey], cases: dict[str, Any], n: int) 
     return hits
 
 
+def _first(strategy: st.SearchStrategy[Journey], predicate: Any, n: int) -> int:
+    """1 when one of ``n`` journeys (derandomized, no shrinking) meets ``predicate``, else 0."""
+    try:
+        find(
+            strategy,
+            lambda j: bool(predicate(j, oracle.settle(j.events, j.catalog, j.policy))),
+            settings=settings(
+                max_examples=n, derandomize=True, database=None, deadline=None, phases=[Phase.generate]
+            ),
+        )
+    except NoSuchExample:
+        return 0
+    return 1
+
+
 @pytest.mark.unit
 def test_the_generator_reaches_every_awkward_case() -> None:
-    """Each awkward case the journeys aim at is met in a fixed sequence of 600 of them (a generator
-    that lost one would leave its part of the rule untested while the properties pass)."""
-    hits = _reach(journeys(), LAYER_REACH, 600)
-    hits.update(_reach(journeys(layers=False, reuse_ids=True), RULE_REACH, 300))
+    """Each awkward case the journeys aim at is met in a fixed sequence of 600 of them, or, for a
+    case met by about one journey in a hundred (a budget day across the DST change), within 5,000
+    (a generator that lost one would leave its part of the rule untested while the properties
+    pass). The first sequence was seen to vary between processes; a rare case's second search
+    keeps the test from depending on it."""
+    plans = [(journeys(), LAYER_REACH, 600), (journeys(layers=False, reuse_ids=True), RULE_REACH, 300)]
+    hits: dict[str, int] = {}
+    for strategy, cases, n in plans:
+        hits.update(_reach(strategy, cases, n))
+        for name in [name for name in cases if not hits[name]]:
+            hits[name] = _first(strategy, cases[name], 5_000)
     assert all(hits.values()), hits
 
 
