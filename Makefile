@@ -6,6 +6,8 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 EXTRAS ?= all,dev
 PYTEST_ARGS ?=
+# Test files run two at a time: most wait on servers and processes, and each worker has its own.
+PYTEST_WORKERS ?= 2
 LIVE_ARGS ?=
 
 export PYSPARK_PYTHON := $(abspath $(PY))
@@ -33,8 +35,8 @@ demo: setup ## run the end-to-end demo on the embedded default and print the ROA
 live: setup ## run the production loop on this machine (broker, Redis, worker, lake sink, API, live traffic); Ctrl-C stops it
 	$(VENV)/bin/attribution live $(LIVE_ARGS)
 
-test: setup ## run the whole test suite (unit, integration, peer, e2e)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: setup ## run the whole test suite (unit, integration, peer, e2e), PYTEST_WORKERS files side by side
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: setup ## run the fast pure tests only
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
