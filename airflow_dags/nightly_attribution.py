@@ -1,4 +1,4 @@
-"""Nightly attribution: wait for D's raw events, run the job, reconcile, load, check.
+"""Nightly attribution: wait for D's raw events, compact them, run the job, reconcile, load, check.
 
 D is the day before the run's logical date (the run at 03:00 UTC on D+1
 processes D), so a backfill or a cleared run processes the same day again,
@@ -10,7 +10,9 @@ grow with the lake's age. Each night it first recomputes the
 horizon), oldest first, each from the checkpoint before it: a cancel that
 landed after its order's night reaches that night's ledger, facts and metrics
 this way (its effect on later caps needs no rerun: the night of the cancel's
-own day settles it). Every recomputed day is reconciled, loaded and checked.
+own day settles it). Before the job, the landed raw hours of those days are
+compacted (the sink lands many small files; ``attribution lake compact`` does
+the same by hand). Every recomputed day is reconciled, loaded and checked.
 Configuration is the one settings tree, read from ``ATTRIBUTION_*`` on the
 workers (``ATTRIBUTION_LAKE_URL``, ``ATTRIBUTION_CATALOG_URL``,
 ``ATTRIBUTION_STORE_URL``, ``ATTRIBUTION_BATCH_*``); heavy imports happen
@@ -47,6 +49,13 @@ def nightly_attribution() -> None:
         return raw_day_landed(previous_day(ds))
 
     @task
+    def compact_raw(ds: str | None = None) -> dict[str, dict[str, int]]:
+        from airflow_dags import tasks
+
+        assert ds is not None
+        return tasks.compact_raw(tasks.previous_day(ds))
+
+    @task
     def run_job(ds: str | None = None) -> dict[str, Any]:
         from airflow_dags.tasks import previous_day, run_nightly
 
@@ -73,7 +82,7 @@ def nightly_attribution() -> None:
         return [check_quality(day, limit) for day in job["days"]]
 
     job = run_job()
-    wait_for_raw() >> job
+    wait_for_raw() >> compact_raw() >> job
     # At run time Airflow hands each task the job's result (the days it recomputed).
     reconcile(job) >> load_analytics(job) >> data_quality(job)  # type: ignore[arg-type]
 

@@ -70,7 +70,7 @@ def run_days(
             "day": r.day,
             "orders": r.orders,
             "attributed": r.attributed,
-            "spend_minor": sum(r.spend_minor.values()),
+            "spend_minor": _per_currency(r.spend_minor, catalog),
             "models": r.models,
             "seconds": r.seconds,
             "started_from": r.started_from,
@@ -78,6 +78,38 @@ def run_days(
         for r in results
     ]
     return {"days": [r.day for r in results], "results": summaries}
+
+
+def _per_currency(by_campaign: dict[str, int], catalog: Any) -> dict[str, int]:
+    """Spend per currency (each campaign's own), never one sum of minor units across currencies."""
+    out: dict[str, int] = {}
+    for campaign_id, minor in by_campaign.items():
+        found = catalog.get(campaign_id)
+        currency = found.currency if found is not None else f"unknown campaign {campaign_id}"
+        out[currency] = out.get(currency, 0) + int(minor)
+    return out
+
+
+def compact_raw(day: str) -> dict[str, dict[str, int]]:
+    """Compact the landed raw hours of the days the nightly run for ``day`` reads anew (its refresh
+    window, then ``day``; ``storage.compact``: atomic, idempotent, safe while the sink lands later
+    hours), so the job reads a few large files per hour. Per day: partitions, files before and
+    after, rows."""
+    from storage.compact import compact_day
+    from storage.raw import days_between
+
+    lake = _lake(_settings())
+    first, last = nightly_days(day)
+    out = {}
+    for d in days_between(date.fromisoformat(first), date.fromisoformat(last)):
+        done = compact_day(lake, d)
+        out[d.isoformat()] = {
+            "partitions": len(done),
+            "files_before": sum(c.files_before for c in done),
+            "files_after": sum(c.files_after for c in done),
+            "rows": sum(c.rows for c in done),
+        }
+    return out
 
 
 def nightly_days(day: str) -> tuple[str, str]:

@@ -12,6 +12,8 @@ import pytest
 
 from devtools.synthetic import SyntheticConfig, generate
 from storage import open_lake, partition
+from storage.compact import day_partitions
+from storage.lake import COMPACT_PREFIX
 from tests.helpers import land_and_replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -38,6 +40,7 @@ def test_dagbag_imports_cleanly(dagbag: Any) -> None:
     rerun = dagbag.dags["rerun_attribution"]
     assert [t.task_id for t in nightly.topological_sort()] == [
         "wait_for_raw",
+        "compact_raw",
         "run_job",
         "reconcile",
         "load_analytics",
@@ -83,6 +86,24 @@ def batch_env(small_lake: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, spa
     return url
 
 
+def _split_in_two(lake: Any, day: date) -> tuple[Any, int]:
+    """Rewrite the biggest raw hour of ``day`` as two files (as a lake sink lands an hour in
+    pieces), rows unchanged; its partition and row count."""
+    import pyarrow.parquet as pq
+
+    hours = day_partitions(lake, day)
+    ref = max(hours, key=lambda h: lake.read([h]).num_rows)
+    (name,) = lake.files(ref)
+    table = pq.read_table(lake.path(name), filesystem=lake.fs)  # as landed: no partition columns
+    half = table.num_rows // 2
+    assert half > 0
+    for i, piece in enumerate((table.slice(0, half), table.slice(half))):
+        pq.write_table(piece, lake.path(ref.path, f"piece-{i}.parquet"), filesystem=lake.fs)
+    lake.fs.delete_file(lake.path(name))
+    assert len(lake.files(ref)) == 2
+    return ref, table.num_rows
+
+
 def test_nightly_dag_runs_the_day_before_its_logical_date_after_refreshing_the_days_before(
     dagbag: Any, batch_env: str
 ) -> None:
@@ -90,15 +111,25 @@ def test_nightly_dag_runs_the_day_before_its_logical_date_after_refreshing_the_d
 
     from batch.checkpoints import read_checkpoint
 
+    lake = open_lake(batch_env)
+    split = _split_in_two(lake, date(2026, 11, 2))
     dag = dagbag.dags["nightly_attribution"]
     run = dag.test(logical_date=datetime(2026, 11, 3, 3, tzinfo=UTC))
     assert run.state == DagRunState.SUCCESS
-    lake = open_lake(batch_env)
     # D = 2026-11-02; the refresh window (the cancel horizon) holds 2026-11-01, the lake's first day.
     for day in ("2026-11-01", "2026-11-02"):
         assert lake.is_complete(partition("metrics/campaign_daily", dt=day))
         assert lake.manifest(partition("reconciliation", dt=day))["discrepancy_pct"] == 0.0  # type: ignore[index]
     assert not lake.is_complete(partition("metrics/campaign_daily", dt="2026-11-03"))
+    # compact_raw ran before the job: the hour landed in two files is one compacted file, its rows kept
+    # (the reconciliation above is 0.000% on them), and no hour of either day is left in pieces.
+    ref, rows = split
+    (only,) = lake.files(ref)
+    assert Path(only).name.startswith(COMPACT_PREFIX)
+    assert lake.read([ref]).num_rows == rows
+    for day in ("2026-11-01", "2026-11-02"):
+        for hour in day_partitions(lake, date.fromisoformat(day)):
+            assert len(lake.files(hour)) == 1, hour.path
     first, second = read_checkpoint(lake, date(2026, 11, 1)), read_checkpoint(lake, date(2026, 11, 2))
     assert first is not None
     assert second is not None
