@@ -184,7 +184,7 @@ class PacingState:
 
     ``committed_minor`` is spend plus liability at the step; ``num``/``den`` are the decayed
     sums of the full-serving estimate ``F = num / den``; ``target`` is the curve's share at the
-    step (what the pacing error is measured against).
+    step (what the pacing error is measured against); ``liability_minor`` is the step's input.
     """
 
     day: str
@@ -194,6 +194,7 @@ class PacingState:
     target: float
     num: float = 0.0
     den: float = 0.0
+    liability_minor: float = 0.0
 
     @property
     def full_day_estimate(self) -> float | None:
@@ -265,13 +266,13 @@ def step(prev: PacingState | None, inp: PacingInput, config: PacingConfig = Paci
     committed = inp.spend_day_minor + inp.liability_minor
     target = target_share(inp, config)
     if not inp.capped:
-        return PacingState(inp.day, inp.now_ms, 1.0, committed, target)
+        return PacingState(inp.day, inp.now_ms, 1.0, committed, target, liability_minor=inp.liability_minor)
     if inp.left_minor == 0:  # a spent cap stops serving at once: capping, not pacing
         num, den = (prev.num, prev.den) if prev is not None else (0.0, 0.0)
-        return PacingState(inp.day, inp.now_ms, 0.0, committed, target, num, den)
+        return PacingState(inp.day, inp.now_ms, 0.0, committed, target, num, den, inp.liability_minor)
     p_prev, num, den = _learn(prev, inp, committed, target, config)
     p = _bounded(_aim(inp, target, num, den), p_prev, config)
-    return PacingState(inp.day, inp.now_ms, p, committed, target, num, den)
+    return PacingState(inp.day, inp.now_ms, p, committed, target, num, den, inp.liability_minor)
 
 
 def conversion_rate(touches: int, orders: int, prior_rate: float, prior_touches: float) -> float:
@@ -328,3 +329,33 @@ def in_flight_liability(
         if alive > 0:
             total += count * rate * charge_minor * (g1 - g0) / alive
     return total
+
+
+#: The fields of a campaign's pacing hash in Redis (``Keys.pacing``): what the speed layer writes
+#: and the ad server's answer reads, in this order.
+PACING_FIELDS = ("day", "at", "p", "committed", "target", "num", "den", "liability")
+
+
+def encode_state(state: PacingState) -> dict[str, str]:
+    """A state as the fields of its pacing hash (floats as ``repr``, exact when read back)."""
+    return {
+        "day": state.day,
+        "at": str(state.at_ms),
+        "p": repr(state.probability),
+        "committed": repr(state.committed_minor),
+        "target": repr(state.target),
+        "num": repr(state.num),
+        "den": repr(state.den),
+        "liability": repr(state.liability_minor),
+    }
+
+
+def decode_state(values: Sequence[bytes | str | None]) -> PacingState | None:
+    """The state from its hash's values in ``PACING_FIELDS`` order (None when there is none)."""
+    if len(values) != len(PACING_FIELDS) or any(v is None for v in values):
+        return None
+    text = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    day, at, p, committed, target, num, den, liability = text
+    return PacingState(
+        day, int(at), float(p), float(committed), float(target), float(num), float(den), float(liability)
+    )
