@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError
 from realtime.keys import Keys
 from shared_logic import Campaign, Catalog, budget_day
 from shared_logic.errors import InvalidInput
-from shared_logic.pacing import PACING_FIELDS, DeliveryMode, PacingState, decode_state
+from shared_logic.pacing import PACING_FIELDS, PacingState, decode_state, published_probability
 from shared_logic.settings import PacingSettings
 
 #: Candidates one request may name (a realistic list is about 50).
@@ -89,6 +89,7 @@ class AnswerReader:
     ) -> None:
         self.redis, self.catalog, self.keys = redis, catalog, keys
         self.pacing = pacing or PacingSettings()
+        self.config = self.pacing.config()
 
     async def load(self) -> None:
         """Load the read scripts (on every primary of a cluster), so the first answer is one
@@ -192,14 +193,11 @@ class AnswerReader:
         elif c.frequency_cap is not None and (impressions or 0) >= c.frequency_cap.impressions:
             reason = Reason.FREQUENCY_CAPPED
         today = state if state is not None and state.day == day else None
-        if reason is not None:
-            probability = 0.0
-        elif remaining is None:
-            probability = 1.0
-        elif today is not None:
-            probability = today.probability
-        else:
-            probability = self.pacing.start_probability if b.delivery_mode is DeliveryMode.EVEN else 1.0
+        probability = (
+            0.0
+            if reason is not None
+            else published_probability(state, day, remaining is not None, b.delivery_mode, self.config)
+        )
         return AdAnswer(
             campaign_id,
             reason is None,

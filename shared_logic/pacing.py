@@ -331,6 +331,23 @@ def in_flight_liability(
     return total
 
 
+def published_probability(
+    state: PacingState | None,
+    day: str,
+    capped: bool,
+    mode: DeliveryMode,
+    config: PacingConfig = PacingConfig(),
+) -> float:
+    """The serve probability a reader gives a servable campaign on budget day ``day``: 1 without
+    a cap; the controller's for today; before its first step today, ``start_probability`` for
+    ``even`` delivery and 1 for ``asap`` (what the controller's own first step starts from)."""
+    if not capped:
+        return 1.0
+    if state is not None and state.day == day:
+        return state.probability
+    return config.start_probability if mode is DeliveryMode.EVEN else 1.0
+
+
 #: The fields of a campaign's pacing hash in Redis (``Keys.pacing``): what the speed layer writes
 #: and the ad server's answer reads, in this order.
 PACING_FIELDS = ("day", "at", "p", "committed", "target", "num", "den", "liability")

@@ -53,7 +53,7 @@ async def budget_states(state: State, who: ApiKey, campaign_ids: list[str], at_m
     for cid in ids:
         if cid not in state.catalog:
             raise CampaignNotFound(cid)
-    reader = BudgetReader(state.redis, state.catalog, state.keys)
+    reader = BudgetReader(state.redis, state.catalog, state.keys, state.settings.pacing.config())
     return await reader.states(ids, at_ms)
 
 

@@ -205,3 +205,30 @@ async def test_the_api_answers_the_same_for_ad_server_keys_only(redis_url: str, 
     assert denied.status_code == 403
     assert no_user.status_code == 422
     await redis.aclose()
+
+
+async def test_budget_state_carries_the_serve_probability_liability_and_frequency_cap(redis_url: str) -> None:
+    """``/v1/budget`` and ``attribution budget show`` read ``BudgetReader``: the same probability
+    as the answer, the liability of today's step, the delivery mode and the frequency cap."""
+    from realtime.budget import BudgetReader
+
+    redis = connect(RedisSettings(url=redis_url))
+    keys = Keys.of(KeySettings())
+    await _write(redis, keys)
+    reader = BudgetReader(redis, _catalog(), keys, PacingSettings(start_probability=0.2).config())
+    got = {
+        s.campaign_id: s for s in await reader.states(["even", "fresh", "fast", "spent", "free", "freq"], NOW)
+    }
+    assert (got["even"].serve_probability, got["even"].liability_minor, got["even"].delivery) == (
+        0.37,
+        120.5,
+        "even",
+    )
+    assert (got["fresh"].serve_probability, got["fresh"].liability_minor) == (0.2, None)
+    assert (got["fast"].serve_probability, got["fast"].delivery) == (1.0, "asap")
+    assert got["spent"].serve_probability == 0.0
+    assert got["free"].serve_probability == 1.0
+    fc = got["freq"]
+    assert (fc.frequency_cap_impressions, fc.frequency_cap_window_ms) == (2, HOUR)
+    assert got["even"].frequency_cap_impressions is None
+    await redis.aclose()
