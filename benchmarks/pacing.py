@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import statistics
 import time
@@ -226,8 +227,7 @@ def _chart(curves: list[tuple[float, float]], width: int = 48, height: int = 8) 
     return rows
 
 
-async def _latency(url: str, per_min: float, n: int) -> tuple[float, float]:
-    """p99 (ms) of one answer for 50 candidates, and of the existing budget read of the same 50."""
+def _latency_catalog() -> Catalog:
     records = [
         {
             "campaign_id": f"c{i}",
@@ -241,14 +241,20 @@ async def _latency(url: str, per_min: float, n: int) -> tuple[float, float]:
         }
         for i in range(50)
     ]
-    catalog = Catalog.from_records(records)
+    return Catalog.from_records(records)
+
+
+async def _latency(url: str, n: int) -> tuple[float, float, float, float]:
+    """p99 and p50 (ms) of one answer for 50 candidates, and of the existing budget read of the
+    same 50."""
+    catalog = _latency_catalog()
     settings = Settings().replace(redis_url=url)
     redis = connect(RedisSettings(url=url))
     keys = Keys.of(settings.keys)
     answers = AnswerReader(redis, catalog, keys, settings.pacing)
     await answers.load()
     budgets = BudgetReader(redis, catalog, keys)
-    ids = [str(r["campaign_id"]) for r in records]
+    ids = [c.campaign_id for c in catalog]
     ours, base = [], []
     for k in range(n):
         t = DAY0 + k
@@ -259,11 +265,139 @@ async def _latency(url: str, per_min: float, n: int) -> tuple[float, float]:
         await budgets.states(ids, t)
         base.append(time.perf_counter() - s)
     await redis.aclose()
-    q = statistics.quantiles
-    return q(ours, n=100)[98] * 1000, q(base, n=100)[98] * 1000
+    a, b = statistics.quantiles(ours, n=100), statistics.quantiles(base, n=100)
+    return a[98] * 1000, b[98] * 1000, a[49] * 1000, b[49] * 1000
+
+
+PACED_LOAD = """
+import asyncio, sys, time, httpx
+target, key, rate, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+async def main():
+    gap = 1.0 / rate
+    async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=5) as client:
+        start = time.monotonic()
+        sent, tasks = 0, set()
+        while time.monotonic() - start < seconds:
+            due = start + sent * gap
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t = asyncio.create_task(client.get(target))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+            sent += 1
+        await asyncio.gather(*tasks, return_exceptions=True)
+    print(sent / (time.monotonic() - start))
+asyncio.run(main())
+"""
+
+
+def _http_latency(url: str, n: int, rate: float, seconds: float) -> tuple[float, float, float]:
+    """p99 and p50 (ms) of ``/v1/answer`` for 50 candidates from this process, while a second
+    process sends the same request at ``rate`` per second; and the rate it reached."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import httpx
+    import yaml
+
+    from devtools.servers import free_port
+    from reporting.auth import add_key
+
+    folder = Path(tempfile.mkdtemp(prefix="attribution-bench-pacing-"))
+    catalog = _latency_catalog()
+    (folder / "catalog.yaml").write_text(yaml.safe_dump({"campaigns": catalog.to_records()}))
+    key = add_key(folder / "keys.yaml", "ads", "ad_server")
+    load_key = add_key(folder / "keys.yaml", "ads-load", "ad_server")
+    port = free_port()
+    rates = {
+        f"ATTRIBUTION_API_RATE_{role}_{knob}": "1000000"
+        for role in ("ADMIN", "ADVERTISER", "AD_SERVER", "ANONYMOUS")
+        for knob in ("PER_S", "BURST")
+    }
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")},
+        "ATTRIBUTION_LAKE_URL": f"file://{folder}/lake",
+        "ATTRIBUTION_CATALOG_URL": str(folder / "catalog.yaml"),
+        "ATTRIBUTION_API_KEYS_PATH": str(folder / "keys.yaml"),
+        "ATTRIBUTION_REDIS_URL": url,
+        **rates,
+    }
+    exe = str(Path(sys.executable).with_name("attribution"))
+    api = subprocess.Popen([exe, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    ids = "&".join(f"campaign_id=c{i}" for i in range(50))
+    target = f"{base}/v1/answer?user_id=u1&{ids}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/health", headers={"X-API-Key": key}).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        load = subprocess.Popen(
+            [sys.executable, "-c", PACED_LOAD, target, load_key, str(rate), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.5)
+        times = []
+        with httpx.Client(headers={"X-API-Key": key}) as c:
+            for i in range(n):
+                t0 = time.perf_counter()
+                resp = c.get(f"{base}/v1/answer?user_id=u{i % 100}&{ids}")
+                times.append(time.perf_counter() - t0)
+                assert resp.status_code == 200, resp.text
+        out, _ = load.communicate(timeout=seconds + 60)
+        reached = float(out.strip() or 0)
+    finally:
+        api.terminate()
+        api.wait(10)
+    q = statistics.quantiles(times, n=100)
+    return q[98] * 1000, q[49] * 1000, reached
 
 
 def run() -> None:
+    part = os.environ.get("BENCH_PACING", "all")
+    if part not in ("all", "loop", "latency"):
+        raise SystemExit(f"BENCH_PACING = {part!r}: must be all, loop or latency")
+    if part in ("all", "loop"):
+        _loop()
+    if part in ("all", "latency"):
+        with LocalRedis() as server:
+            ours_p99, base_p99, ours_p50, base_p50 = asyncio.run(
+                _latency(server.url, 300 if quick() else 3_000)
+            )
+            http_p99, http_p50, reached = _http_latency(
+                server.url, 300 if quick() else 3_000, 1_000.0, 5.0 if quick() else 20.0
+            )
+        rows = [
+            Row(
+                "answer p99, 50 candidates, direct",
+                ours_p99,
+                base_p99,
+                unit="ms",
+                note=f"baseline: the existing BudgetReader read of the same 50 (no frequency, no pacing); "
+                f"p50 {ours_p50:.2f} ms vs {base_p50:.2f} ms",
+            ),
+            Row(
+                "answer p99, 50 candidates, HTTP",
+                http_p99,
+                5.0,
+                unit="ms",
+                note=f"baseline: the 5 ms target; p50 {http_p50:.2f} ms; a second process sent "
+                f"{reached:.0f} requests/s of the same",
+            ),
+        ]
+        print_table("The ad server's answer: read latency", rows, "answer", "baseline")
+        console.print(
+            f"[dim]load average while it ran: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores[/dim]"
+        )
+
+
+def _loop() -> None:
     per_min = 4.0 if quick() else 12.0
     with LocalRedis() as server:
         results: dict[str, Result] = {}
@@ -271,7 +405,6 @@ def run() -> None:
             started = time.perf_counter()
             results[mode] = asyncio.run(_simulate(mode, server.url, per_min))
             console.print(f"[dim]{mode}: two simulated days in {time.perf_counter() - started:.0f} s[/dim]")
-        ours_p99, base_p99 = asyncio.run(_latency(server.url, per_min, 300 if quick() else 3_000))
 
     console.print("\n[bold]Pacing, day 2 of a closed loop through the real speed layer[/bold]")
     header = f"{'campaign':<11}" + "".join(f"| {m:^31} " for m in MODES)
@@ -316,16 +449,8 @@ def run() -> None:
         f_ours = sum(ours.free[c][0] for c in ours.free)
         f_base = sum(base.free[c][0] for c in base.free)
         rows.append(Row(f"free conversions vs {m}", f_ours, f_base, unit="orders"))
-    rows.append(
-        Row(
-            "answer p99, 50 candidates (direct)",
-            ours_p99,
-            base_p99,
-            unit="ms",
-            note="baseline: BudgetReader of 50",
-        )
-    )
     print_table("Pacing: the controller against no pacing and the ratio", rows, "controller", "other")
+    console.print(f"[dim]load average while it ran: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores[/dim]")
     for m in MODES:
         console.print(f"\n[bold]{m}[/bold]: cumulative spend (*) vs target (.) on day 2")
         for cid in ("mid", "tight", "very-tight"):
