@@ -50,6 +50,7 @@ DAY_MS = 24 * HOUR_MS
 DAY0 = 1_796_601_600_000  # 2026-12-07T00:00:00Z
 CTR, CVR, FEE = 0.05, 0.08, 500
 MEAN_DELAY = 40 * MIN_MS
+LATE_SHARE = 0.3  # of orders, uniformly within two days (the generator's delays); the rest exponential
 # Requests per minute by hour of the day (night, morning, afternoon, evening peak).
 SHAPE = [0.25] * 6 + [0.9] * 3 + [1.2] * 6 + [1.1] * 3 + [1.8] * 4 + [0.7] * 2
 MODES = ("no pacing", "ratio", "controller")
@@ -117,7 +118,14 @@ def _serve_p(mode: str, answer: Any, ratio: float | None, elapsed: float) -> flo
 async def _simulate(mode: str, url: str, per_min: float, seed: int = 11) -> Result:
     rng = random.Random(seed)
     catalog = _catalog(per_min)
-    settings = Settings().replace(redis_url=url, keys_budget_shards=2)
+    # The controller is told the delay mixture the simulation draws from (learning it is open).
+    settings = Settings().replace(
+        redis_url=url,
+        keys_budget_shards=2,
+        pacing_mean_delay_ms=MEAN_DELAY,
+        pacing_long_delay_share=LATE_SHARE,
+        pacing_long_delay_ms=2 * DAY_MS,
+    )
     redis = connect(RedisSettings(url=url))
     await redis.flushdb()
     now = {"ms": DAY0}
@@ -171,7 +179,7 @@ async def _simulate(mode: str, url: str, per_min: float, seed: int = 11) -> Resu
                     ct = t + rng.randrange(1_000, 30_000)
                     events.append({**base, "event_id": f"c{serial}", "event_type": "click", "event_time": ct})
                     if rng.random() < CVR:
-                        late = rng.random() >= 0.7
+                        late = rng.random() < LATE_SHARE
                         delay = rng.uniform(MIN_MS, 2 * DAY_MS) if late else rng.expovariate(1 / MEAN_DELAY)
                         ot = ct + int(delay)
                         order = {

@@ -220,6 +220,8 @@ class Pacer:
                 windows.click_ms if code == "c" else windows.view_ms,
                 self.section.mean_delay_ms,
                 horizon,
+                self.section.long_delay_share,
+                self.section.long_delay_ms,
             )
             for code, groups in open_groups.items()
         )

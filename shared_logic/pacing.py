@@ -288,15 +288,23 @@ def conversion_rate(touches: int, orders: int, prior_rate: float, prior_touches:
     return min((orders + prior_rate * prior_touches) / (touches + prior_touches), 1.0)
 
 
-def delay_cdf(age_ms: float, window_ms: int, mean_delay_ms: float) -> float:
-    """Share of a touch's conversions (those inside its window) that happen within ``age_ms``:
-    an exponential delay with mean ``mean_delay_ms`` cut at the window, so 1 at the window."""
+def delay_cdf(
+    age_ms: float, window_ms: int, mean_delay_ms: float, long_share: float = 0.0, long_delay_ms: int = 0
+) -> float:
+    """Share of a touch's conversions (those inside its window) that happen within ``age_ms``: a
+    mixture of an exponential delay with mean ``mean_delay_ms`` (weight ``1 − long_share``) and
+    a uniform one over ``long_delay_ms`` (weight ``long_share``: the orders that come days
+    later), cut at the window, so 1 at the window."""
     if age_ms <= 0:
         return 0.0
     if age_ms >= window_ms:
         return 1.0
     rate = 1.0 / mean_delay_ms
-    return (1.0 - math.exp(-rate * age_ms)) / (1.0 - math.exp(-rate * window_ms))
+    fast = (1.0 - math.exp(-rate * age_ms)) / (1.0 - math.exp(-rate * window_ms))
+    if long_share <= 0 or long_delay_ms <= 0:
+        return fast
+    span = min(long_delay_ms, window_ms)
+    return (1.0 - long_share) * fast + long_share * min(age_ms / span, 1.0)
 
 
 def in_flight_liability(
@@ -306,25 +314,36 @@ def in_flight_liability(
     window_ms: int,
     mean_delay_ms: float,
     horizon_ms: int,
+    long_share: float = 0.0,
+    long_delay_ms: int = 0,
 ) -> float:
     """The expected charge, inside the next ``horizon_ms`` (what is left of the budget day), of
     touches already served: ``Σ n · rate · charge · (G(min(a + h, window)) − G(a)) / (1 − rate ·
-    G(a))`` over ``(age a, count n)`` groups of open touches, ``G`` the delay CDF.
+    G(a))`` over ``(age a, count n)`` groups of open touches, ``G`` the delay CDF (``delay_cdf``).
 
     A touch's remaining chance decays with its age and is 0 past its window; the divisor
     conditions on its not having converted yet (a touch that converted is spend, not liability).
     """
-    if not 0 <= rate <= 1 or charge_minor < 0 or window_ms <= 0 or mean_delay_ms <= 0 or horizon_ms < 0:
+    if (
+        not 0 <= rate <= 1
+        or charge_minor < 0
+        or window_ms <= 0
+        or mean_delay_ms <= 0
+        or horizon_ms < 0
+        or not 0 <= long_share <= 1
+        or long_delay_ms < 0
+    ):
         raise ValueError(
             f"rate = {rate}, charge_minor = {charge_minor}, window_ms = {window_ms}, "
-            f"mean_delay_ms = {mean_delay_ms}, horizon_ms = {horizon_ms}: out of range"
+            f"mean_delay_ms = {mean_delay_ms}, horizon_ms = {horizon_ms}, long_share = {long_share}, "
+            f"long_delay_ms = {long_delay_ms}: out of range"
         )
     total = 0.0
     for age, count in open_touches:
         if count <= 0 or age >= window_ms:
             continue
-        g0 = delay_cdf(age, window_ms, mean_delay_ms)
-        g1 = delay_cdf(age + horizon_ms, window_ms, mean_delay_ms)
+        g0 = delay_cdf(age, window_ms, mean_delay_ms, long_share, long_delay_ms)
+        g1 = delay_cdf(age + horizon_ms, window_ms, mean_delay_ms, long_share, long_delay_ms)
         alive = 1.0 - rate * g0
         if alive > 0:
             total += count * rate * charge_minor * (g1 - g0) / alive

@@ -386,6 +386,12 @@ class PacingSettings(_Section):
     mean_delay_ms: int = Field(
         40 * 60_000, gt=0, description="mean delay from a touch to its order (the liability's decay)"
     )
+    long_delay_share: float = Field(
+        0.0, ge=0, le=1, description="share of orders that come days later, spread evenly over long_delay_ms"
+    )
+    long_delay_ms: int = Field(
+        2 * MS_PER_DAY, gt=0, description="the span of the late orders' delays (long_delay_share)"
+    )
     touch_group_ms: int = Field(
         600_000,
         ge=60_000,

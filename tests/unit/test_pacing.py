@@ -304,3 +304,15 @@ def test_in_a_closed_loop_asap_spends_a_tight_cap_out_early() -> None:
     assert over == 0
     assert out_at is not None
     assert out_at < 12
+
+
+def test_a_long_delay_share_keeps_old_touches_in_flight() -> None:
+    """Orders that come days later (``long_share`` spread over ``long_delay_ms``) keep a day-old
+    click liable; without them it is spent out within hours."""
+    window, mean, long = 7 * DAY_MS, 40 * MIN_MS, 2 * DAY_MS
+    assert delay_cdf(DAY_MS, window, mean, 0.3, long) == pytest.approx(0.7 + 0.3 * 0.5)
+    assert delay_cdf(3 * DAY_MS, window, mean, 0.3, long) == pytest.approx(1.0)
+    day_old = [(DAY_MS, 100)]
+    assert in_flight_liability(day_old, 0.02, 500, window, mean, 12 * HOUR_MS) < 1e-6
+    with_tail = in_flight_liability(day_old, 0.02, 500, window, mean, 12 * HOUR_MS, 0.3, long)
+    assert with_tail == pytest.approx(100 * 0.02 * 500 * 0.3 * 0.25 / (1 - 0.02 * 0.85))
