@@ -59,6 +59,15 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+# Adds counts to a campaign's touch groups and renews the hash's TTL. KEYS[1] the groups hash;
+# ARGV[1] the TTL in ms, then group, count pairs. (It only increments: nothing to check first.)
+_ADD_GROUPS = """
+for i = 2, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 _KIND_CODE = {TouchKind.CLICK: "c", TouchKind.VIEW: "v"}
 STATE_TTL_MS = 3 * MS_PER_DAY
 
@@ -118,9 +127,11 @@ class Pacer:
                 pipe.zadd(key, {event_id: time_ms})
                 pipe.zremrangebyrank(key, 0, -(cap + 1))  # the newest ``cap`` decide a cap
                 pipe.pexpire(key, ttl)
+            per_campaign: dict[str, list[Any]] = {}
             for (cid, fld), n in self._groups.items():
-                pipe.hincrby(self.keys.pacing_touches(cid), fld, n)
-                pipe.pexpire(self.keys.pacing_touches(cid), keep)
+                per_campaign.setdefault(cid, []).extend((fld, n))
+            for cid, pairs in per_campaign.items():  # one command per campaign, not one per group
+                pipe.execute_command("EVAL", _ADD_GROUPS, 1, self.keys.pacing_touches(cid), keep, *pairs)
             await pipe.execute()
         self._impressions.clear()
         self._groups.clear()
