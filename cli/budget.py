@@ -99,6 +99,9 @@ def _table(states: list[Any], title: str) -> Table:
         "remaining",
         "exhausted",
         "pacing",
+        "serve p",
+        "in flight",
+        "frequency cap",
     ):
         table.add_column(col, justify="right" if col not in ("campaign", "day") else "left")
     for s in states:
@@ -112,8 +115,20 @@ def _table(states: list[Any], title: str) -> Table:
             money(s.remaining_minor, s.currency),
             "[red]yes[/red]" if s.exhausted else "no",
             "-" if s.pacing is None else f"{s.pacing:.2f}",
+            f"{s.serve_probability:.3f}",
+            money(None if s.liability_minor is None else round(s.liability_minor), s.currency),
+            "-"
+            if s.frequency_cap_impressions is None
+            else f"{s.frequency_cap_impressions} / {_duration(s.frequency_cap_window_ms)}",
         )
     return table
+
+
+def _duration(ms: int | None) -> str:
+    """A frequency cap's window as the ad team says it: ``90 min``, ``24 h``."""
+    if ms is None:
+        return "-"
+    return f"{ms // 3_600_000} h" if ms % 3_600_000 == 0 else f"{ms / 60_000:g} min"
 
 
 async def _states(config: Settings, cat: Catalog, ids: list[str], now_ms: int) -> list[Any]:
@@ -123,6 +138,8 @@ async def _states(config: Settings, cat: Catalog, ids: list[str], now_ms: int) -
 
     redis = connect(config.redis)
     try:
-        return await BudgetReader(redis, cat, Keys.of(config.keys)).states(ids, now_ms)
+        return await BudgetReader(redis, cat, Keys.of(config.keys), config.pacing.config()).states(
+            ids, now_ms
+        )
     finally:
         await redis.aclose()

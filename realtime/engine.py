@@ -64,6 +64,7 @@ from realtime.clock import TP, Clocks, tp_name
 from realtime.deadletters import DeadLetterSink
 from realtime.keys import Keys
 from realtime.metrics import Metrics
+from realtime.pacing import Pacer
 from realtime.routing import UserPartitions
 from realtime.schedule import Action, ActionQueue
 from realtime.scripts import Scripts
@@ -161,6 +162,7 @@ class SpeedLayer:
         self._released_at: dict[str, float] = {}
         self._day_cache: dict[int, str] = {}
         self._published: dict[str, str] = {}
+        self.pacer = Pacer(redis, catalog, self.keys, settings, self.policy)  # frequency caps, pacing
 
     async def start(self) -> None:
         """Load the scripts (partitions are assigned by the source: ``assign``, or implicitly)."""
@@ -293,6 +295,8 @@ class SpeedLayer:
                 continue
             for (_kind, item), r in zip(ops.tags, res, strict=True):
                 self._ingested(item, r, batch, duplicates, conflicts)
+                if isinstance(item, codec.TouchItem):
+                    self.pacer.observe(item, r)
         rounds = 0
         while conflicts:  # the identity rule: which copy stands (rare: only conflicting copies)
             rounds += 1
@@ -456,6 +460,7 @@ class SpeedLayer:
         self.settle_bound = bound
         await self._settle(shard_actions, bound, out)
         await self._checkpoint(released)
+        await self.pacer.run(local, END_OF_TIME)
         self.metrics.pending.set(len(self.queue))
         for tp, c in self.clocks.parts.items():
             labels = (tp[0], str(tp[1]))

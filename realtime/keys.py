@@ -105,3 +105,18 @@ class Keys:
     def dead_letters(self) -> str:
         """The dead-letter stream of the embedded default (``redis://`` sink)."""
         return f"{self.prefix}:dead-letters"
+
+    # pacing and frequency caps (the ad server's answer; ``serving`` reads them)
+    def pacing(self, campaign_id: str) -> str:
+        """The pacing controller's state of a campaign (a hash, ``PACING_FIELDS``), in its budget shard."""
+        return f"{self._b(self.shard(campaign_id))}:pace:{campaign_id}"
+
+    def pacing_touches(self, campaign_id: str) -> str:
+        """A campaign's served touches by time group (a hash ``<group start ms>`` → count), the
+        open touches the controller's in-flight liability counts, in its budget shard."""
+        return f"{self._b(self.shard(campaign_id))}:pace-t:{campaign_id}"
+
+    def frequency(self, bucket: int, user_id: str, campaign_id: str) -> str:
+        """One user's impressions of one campaign (a sorted set: event id scored by time), in the
+        user's bucket; trimmed to the cap and expiring with the cap's window."""
+        return f"{self.prefix}:{{u{bucket}}}:f:{user_id}:{campaign_id}"

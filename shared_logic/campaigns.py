@@ -27,6 +27,7 @@ from pydantic import (
 
 from shared_logic.errors import InvalidCampaign
 from shared_logic.money import MAX_AMOUNT_MINOR, MAX_COUNTER_MINOR, currency_exponent
+from shared_logic.pacing import DeliveryMode
 from shared_logic.timeutil import MS_PER_DAY, to_epoch_ms
 
 DEFAULT_CLICK_WINDOW_MS = 7 * MS_PER_DAY
@@ -96,6 +97,7 @@ class Budget(_Frozen):
     daily_minor: Annotated[int, Field(gt=0, le=MAX_COUNTER_MINOR)] | None = None
     lifetime_minor: Annotated[int, Field(gt=0, le=MAX_COUNTER_MINOR)] | None = None
     timezone: TimeZoneName = "UTC"
+    delivery: DeliveryMode | None = None
 
     @model_validator(mode="after")
     def _daily_within_lifetime(self) -> Self:
@@ -105,7 +107,26 @@ class Budget(_Frozen):
             and self.daily_minor > self.lifetime_minor
         ):
             raise ValueError("daily_minor may not exceed lifetime_minor")
+        if self.delivery is DeliveryMode.EVEN and self.daily_minor is None:
+            raise ValueError("delivery 'even' spreads a daily cap through the day: it needs daily_minor")
         return self
+
+    @property
+    def delivery_mode(self) -> DeliveryMode:
+        """``delivery``, or its default: ``even`` with a daily cap, ``asap`` without."""
+        if self.delivery is not None:
+            return self.delivery
+        return DeliveryMode.EVEN if self.daily_minor is not None else DeliveryMode.ASAP
+
+
+MAX_FREQUENCY_WINDOW_MS = 30 * MS_PER_DAY
+
+
+class FrequencyCap(_Frozen):
+    """At most ``impressions`` impressions of the campaign per user in any rolling ``window_ms``."""
+
+    impressions: Annotated[int, Field(gt=0, le=1_000_000)]
+    window_ms: Annotated[int, Field(gt=0, le=MAX_FREQUENCY_WINDOW_MS)]
 
 
 class Campaign(_Frozen):
@@ -120,6 +141,7 @@ class Campaign(_Frozen):
     pricing: Pricing
     budget: Budget = Budget()
     windows: Windows | None = None
+    frequency_cap: FrequencyCap | None = None
     start_ms: EpochMs | None = None
     end_ms: EpochMs | None = None
     name: str = ""

@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 from shared_logic.contract import MODEL_NAMES
 from shared_logic.errors import InvalidSetting
+from shared_logic.pacing import PacingConfig
 from shared_logic.policy import (
     DEFAULT_ALLOWED_LATENESS_MS,
     DEFAULT_CANCEL_HORIZON_DAYS,
@@ -360,6 +361,62 @@ class SinkSettings(_Section):
     metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics here (0: off)")
 
 
+class PacingSettings(_Section):
+    """The pacing controller (``shared_logic.pacing``): how the speed layer runs it, what the ad
+    server's answer assumes before it has run."""
+
+    interval_ms: int = Field(60_000, ge=1_000, description="event time between two controller steps")
+    max_step: float = Field(0.10, gt=0, lt=1, description="largest relative change of p in one step")
+    start_probability: float = Field(
+        0.10, gt=0, le=1, description="p at a capped campaign's first step of a budget day (cautious)"
+    )
+    min_probability: float = Field(
+        0.001, gt=0, le=1, description="p never falls below this while a cap is open"
+    )
+    estimate_half_life_ms: int = Field(
+        30 * 60_000, gt=0, description="half-life of the full-serving spend estimate's history"
+    )
+    spend_out_margin_ms: int = Field(
+        3_600_000, ge=0, description="the target curve reaches the cap this long before the day ends"
+    )
+    prior_conversion_rate: float = Field(
+        0.01, ge=0, le=1, description="orders per touch assumed for a campaign with little history"
+    )
+    prior_touches: float = Field(500.0, ge=0, description="weight of the prior rate, in touches")
+    mean_delay_ms: int = Field(
+        40 * 60_000, gt=0, description="mean delay from a touch to its order (the liability's decay)"
+    )
+    long_delay_share: float = Field(
+        0.0, ge=0, le=1, description="share of orders that come days later, spread evenly over long_delay_ms"
+    )
+    long_delay_ms: int = Field(
+        2 * MS_PER_DAY, gt=0, description="the span of the late orders' delays (long_delay_share)"
+    )
+    touch_group_ms: int = Field(
+        600_000,
+        ge=60_000,
+        description="served touches are counted per group of this length for the liability",
+    )
+
+    @model_validator(mode="after")
+    def _start_above_floor(self) -> Self:
+        if self.min_probability > self.start_probability:
+            raise ValueError(
+                f"min_probability = {self.min_probability}: must not exceed start_probability = "
+                f"{self.start_probability}"
+            )
+        return self
+
+    def config(self) -> PacingConfig:
+        return PacingConfig(
+            self.max_step,
+            self.start_probability,
+            self.min_probability,
+            self.estimate_half_life_ms,
+            self.spend_out_margin_ms,
+        )
+
+
 _SECTIONS = (
     "redis",
     "keys",
@@ -373,6 +430,7 @@ _SECTIONS = (
     "batch",
     "realtime",
     "sink",
+    "pacing",
 )
 
 
@@ -421,6 +479,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = BatchSettings()
     realtime: RealtimeSettings = RealtimeSettings()
     sink: SinkSettings = SinkSettings()
+    pacing: PacingSettings = PacingSettings()
 
     @classmethod
     def settings_customise_sources(

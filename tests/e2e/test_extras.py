@@ -153,3 +153,48 @@ def test_the_worker_runs_on_in_memory_channels_with_only_its_extra(
     assert "orders attributed" in replay.stdout
     events = sum(1 for _ in (tmp_path / "events.jsonl").open())
     assert f"replay: {events:,} events" in replay.stdout
+
+
+ANSWER_SCRIPT = """
+import asyncio, sys
+from realtime.client import connect
+from realtime.keys import Keys
+from serving import AnswerReader
+from shared_logic import Catalog
+from shared_logic.settings import load_settings
+
+async def main():
+    settings = load_settings()
+    catalog = Catalog.from_records([{
+        "campaign_id": "c1", "advertiser_id": "a", "lever": "ad", "merchant_ids": ["m"],
+        "currency": "USD", "pricing": {"model": "fixed", "fee_minor": 100},
+        "budget": {"daily_minor": 1000},
+    }])
+    keys = Keys.of(settings.keys)
+    redis = connect(settings.redis)
+    await redis.set(keys.spend_day("c1", "2026-11-01"), 400)
+    reader = AnswerReader(redis, catalog, keys, settings.pacing)
+    (a,) = await reader.answer("u1", ["c1"], 1793500000000)
+    print(a.servable, a.remaining_minor, a.serve_probability)
+    await redis.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_the_ad_servers_client_answers_with_only_its_extra(tmp_path: Path, redis_url: str) -> None:
+    """``.[adserver]`` alone: the answer reads Redis, and neither Faust, Spark, FastAPI nor the
+    API's libraries are installed."""
+    python = _venv(tmp_path / "venv-adserver", "adserver")
+    heavy = ["faust", "pyspark", "fastapi", "uvicorn", "duckdb", "pyarrow", "aiokafka", "orjson"]
+    assert _importable(python, ["serving", "redis", *heavy]) == ["serving", "redis"]
+    out = subprocess.run(
+        [str(python), "-c", ANSWER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=_clean_env(ATTRIBUTION_REDIS_URL=redis_url, ATTRIBUTION_PACING_START_PROBABILITY="0.25"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "600", "0.25"]

@@ -244,7 +244,7 @@ async def _outcome(url: str) -> dict[str, Any]:
     return {
         k: v
         for k, v in state.items()
-        if not k.endswith((":clocks", ":dead-letters")) and ":ratelimit:" not in k
+        if not k.endswith((":clocks", ":dead-letters")) and ":ratelimit:" not in k and ":pace" not in k
     }
 
 

@@ -1,0 +1,212 @@
+"""One ad request's answer: for a user and its candidate campaigns, which may be served and how often.
+
+For each candidate: servable, or the reason it is not (``Reason``); the serve probability the
+pacing controller published (``shared_logic.pacing``); what is left of its caps; and how old the
+controller's state is. The reads are one Redis round trip: one pipeline holding one read-only
+script call per budget shard of the candidates (spend and pacing state) and one for the user's
+bucket (frequency counts), so on a Redis Cluster each call stays in one slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from realtime.keys import Keys
+from shared_logic import Campaign, Catalog, budget_day
+from shared_logic.errors import InvalidInput
+from shared_logic.pacing import PACING_FIELDS, PacingState, decode_state, published_probability
+from shared_logic.settings import PacingSettings
+
+#: Candidates one request may name (a realistic list is about 50).
+MAX_CANDIDATES = 500
+
+
+class Reason(StrEnum):
+    """Why a candidate may not be served, in the order they are checked."""
+
+    UNKNOWN = "unknown"
+    INACTIVE = "inactive"
+    LIFETIME_EXHAUSTED = "lifetime_exhausted"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    FREQUENCY_CAPPED = "frequency_capped"
+
+
+@dataclass(frozen=True, slots=True)
+class AdAnswer:
+    """The engine's answer for one candidate campaign of one ad request.
+
+    ``serve_probability`` is 0 when the campaign is not servable; ``remaining_minor`` is what the
+    daily and lifetime caps leave (minor units of ``currency``; None without a cap);
+    ``liability_minor`` the in-flight liability the controller counted; ``state_age_ms`` how long
+    ago (event time) the controller last stepped (None before it ever has: the probability is
+    then ``start_probability`` for ``even`` delivery, 1 for ``asap``); ``impressions`` the user's
+    impressions of the campaign inside its frequency cap's window (None without a cap).
+    """
+
+    campaign_id: str
+    servable: bool
+    reason: Reason | None
+    serve_probability: float
+    remaining_minor: int | None
+    currency: str | None
+    budget_day: str | None
+    liability_minor: float | None
+    state_age_ms: int | None
+    impressions: int | None
+
+
+class _Script:
+    def __init__(self, name: str) -> None:
+        self.text = resources.files("serving").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+    def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+_BUDGET = _Script("budget_read")
+_FREQUENCY = _Script("frequency_read")
+_PER_CAMPAIGN = 2 + len(PACING_FIELDS)
+
+
+def _int(raw: Any) -> int:
+    return int(raw) if raw is not None else 0
+
+
+class AnswerReader:
+    """Answers ad requests from the speed layer's Redis (``redis.asyncio`` ``Redis`` or
+    ``RedisCluster``), the catalog and the key layout the worker writes with."""
+
+    def __init__(
+        self, redis: Any, catalog: Catalog, keys: Keys, pacing: PacingSettings | None = None
+    ) -> None:
+        self.redis, self.catalog, self.keys = redis, catalog, keys
+        self.pacing = pacing or PacingSettings()
+        self.config = self.pacing.config()
+
+    async def load(self) -> None:
+        """Load the read scripts (on every primary of a cluster), so the first answer is one
+        round trip too; an answer that finds them missing loads them itself."""
+        await self.redis.script_load(_BUDGET.text)
+        await self.redis.script_load(_FREQUENCY.text)
+
+    async def answer(self, user_id: str, campaign_ids: Sequence[str], now_ms: int) -> list[AdAnswer]:
+        """The answer for ``user_id`` and each of ``campaign_ids`` at ``now_ms``, in their order."""
+        if not user_id:
+            raise InvalidInput("user_id", user_id, "must not be empty")
+        if len(campaign_ids) > MAX_CANDIDATES:
+            raise InvalidInput("campaign_id", len(campaign_ids), f"at most {MAX_CANDIDATES} candidates")
+        known = [c for cid in dict.fromkeys(campaign_ids) if (c := self.catalog.get(cid)) is not None]
+        days = {c.campaign_id: budget_day(now_ms, c.budget.timezone).isoformat() for c in known}
+        by_shard: dict[int, list[Campaign]] = {}
+        for c in known:
+            by_shard.setdefault(self.keys.shard(c.campaign_id), []).append(c)
+        capped = [c for c in known if c.frequency_cap is not None]
+        raw = await self._read(user_id, by_shard, days, capped, now_ms)
+
+        budget: dict[str, Sequence[Any]] = {}
+        for (_, campaigns), values in zip(by_shard.items(), raw, strict=False):
+            for i, c in enumerate(campaigns):
+                budget[c.campaign_id] = values[i * _PER_CAMPAIGN : (i + 1) * _PER_CAMPAIGN]
+        seen = dict(zip((c.campaign_id for c in capped), raw[-1], strict=True)) if capped else {}
+        return [self._one(cid, budget.get(cid), seen.get(cid), days.get(cid), now_ms) for cid in campaign_ids]
+
+    async def _read(
+        self,
+        user_id: str,
+        by_shard: dict[int, list[Campaign]],
+        days: dict[str, str],
+        capped: list[Campaign],
+        now_ms: int,
+    ) -> list[Any]:
+        bucket = self.keys.bucket(user_id)
+
+        def queue(pipe: Any) -> None:
+            for campaigns in by_shard.values():
+                keys: list[str] = []
+                for c in campaigns:
+                    cid = c.campaign_id
+                    keys += [
+                        self.keys.spend_day(cid, days[cid]),
+                        self.keys.spend_lifetime(cid),
+                        self.keys.pacing(cid),
+                    ]
+                _BUDGET.queue(pipe, keys, PACING_FIELDS)
+            if capped:
+                _FREQUENCY.queue(
+                    pipe,
+                    [self.keys.frequency(bucket, user_id, c.campaign_id) for c in capped],
+                    [now_ms, *(c.frequency_cap.window_ms for c in capped if c.frequency_cap)],
+                )
+
+        if not by_shard:
+            return []
+        for attempt in (0, 1):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                queue(pipe)
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                # A node restarted or failed over: load (on every primary) and read again; reads
+                # change nothing, so the repeat is safe.
+                await self.load()
+                continue
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return results
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _one(
+        self,
+        campaign_id: str,
+        values: Sequence[Any] | None,
+        impressions: int | None,
+        day: str | None,
+        now_ms: int,
+    ) -> AdAnswer:
+        c = self.catalog.get(campaign_id)
+        if c is None or values is None or day is None:
+            return AdAnswer(campaign_id, False, Reason.UNKNOWN, 0.0, None, None, None, None, None, None)
+        b = c.budget
+        spent_day, spent_life = _int(values[0]), _int(values[1])
+        state: PacingState | None = decode_state(values[2:])
+        left = [
+            cap - spent
+            for cap, spent in ((b.daily_minor, spent_day), (b.lifetime_minor, spent_life))
+            if cap is not None
+        ]
+        remaining = max(min(left), 0) if left else None
+        reason: Reason | None = None
+        if not c.active_at(now_ms):
+            reason = Reason.INACTIVE
+        elif b.lifetime_minor is not None and spent_life >= b.lifetime_minor:
+            reason = Reason.LIFETIME_EXHAUSTED
+        elif b.daily_minor is not None and spent_day >= b.daily_minor:
+            reason = Reason.BUDGET_EXHAUSTED
+        elif c.frequency_cap is not None and (impressions or 0) >= c.frequency_cap.impressions:
+            reason = Reason.FREQUENCY_CAPPED
+        today = state if state is not None and state.day == day else None
+        probability = (
+            0.0
+            if reason is not None
+            else published_probability(state, day, remaining is not None, b.delivery_mode, self.config)
+        )
+        return AdAnswer(
+            campaign_id,
+            reason is None,
+            reason,
+            probability,
+            remaining,
+            c.currency,
+            day,
+            None if today is None else today.liability_minor,
+            None if state is None else max(now_ms - state.at_ms, 0),
+            impressions if c.frequency_cap is not None else None,
+        )

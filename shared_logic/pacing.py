@@ -1,0 +1,397 @@
+"""The pacing controller: a serve probability per campaign that makes its budget last the day.
+
+Pure and deterministic: the speed layer calls ``step`` on a short event-time interval with what
+Redis holds, and stores the returned ``PacingState``; the ad server serves a campaign with the
+state's ``probability`` (a pass-through rate, as LinkedIn's budget pacing calls it).
+
+Cost-per-order spend arrives late (a click at 09:00 is charged at 09:40, or on day 6 of its
+window), so the controller counts the **in-flight liability** ``L`` (the expected charge of
+touches served and still open, see ``in_flight_liability``) as spent already. With spend ``S``
+of the budget day so far and the caps, what is left to commit is
+
+    R = min(daily_cap − S_day, lifetime_cap − S_life) − L
+
+The **target curve** ``W(t)`` is the share of the day's traffic seen by ``t`` (from the campaign's
+traffic by local hour, ``TrafficShape``; flat without history), rescaled to reach 1 at the
+spend-out point ``day end − margin``. The controller keeps an estimate ``F`` of the committed
+spend (charges plus liability) the campaign would make over a whole day served at probability 1:
+a ratio of exponentially decayed sums, each step adding the committed spend it saw
+(``ΔC = ΔS + ΔL``) over the exposure it served (``p · ΔW``):
+
+    F = Σ λᵏ ΔCₖ / Σ λᵏ pₖ ΔWₖ          (λ from ``estimate_half_life_ms``)
+
+Served at ``p`` for the rest of the day the campaign commits ``p · F · (1 − W(t))``, so the
+probability that spends ``R`` exactly by the spend-out point is
+
+    p* = R / (F · (1 − W(t)))
+
+and the new probability moves towards it by at most a bounded step (``max_step``, ±10% in
+LinkedIn's controller, KDD 2014), ``p ← clamp(p*, p(1 − s), p(1 + s))`` within
+``[min_probability, 1]``. Without an estimate yet (nothing committed), ``p`` rises by a step; the
+first step of a budget day starts from ``start_probability`` (cautious, as LinkedIn's does).
+
+Hard limits override the bounded step: no cap gives 1.0, a spent cap (``R + L ≤ 0``: real spend,
+not liability) gives 0.0. Delivery mode ``asap`` (Google's accelerated delivery) aims at
+``p* = 1`` while ``R > 0`` and at ``0`` once the liability fills what is left; ``even``
+(standard delivery, the default with a daily cap) follows the curve.
+
+Monotone in spend: more spend lowers ``R`` and raises ``F``'s newest ``ΔC``, both lower ``p*``,
+and the clamp keeps the order, so the probability never rises with spend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+HOUR_MS = 3_600_000
+
+
+class DeliveryMode(StrEnum):
+    """How a capped campaign spends through its day (Google Ads' standard and accelerated)."""
+
+    EVEN = "even"
+    ASAP = "asap"
+
+
+@dataclass(frozen=True, slots=True)
+class PacingConfig:
+    """The controller's constants (``PacingSettings`` in the settings tree carries the same)."""
+
+    max_step: float = 0.10
+    start_probability: float = 0.10
+    min_probability: float = 0.001
+    estimate_half_life_ms: int = 30 * 60_000
+    spend_out_margin_ms: int = HOUR_MS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_step < 1:
+            raise ValueError(f"max_step = {self.max_step}: must be in (0, 1)")
+        if not 0 < self.min_probability <= self.start_probability <= 1:
+            raise ValueError(
+                f"start_probability = {self.start_probability}, min_probability = {self.min_probability}: "
+                "need 0 < min_probability <= start_probability <= 1"
+            )
+        if self.estimate_half_life_ms <= 0:
+            raise ValueError(f"estimate_half_life_ms = {self.estimate_half_life_ms}: must be positive")
+        if self.spend_out_margin_ms < 0:
+            raise ValueError(f"spend_out_margin_ms = {self.spend_out_margin_ms}: must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficShape:
+    """Relative traffic per hour of the campaign's local day (24 weights, hour 0 first).
+
+    The target curve follows it: a campaign whose users come in the evening spends in the
+    evening. ``flat()`` when there is no history.
+    """
+
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != 24:
+            raise ValueError(f"weights = {len(self.weights)} values: need 24, one per local hour")
+        if any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError(f"weights = {self.weights!r}: must be finite, non-negative, not all 0")
+
+    @classmethod
+    def flat(cls) -> TrafficShape:
+        return cls((1.0,) * 24)
+
+    @classmethod
+    def from_counts(cls, counts: Sequence[float], prior: float = 1.0) -> TrafficShape:
+        """The shape of previous days' touches by local hour, each hour smoothed by ``prior``
+        touches so an hour never seen keeps a little weight (flat when ``counts`` sum to 0)."""
+        if len(counts) != 24:
+            raise ValueError(f"counts = {len(counts)} values: need 24, one per local hour")
+        if any(c < 0 for c in counts):
+            raise ValueError(f"counts = {list(counts)!r}: must not be negative")
+        if sum(counts) <= 0:
+            return cls.flat()
+        return cls(tuple(float(c) + prior for c in counts))
+
+    def share(self, elapsed_ms: int, day_ms: int) -> float:
+        """Share of the day's traffic seen ``elapsed_ms`` after local midnight, in [0, 1].
+
+        Hours count by elapsed time from local midnight, so a 23- or 25-hour day (a DST change)
+        is measured in real hours; a 25th hour weighs like the 24th.
+        """
+        hours = max(day_ms, 1) / HOUR_MS
+        full = max(min(elapsed_ms, day_ms), 0) / HOUR_MS
+        total = 0.0
+        seen = 0.0
+        h = 0
+        while h < hours:
+            length = min(1.0, hours - h)
+            w = self.weights[min(h, 23)] * length
+            total += w
+            if full >= h + length:
+                seen += w
+            elif full > h:
+                seen += w * (full - h) / length
+            h += 1
+        return min(seen / total, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PacingInput:
+    """What the controller reads at one step (money in minor units of the campaign's currency)."""
+
+    now_ms: int
+    day: str
+    day_start_ms: int
+    day_end_ms: int
+    daily_cap_minor: int | None
+    lifetime_cap_minor: int | None
+    spend_day_minor: int
+    spend_lifetime_minor: int
+    liability_minor: float = 0.0
+    mode: DeliveryMode = DeliveryMode.EVEN
+    shape: TrafficShape | None = None
+
+    def __post_init__(self) -> None:
+        if self.day_end_ms <= self.day_start_ms:
+            raise ValueError(f"day_end_ms = {self.day_end_ms}: must be after day_start_ms")
+        for name in ("spend_day_minor", "spend_lifetime_minor"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} = {getattr(self, name)}: must not be negative")
+        if not math.isfinite(self.liability_minor) or self.liability_minor < 0:
+            raise ValueError(f"liability_minor = {self.liability_minor}: must be finite, not negative")
+
+    @property
+    def capped(self) -> bool:
+        return self.daily_cap_minor is not None or self.lifetime_cap_minor is not None
+
+    @property
+    def left_minor(self) -> int | None:
+        """What the caps leave of real spend (None without a cap)."""
+        left = [
+            cap - spent
+            for cap, spent in (
+                (self.daily_cap_minor, self.spend_day_minor),
+                (self.lifetime_cap_minor, self.spend_lifetime_minor),
+            )
+            if cap is not None
+        ]
+        return max(min(left), 0) if left else None
+
+
+@dataclass(frozen=True, slots=True)
+class PacingState:
+    """What the controller keeps between steps (stored in Redis by the speed layer).
+
+    ``committed_minor`` is spend plus liability at the step; ``num``/``den`` are the decayed
+    sums of the full-serving estimate ``F = num / den``; ``target`` is the curve's share at the
+    step (what the pacing error is measured against); ``liability_minor`` is the step's input.
+    """
+
+    day: str
+    at_ms: int
+    probability: float
+    committed_minor: float
+    target: float
+    num: float = 0.0
+    den: float = 0.0
+    liability_minor: float = 0.0
+
+    @property
+    def full_day_estimate(self) -> float | None:
+        return self.num / self.den if self.den > 0 and self.num > 0 else None
+
+
+def target_share(inp: PacingInput, config: PacingConfig, at_ms: int | None = None) -> float:
+    """The target curve ``W``: share of the day's cap to have committed by ``at_ms`` (default the
+    input's instant), reaching 1 at the spend-out point ``day end − margin``."""
+    shape = inp.shape or TrafficShape.flat()
+    day_ms = inp.day_end_ms - inp.day_start_ms
+    elapsed = (inp.now_ms if at_ms is None else at_ms) - inp.day_start_ms
+    out_at = max(day_ms - config.spend_out_margin_ms, 1)
+    whole = shape.share(out_at, day_ms)
+    if whole <= 0:
+        return 1.0
+    return min(shape.share(elapsed, day_ms) / whole, 1.0)
+
+
+def _bounded(target: float, prev: float, config: PacingConfig) -> float:
+    lo = max(prev * (1 - config.max_step), config.min_probability)
+    hi = min(max(prev, config.min_probability) * (1 + config.max_step), 1.0)
+    return min(max(target, lo), hi)
+
+
+def _learn(
+    prev: PacingState | None, inp: PacingInput, committed: float, target: float, config: PacingConfig
+) -> tuple[float, float, float]:
+    """The probability to step from and the estimate's sums, updated with the exposure served
+    since the previous step of the same budget day."""
+    if prev is None:
+        return config.start_probability, 0.0, 0.0
+    if prev.day != inp.day:
+        return config.start_probability, prev.num, prev.den
+    num, den = prev.num, prev.den
+    dt = max(inp.now_ms - prev.at_ms, 0)
+    if dt > 0:
+        decay = 0.5 ** (dt / config.estimate_half_life_ms)
+        num = decay * num + max(committed - prev.committed_minor, 0.0)
+        den = decay * den + prev.probability * max(target - prev.target, 0.0)
+    return prev.probability, num, den
+
+
+def _aim(inp: PacingInput, target: float, num: float, den: float) -> float:
+    left = inp.left_minor
+    if left is None:
+        return 1.0
+    remaining = left - inp.liability_minor
+    if left <= 0 or remaining <= 0:
+        return 0.0
+    rest = 1.0 - target
+    if inp.mode is DeliveryMode.ASAP or rest <= 1e-9 or den <= 0 or num <= 0:
+        return 1.0
+    return min(remaining / (num / den * rest), 1.0)
+
+
+def aim(prev: PacingState | None, inp: PacingInput, config: PacingConfig = PacingConfig()) -> float:
+    """``p*``, the probability the controller steps towards, in [0, 1] (before the step bound):
+    1 without a cap, 0 with a spent cap or a liability that fills what is left, else
+    ``R / (F · (1 − W))`` (1 in ``asap`` mode, and while there is no estimate ``F`` yet)."""
+    committed = inp.spend_day_minor + inp.liability_minor
+    target = target_share(inp, config)
+    _, num, den = _learn(prev, inp, committed, target, config)
+    return _aim(inp, target, num, den)
+
+
+def step(prev: PacingState | None, inp: PacingInput, config: PacingConfig = PacingConfig()) -> PacingState:
+    """The controller's next state from the previous one (None at the first step ever)."""
+    committed = inp.spend_day_minor + inp.liability_minor
+    target = target_share(inp, config)
+    if not inp.capped:
+        return PacingState(inp.day, inp.now_ms, 1.0, committed, target, liability_minor=inp.liability_minor)
+    if inp.left_minor == 0:  # a spent cap stops serving at once: capping, not pacing
+        num, den = (prev.num, prev.den) if prev is not None else (0.0, 0.0)
+        return PacingState(inp.day, inp.now_ms, 0.0, committed, target, num, den, inp.liability_minor)
+    p_prev, num, den = _learn(prev, inp, committed, target, config)
+    p = _bounded(_aim(inp, target, num, den), p_prev, config)
+    return PacingState(inp.day, inp.now_ms, p, committed, target, num, den, inp.liability_minor)
+
+
+def conversion_rate(touches: int, orders: int, prior_rate: float, prior_touches: float) -> float:
+    """The campaign's orders per touch from its own recent history, shrunk towards ``prior_rate``
+    as if ``prior_touches`` touches had converted at it (a beta prior): a new campaign starts at
+    the prior and moves to its own rate as touches accrue."""
+    if touches < 0 or orders < 0:
+        raise ValueError(f"touches = {touches}, orders = {orders}: must not be negative")
+    if not 0 <= prior_rate <= 1 or prior_touches < 0:
+        raise ValueError(f"prior_rate = {prior_rate}, prior_touches = {prior_touches}: out of range")
+    if touches + prior_touches <= 0:
+        return prior_rate
+    return min((orders + prior_rate * prior_touches) / (touches + prior_touches), 1.0)
+
+
+def delay_cdf(
+    age_ms: float, window_ms: int, mean_delay_ms: float, long_share: float = 0.0, long_delay_ms: int = 0
+) -> float:
+    """Share of a touch's conversions (those inside its window) that happen within ``age_ms``: a
+    mixture of an exponential delay with mean ``mean_delay_ms`` (weight ``1 − long_share``) and
+    a uniform one over ``long_delay_ms`` (weight ``long_share``: the orders that come days
+    later), cut at the window, so 1 at the window."""
+    if age_ms <= 0:
+        return 0.0
+    if age_ms >= window_ms:
+        return 1.0
+    rate = 1.0 / mean_delay_ms
+    fast = (1.0 - math.exp(-rate * age_ms)) / (1.0 - math.exp(-rate * window_ms))
+    if long_share <= 0 or long_delay_ms <= 0:
+        return fast
+    span = min(long_delay_ms, window_ms)
+    return (1.0 - long_share) * fast + long_share * min(age_ms / span, 1.0)
+
+
+def in_flight_liability(
+    open_touches: Sequence[tuple[int, int]],
+    rate: float,
+    charge_minor: float,
+    window_ms: int,
+    mean_delay_ms: float,
+    horizon_ms: int,
+    long_share: float = 0.0,
+    long_delay_ms: int = 0,
+) -> float:
+    """The expected charge, inside the next ``horizon_ms`` (what is left of the budget day), of
+    touches already served: ``Σ n · rate · charge · (G(min(a + h, window)) − G(a)) / (1 − rate ·
+    G(a))`` over ``(age a, count n)`` groups of open touches, ``G`` the delay CDF (``delay_cdf``).
+
+    A touch's remaining chance decays with its age and is 0 past its window; the divisor
+    conditions on its not having converted yet (a touch that converted is spend, not liability).
+    """
+    if (
+        not 0 <= rate <= 1
+        or charge_minor < 0
+        or window_ms <= 0
+        or mean_delay_ms <= 0
+        or horizon_ms < 0
+        or not 0 <= long_share <= 1
+        or long_delay_ms < 0
+    ):
+        raise ValueError(
+            f"rate = {rate}, charge_minor = {charge_minor}, window_ms = {window_ms}, "
+            f"mean_delay_ms = {mean_delay_ms}, horizon_ms = {horizon_ms}, long_share = {long_share}, "
+            f"long_delay_ms = {long_delay_ms}: out of range"
+        )
+    total = 0.0
+    for age, count in open_touches:
+        if count <= 0 or age >= window_ms:
+            continue
+        g0 = delay_cdf(age, window_ms, mean_delay_ms, long_share, long_delay_ms)
+        g1 = delay_cdf(age + horizon_ms, window_ms, mean_delay_ms, long_share, long_delay_ms)
+        alive = 1.0 - rate * g0
+        if alive > 0:
+            total += count * rate * charge_minor * (g1 - g0) / alive
+    return total
+
+
+def published_probability(
+    state: PacingState | None,
+    day: str,
+    capped: bool,
+    mode: DeliveryMode,
+    config: PacingConfig = PacingConfig(),
+) -> float:
+    """The serve probability a reader gives a servable campaign on budget day ``day``: 1 without
+    a cap; the controller's for today; before its first step today, ``start_probability`` for
+    ``even`` delivery and 1 for ``asap`` (what the controller's own first step starts from)."""
+    if not capped:
+        return 1.0
+    if state is not None and state.day == day:
+        return state.probability
+    return config.start_probability if mode is DeliveryMode.EVEN else 1.0
+
+
+#: The fields of a campaign's pacing hash in Redis (``Keys.pacing``): what the speed layer writes
+#: and the ad server's answer reads, in this order.
+PACING_FIELDS = ("day", "at", "p", "committed", "target", "num", "den", "liability")
+
+
+def encode_state(state: PacingState) -> dict[str, str]:
+    """A state as the fields of its pacing hash (floats as ``repr``, exact when read back)."""
+    return {
+        "day": state.day,
+        "at": str(state.at_ms),
+        "p": repr(state.probability),
+        "committed": repr(state.committed_minor),
+        "target": repr(state.target),
+        "num": repr(state.num),
+        "den": repr(state.den),
+        "liability": repr(state.liability_minor),
+    }
+
+
+def decode_state(values: Sequence[bytes | str | None]) -> PacingState | None:
+    """The state from its hash's values in ``PACING_FIELDS`` order (None when there is none)."""
+    if len(values) != len(PACING_FIELDS) or any(v is None for v in values):
+        return None
+    text = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    day, at, p, committed, target, num, den, liability = text
+    return PacingState(
+        day, int(at), float(p), float(committed), float(target), float(num), float(den), float(liability)
+    )
