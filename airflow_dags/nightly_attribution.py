@@ -26,6 +26,8 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
+from shared_logic.settings import load_settings
+
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(minutes=10)}
 
 
@@ -41,7 +43,9 @@ DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(minutes=10)}
     doc_md=__doc__,
 )
 def nightly_attribution() -> None:
-    @task.sensor(poke_interval=300, timeout=6 * 3600, mode="reschedule")
+    batch = load_settings().batch  # ATTRIBUTION_BATCH_RAW_WAIT_POKE_S, _TIMEOUT_S
+
+    @task.sensor(poke_interval=batch.raw_wait_poke_s, timeout=batch.raw_wait_timeout_s, mode="reschedule")
     def wait_for_raw(ds: str | None = None) -> bool:
         from airflow_dags.tasks import previous_day, raw_day_landed
 

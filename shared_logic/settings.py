@@ -195,6 +195,12 @@ class BatchSettings(_Section):
         None,
         description="first day settled for budget caps (YYYY-MM-DD); default: the first day of raw orders",
     )
+    raw_wait_poke_s: int = Field(
+        300, ge=1, description="how often the nightly DAG's sensor looks for D's landing marker (s)"
+    )
+    raw_wait_timeout_s: int = Field(
+        6 * 3600, ge=1, description="how long the nightly DAG waits for D's landing marker before failing (s)"
+    )
 
     @field_validator("models")
     @classmethod

@@ -1,4 +1,4 @@
-"""A rerun through Airflow's own machinery, as a data engineer triggers it (issue 19, item 2).
+"""A rerun, then the nightly run, through Airflow's own machinery (issue 19, item 2).
 
 ``airflow standalone`` (scheduler, DAG processor, API server with the execution API,
 triggerer) with LocalExecutor and PostgreSQL as the metadata database (the machine's server
@@ -6,7 +6,12 @@ on 127.0.0.1:5432; a database of its own per run, dropped after), ``airflow dags
 rerun_attribution`` for two days, then the run is followed in the metadata database to its
 end: every task succeeded in its own process, the lake holds both days' committed outputs
 with a reconciliation at 0 %, and the tasks' results (XCom) say each day was loaded into the
-analytics store. ``dag.test()`` (tests/integration/test_airflow.py) runs none of this.
+analytics store. Then ``nightly_attribution`` is unpaused: the scheduler creates the run of its
+latest 03:00 UTC, whose day D (the one before) is the lake's second day with its last hour's
+landing marker held back; the sensor is seen waiting (``up_for_reschedule``, poking every
+``ATTRIBUTION_BATCH_RAW_WAIT_POKE_S``), the marker is written, and the run goes on: compaction,
+the job for D-1 and D, reconciliation at 0 %, the store, the checks. ``dag.test()``
+(tests/integration/test_airflow.py) runs none of this.
 """
 
 from __future__ import annotations
@@ -18,20 +23,29 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devtools.synthetic import SyntheticConfig, generate
+from shared_logic.contract import LANDED
 from storage import open_lake, partition
+from storage.raw import is_landed
 from tests.helpers import land_and_replay, stop_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PG = "postgres@127.0.0.1:5432"
-DAYS = ("2026-11-01", "2026-11-02")
 BIN = Path(sys.executable).parent
+
+
+def _nightly_day(now: datetime) -> date:
+    """D of the run an unpaused ``nightly_attribution`` starts with at ``now`` (catchup off): the run
+    of the latest 03:00 UTC passed processes the day before it."""
+    run = now.replace(hour=3, minute=0, second=0, microsecond=0)
+    return (run if run <= now else run - timedelta(days=1)).date() - timedelta(days=1)
 
 
 def _pg(sql: str, db: str = "postgres") -> list[tuple[Any, ...]]:
@@ -78,8 +92,15 @@ def _wait(what: str, ok: Any, proc: subprocess.Popen[bytes], log: Path, timeout_
 def test_rerun_through_the_scheduler_on_postgresql(metadata_db: str, redis_url: str, tmp_path: Path) -> None:
     from devtools.servers import free_port
 
-    traffic = generate(SyntheticConfig(users=300, days=2))
+    night = _nightly_day(datetime.now(UTC))
+    days = ((night - timedelta(days=1)).isoformat(), night.isoformat())
+    traffic = generate(SyntheticConfig(users=300, days=2, start=night - timedelta(days=1)))
     lake, _, catalog = land_and_replay(tmp_path / "data", traffic, redis_url)
+    last_hour = partition(LANDED, dt=days[1], hour="23")
+    marker = lake.manifest(last_hour)
+    assert marker is not None
+    lake.fs.delete_dir(lake.path(last_hour.path))  # D not landed yet, as far as the sensor knows
+    assert not is_landed(lake, night)
     url = f"postgresql+psycopg://{PG}/{metadata_db}"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ATTRIBUTION_"))}
@@ -100,6 +121,7 @@ def test_rerun_through_the_scheduler_on_postgresql(metadata_db: str, redis_url: 
         "ATTRIBUTION_STORE_URL": "duckdb://",
         "ATTRIBUTION_SPARK_DRIVER_MEMORY": "1g",
         "ATTRIBUTION_SPARK_SHUFFLE_PARTITIONS": "4",
+        "ATTRIBUTION_BATCH_RAW_WAIT_POKE_S": "5",
     }
     _airflow(["db", "migrate"], env)
     log = tmp_path / "standalone.log"
@@ -114,7 +136,7 @@ def test_rerun_through_the_scheduler_on_postgresql(metadata_db: str, redis_url: 
         _wait("the DAG parsed", lambda: _pg(dag_ids, metadata_db), proc, log, 180)
         parsed_s = time.monotonic() - started
         _airflow(["dags", "unpause", "rerun_attribution"], env)
-        conf = json.dumps({"start_date": DAYS[0], "end_date": DAYS[1]})
+        conf = json.dumps({"start_date": days[0], "end_date": days[1]})
         _airflow(["dags", "trigger", "rerun_attribution", "-c", conf], env)
         runs = "select state from dag_run where dag_id = 'rerun_attribution'"
 
@@ -132,6 +154,7 @@ def test_rerun_through_the_scheduler_on_postgresql(metadata_db: str, redis_url: 
             f"standalone up and DAG parsed in {parsed_s:.0f}s; run took {time.monotonic() - triggered:.0f}s"
         )
         assert state == "success", (tis, log.read_text()[-4000:])
+        nightly = _nightly(env, metadata_db, proc, log, lake, last_hour, marker, night)
     finally:
         stop_group(proc)
 
@@ -144,18 +167,69 @@ def test_rerun_through_the_scheduler_on_postgresql(metadata_db: str, redis_url: 
     assert all(s == "success" for _, _, s, _ in tis)
     assert len({p for *_, p in tis}) == 4  # four task processes, none of them this one
     assert os.getpid() not in {p for *_, p in tis}
-    for day in DAYS:
+    for day in days:
         for dataset in ("batch_ledger", "metrics/campaign_daily", "settlement_state"):
             assert lake.is_complete(partition(dataset, dt=day)), (dataset, day)
         assert lake.manifest(partition("reconciliation", dt=day))["discrepancy_pct"] == 0.0  # type: ignore[index]
     xcoms = _pg("select task_id, map_index, value from xcom where key = 'return_value'", metadata_db)
     values = {(t, m): v if isinstance(v, dict | list) else json.loads(v) for t, m, v in xcoms}
-    for i, day in enumerate(DAYS):
+    for i, day in enumerate(days):
         finish = values[("finish_day", i)]
         assert finish["day"] == day
         assert finish["loaded_rows"] > 0  # the analytics store took the day's metric rows
         assert finish["discrepancy_pct"] == 0.0
     summary = values[("summarise", -1)]
-    assert summary["days"] == list(DAYS)
+    assert summary["days"] == list(days)
     assert summary["orders"] > 20
-    assert open_lake(lake.url).partitions("batch_ledger") == [{"dt": d} for d in DAYS]
+    assert open_lake(lake.url).partitions("batch_ledger") == [{"dt": d} for d in days]
+    assert nightly["waited"] >= 1  # the sensor was seen waiting on the missing marker
+    assert nightly["tasks"] == dict.fromkeys(
+        ("wait_for_raw", "compact_raw", "run_job", "reconcile", "load_analytics", "data_quality"), "success"
+    )
+    assert lake.manifest(partition("reconciliation", dt=days[1]))["discrepancy_pct"] == 0.0  # type: ignore[index]
+
+
+def _nightly(
+    env: dict[str, str],
+    db: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    lake: Any,
+    last_hour: Any,
+    marker: dict[str, Any],
+    day: date,
+) -> dict[str, Any]:
+    """Unpause ``nightly_attribution``; see its first run's sensor wait for ``day``'s missing
+    marker, write the marker, follow the run to its end. Its task states, and how many times the
+    sensor was seen waiting."""
+    _airflow(["dags", "unpause", "nightly_attribution"], env)
+    runs = "select run_id, logical_date, state from dag_run where dag_id = 'nightly_attribution'"
+    ((run_id, logical, _),) = _wait("the nightly run created", lambda: _pg(runs, db), proc, log, 180)
+    if logical.date() - timedelta(days=1) != day:  # 03:00 UTC passed since the data was generated
+        pytest.skip(f"the scheduler's nightly run is for {logical}, the data for D = {day}")
+    sensor = (
+        "select state, try_number from task_instance where dag_id = 'nightly_attribution' "
+        f"and run_id = '{run_id}' and task_id = 'wait_for_raw'"
+    )
+    _wait(
+        "the sensor waiting",
+        lambda: [r for r in _pg(sensor, db) if r[0] == "up_for_reschedule"],
+        proc,
+        log,
+        300,
+    )
+    waited = _pg(
+        "select count(*) from task_reschedule r join task_instance t on r.ti_id = t.id "
+        f"where t.run_id = '{run_id}' and t.task_id = 'wait_for_raw'",
+        db,
+    )[0][0]
+    lake.write_marker(last_hour, marker)  # D's last hour lands: the next poke finds the day complete
+
+    def finished() -> str | None:
+        states = [s for (_, _, s) in _pg(runs, db)]
+        return states[0] if states[0] in ("success", "failed") else None
+
+    state = _wait("the nightly run finished", finished, proc, log, 900)
+    tis = _pg(f"select task_id, state from task_instance where run_id = '{run_id}' order by task_id", db)
+    assert state == "success", (tis, log.read_text()[-4000:])
+    return {"waited": waited, "tasks": dict(tis)}
