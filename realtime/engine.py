@@ -71,6 +71,7 @@ from shared_logic import AttributionPolicy, Catalog, Decision, InvalidEvent, att
 from shared_logic.contract import (
     CLAIM_OPS,
     CLAIM_SUPERSEDED,
+    TOUCH_CODES,
     Checkpoint,
     IngestStatus,
     SettleStatus,
@@ -84,6 +85,7 @@ from shared_logic.contract import (
 )
 from shared_logic.identity import ORDER_CONFLICT_RULE, TOUCH_CONFLICT_RULE, stands
 from shared_logic.money import MAX_COUNTER_MINOR
+from shared_logic.rules import touch_retention_ms
 from shared_logic.settings import Settings
 from shared_logic.settlement import ActionKind, cancel_counts, cancel_window
 from shared_logic.timeutil import utc_day
@@ -144,6 +146,12 @@ class SpeedLayer:
         self.longest_window = self.policy.longest_window_ms(catalog)
         self.lookback_days = self.policy.lookback_days(catalog)
         self.retention = self.longest_window + self.lateness
+        # How long a touch of each kind is kept (``realtime.touch_retention``): the longest window
+        # of its kind among the catalog's campaigns plus the lateness, or the longest of all.
+        self.retention_of = touch_retention_ms(
+            self.policy, catalog, self.config.touch_retention == "per_kind"
+        )
+        self._retention_arg = orjson.dumps({TOUCH_CODES[k]: ms for k, ms in self.retention_of.items()})
         self.source = source  # where ``process(values)`` reads values from
         self.sources = [tp_name(tp) for tp in (sources if sources is not None else [source])]
         self.clock = clock
@@ -269,11 +277,11 @@ class SpeedLayer:
         # No order still to be released anywhere (any worker's, any partition's) has a release time
         # below the settlement bound, nor below this worker's first pending release.
         low = self.settle_bound
-        trim_bound = min(low, self.queue.first_release_ms() or low) - self.retention
+        trim_bound = min(low, self.queue.first_release_ms() or low)  # minus each kind's retention
         ctx = codec.BuildContext(
             self.catalog,
             self.keys,
-            self.retention,
+            self.retention_of,
             self.settings.rules.max_future_ms,
             now,
             self.user_partitions,
@@ -340,6 +348,8 @@ class SpeedLayer:
         elif isinstance(item, codec.TouchItem):
             if r == IngestStatus.KNOWN:
                 duplicates[item.event_type] += 1
+            elif r == IngestStatus.TOO_LATE:
+                batch.too_late += 1
         elif r in (IngestStatus.KNOWN, IngestStatus.PENDING):
             duplicates["order" if item.kind == "decide" else "order_cancel"] += 1
         elif r == IngestStatus.CONFLICT_DECIDED:
@@ -393,16 +403,20 @@ class SpeedLayer:
                     self._ingested(item, r, batch, duplicates, out)
         return out
 
+    def _ingest_calls(self, calls: dict[int, codec.BucketOps], trim_bound: int) -> list[Any]:
+        """One ingest call per bucket: its keys and the bucket's trim floor last; each touch kind's
+        retention, the counts' TTL and the trim base (each kind trims at it minus its retention)."""
+        head = [self._retention_arg, self.config.counts_ttl_ms, trim_bound]
+        return [
+            ("ingest", [*ops.index, self.keys.trim_floor(bucket)], [*head, orjson.dumps(ops.args)])
+            for bucket, ops in calls.items()
+        ]
+
     async def _run_ingest(self, calls: dict[int, codec.BucketOps], trim_bound: int) -> list[Any]:
-        head = [self.retention, self.config.counts_ttl_ms, trim_bound]
-        return await self.scripts.run(
-            self.redis,
-            [("ingest", list(ops.index), [*head, orjson.dumps(ops.args)]) for ops in calls.values()],
-        )
+        return await self.scripts.run(self.redis, self._ingest_calls(calls, trim_bound))
 
     async def _ingest(self, batch: codec.Batch, trim_bound: int) -> tuple[list[Any], dict[str, Checkpoint]]:
-        head = [self.retention, self.config.counts_ttl_ms, trim_bound]  # as in _run_ingest
-        calls = [("ingest", list(ops.index), [*head, orjson.dumps(ops.args)]) for ops in batch.ops.values()]
+        calls = self._ingest_calls(batch.ops, trim_bound)
         results = await self.scripts.run(self.redis, calls, tail=[("HGETALL", self.keys.clocks())])
         return results[:-1], _checkpoints(results[-1])
 
@@ -477,7 +491,7 @@ class SpeedLayer:
         decisions: dict[str, Decision | None] = {}
         for a, members in zip(orders, touch_sets, strict=True):
             order = codec.order_of(a.payload)
-            touches = codec.touches_of(members, order.user_id, a.release_ms)
+            touches = codec.touches_of(members, order.user_id, a.release_ms, self.retention_of)
             decisions[order.order_id] = attribute_order(order, touches, self.catalog, self.policy)
         return decisions
 

@@ -59,6 +59,10 @@ class Keys:
     def cancel_marker(self, bucket: int, order_id: str) -> str:
         return f"{self._u(bucket)}:x:{order_id}"
 
+    def trim_floor(self, bucket: int) -> str:
+        """The greatest trim base the ingest script applied to the bucket's touches."""
+        return f"{self._u(bucket)}:trimmed"
+
     def counts(self, bucket: int, day: str) -> str:
         return f"{self._u(bucket)}:n:{day}"
 

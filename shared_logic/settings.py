@@ -230,6 +230,12 @@ class RealtimeSettings(_Section):
     batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
     decision_ttl_ms: int = Field(35 * MS_PER_DAY, gt=0, description="how long claims and charges are kept")
     counts_ttl_ms: int = Field(10 * MS_PER_DAY, gt=0)
+    touch_retention: Literal["per_kind", "longest"] = Field(
+        "per_kind",
+        description="how long touches are kept: 'per_kind' each kind (view, click) for the longest window "
+        "of that kind among the catalog's campaigns plus the allowed lateness; 'longest' every kind for "
+        "the longest window of any kind (the earlier layout: views kept as long as clicks)",
+    )
     budget_events_maxlen: int = Field(100_000, ge=1)
     timer_interval_s: float = Field(
         1.0, gt=0, description="live mode: how often the clock moves idle partitions"
