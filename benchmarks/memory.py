@@ -262,7 +262,7 @@ def _layout(name: str, s: Settings, traffic: Any) -> Layout:
     retention = touch_retention_ms(
         s.rules.policy(), traffic.catalog, s.realtime.touch_retention == "per_kind"
     )
-    ttl = s.realtime.decision_ttl_ms
+    ttl = s.decision_ttl_ms
     ttls = {"counters": s.realtime.counts_ttl_ms, "trim floors": max(retention.values())}
     ttls |= dict.fromkeys(("claims", "cancel markers", "charges", "spend", "stats"), ttl)
     return Layout(name, s, retention.__getitem__, ttls)

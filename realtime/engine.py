@@ -525,7 +525,7 @@ class SpeedLayer:
             else:
                 ops.args.append((CLAIM_OPS["cancel"], claim_key, marker_key, "", a.payload["event_time"]))
             where.append((a.bucket, len(ops.args) - 1))
-        ttl = self.config.decision_ttl_ms
+        ttl = self.settings.decision_ttl_ms
         claim_calls = [("claim", list(ops.index), [ttl, orjson.dumps(ops.args)]) for ops in calls.values()]
         results = _raise_first(await self.scripts.run(self.redis, claim_calls))
         by_bucket = dict(zip(calls, results, strict=True))
@@ -596,7 +596,7 @@ class SpeedLayer:
                 [
                     bound,
                     SETTLE_LIMIT,
-                    cfg.decision_ttl_ms,
+                    self.settings.decision_ttl_ms,
                     cfg.budget_events_maxlen,
                     orjson.dumps(shard_actions.get(shard, [])),
                 ],
