@@ -62,7 +62,7 @@ import orjson
 from realtime import codec
 from realtime.clock import TP, Clocks, tp_name
 from realtime.deadletters import DeadLetterSink
-from realtime.keys import Keys
+from realtime.keys import Keys, ensure_layout
 from realtime.metrics import Metrics
 from realtime.routing import UserPartitions
 from realtime.schedule import Action, ActionQueue
@@ -171,7 +171,9 @@ class SpeedLayer:
         self._published: dict[str, str] = {}
 
     async def start(self) -> None:
-        """Load the scripts (partitions are assigned by the source: ``assign``, or implicitly)."""
+        """Refuse a Redis of another key layout (``ensure_layout``), load the scripts (partitions
+        are assigned by the source: ``assign``, or implicitly)."""
+        await ensure_layout(self.redis, self.keys)
         await self.scripts.load(self.redis)
 
     # partitions ------------------------------------------------------------

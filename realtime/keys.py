@@ -11,9 +11,12 @@ Budget state (charges, spend, stats, exhaustion, the ledger and the
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
+from shared_logic.errors import InvalidSetting
 from shared_logic.settings import KeySettings
 
 
@@ -102,6 +105,13 @@ class Keys:
         return f"{self._b(shard)}:budget-events"
 
     # global (not touched by scripts)
+    def layout(self) -> str:
+        """The layout this Redis was filled with (``describe``), written by the first worker."""
+        return f"{self.prefix}:layout"
+
+    def describe(self) -> str:
+        return f"user_buckets={self.user_buckets} budget_shards={self.budget_shards}"
+
     def clocks(self) -> str:
         """Each input partition's checkpoint: ``<next offset>|<watermark>``."""
         return f"{self.prefix}:clocks"
@@ -109,3 +119,42 @@ class Keys:
     def dead_letters(self) -> str:
         """The dead-letter stream of the embedded default (``redis://`` sink)."""
         return f"{self.prefix}:dead-letters"
+
+
+async def ensure_layout(redis: Any, keys: Keys) -> None:
+    """Refuse to write to a Redis filled with another key layout, whose state this one would not
+    find (a campaign's spend in another shard: caps lost; a user's touches in another bucket).
+
+    The layout is recorded in ``keys.layout()``. A Redis filled before the record existed (the
+    layout of one budget shard) is checked from its lifetime spend keys, which never expire: each
+    must sit in the shard this layout gives its campaign; then the record is written."""
+    recorded = await redis.get(keys.layout())
+    if recorded is not None:
+        if recorded.decode() != keys.describe():
+            raise InvalidSetting(
+                "ATTRIBUTION_KEYS_BUDGET_SHARDS",
+                str(keys.budget_shards),
+                f"this Redis holds the layout {recorded.decode()!r}, not {keys.describe()!r}: set "
+                "ATTRIBUTION_KEYS_USER_BUCKETS and ATTRIBUTION_KEYS_BUDGET_SHARDS to its values, or "
+                "start on an empty Redis (README, Redis memory: moving to another layout)",
+            )
+        return
+    life = re.compile("^" + re.escape(keys.prefix) + r":\{b(\d+)\}:spend:(.*):life$")
+    shards: set[int] = set()
+    misplaced = 0
+    async for raw in redis.scan_iter(match=f"{keys.prefix}:{{b*}}:spend:*:life", count=10_000):
+        m = life.match(raw.decode())
+        if m is None:
+            continue
+        shards.add(int(m.group(1)))
+        misplaced += keys.shard(m.group(2)) != int(m.group(1))
+    if misplaced:
+        raise InvalidSetting(
+            "ATTRIBUTION_KEYS_BUDGET_SHARDS",
+            str(keys.budget_shards),
+            f"this Redis holds budget state of an earlier layout ({misplaced} campaigns' spend in other "
+            f"shards; it used at least {max(shards) + 1}, and 1 before the default became 16): set "
+            "ATTRIBUTION_KEYS_BUDGET_SHARDS to its count, or start on an empty Redis (README, Redis "
+            "memory: moving to another layout)",
+        )
+    await redis.set(keys.layout(), keys.describe(), nx=True)

@@ -61,7 +61,13 @@ class KeySettings(_Section):
     user_buckets: int = Field(
         64, ge=1, le=16384, description="hash-tag buckets for user state (cluster slots it spreads over)"
     )
-    budget_shards: int = Field(1, ge=1, le=1024, description="hash-tag shards for budget state")
+    budget_shards: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="hash-tag shards for budget state (charges, spend, stats, the ledger): enough that no "
+        "node of a 3-master cluster holds much more than a third of it",
+    )
 
 
 class LakeSettings(_Section):
@@ -249,6 +255,14 @@ class RealtimeSettings(_Section):
         "the longest window of any kind (the earlier layout: views kept as long as clicks)",
     )
     budget_events_maxlen: int = Field(100_000, ge=1)
+    memory_sample_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="how often a worker samples Redis memory by record kind for /metrics; 0: never",
+    )
+    memory_sample_keys: int = Field(
+        1_000, ge=1, description="random keys measured per Redis node at each sample"
+    )
     timer_interval_s: float = Field(
         1.0, gt=0, description="live mode: how often the clock moves idle partitions"
     )

@@ -110,6 +110,11 @@ def usable_touches(state: dict[str, Any], end_ms: int | None = None) -> dict[str
     return out
 
 
+def ledger_entries(state: dict[str, Any]) -> list[Any]:
+    """The entries of every budget shard's ledger stream in a snapshot, shard after shard."""
+    return [e for k in sorted(state) if k.endswith(":ledger") for e in state[k]]
+
+
 async def redis_snapshot(
     url: str, match: str = "attr:*", sort_streams: bool = False, all_touches: bool = False
 ) -> dict[str, Any]:
