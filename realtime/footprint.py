@@ -39,19 +39,12 @@ KIND_PATTERNS: tuple[tuple[str, str], ...] = (
     ("clocks", r"clocks$"),
 )
 KINDS: tuple[str, ...] = (*(k for k, _ in KIND_PATTERNS), "other")
-#: Kinds that grow with active users, and with daily orders (what sizing multiplies).
-USER_KINDS: tuple[str, ...] = ("touches", "touch ids", "counters")
-ORDER_KINDS: tuple[str, ...] = (
-    "pending",
-    "claims",
-    "cancel markers",
-    "charges",
-    "spend",
-    "stats",
-    "queue",
-    "ledger stream",
-    "budget events",
-)
+#: Kinds that grow with active users, with daily orders, and with campaigns x days (counters are
+#: per user bucket, campaign and day; spend, stats and budget events per campaign and day): what
+#: sizing multiplies.
+USER_KINDS: tuple[str, ...] = ("touches", "touch ids")
+ORDER_KINDS: tuple[str, ...] = ("pending", "claims", "cancel markers", "charges", "queue", "ledger stream")
+CAMPAIGN_KINDS: tuple[str, ...] = ("counters", "spend", "stats", "budget events")
 
 
 class Classifier:
