@@ -19,7 +19,7 @@ moved by the wall clock). Every event carries its partition's watermark at arriv
 action (order or cancel) is released at ``R = max(event time + allowed lateness, arrival
 watermark)`` once the release bound is strictly past ``R``; a touch may earn an order
 released at ``R`` only if it arrived at a watermark ``<= R`` and is no older than ``R`` minus
-the retention (longest window + lateness).
+its kind's retention (the longest window of its kind among the catalog's campaigns + lateness).
 
 The release bound (``realtime.release``): under ``group`` (the default) it is the group's
 watermark, the minimum over every partition of every input topic, this worker's own as they
@@ -33,8 +33,9 @@ the same partition numbers (keyed by ``user_id``, murmur2). Then:
   already past ``R``. So each decision, and the order of releases, is a function of each
   partition's sequence of events, whatever the batching, the number of workers, the pace of
   the other partitions, the partitioner or key a producer used, or where a process died;
-- touches older than the smallest release still possible minus the retention can earn
-  nothing and are trimmed; a touch arriving that far behind is not kept at all;
+- touches older than the smallest release still possible minus their kind's retention can
+  earn nothing and are trimmed; a touch arriving that far behind is not kept at all (behind its
+  partition's watermark, or its bucket's trim floor: a replay by a worker that starts afresh);
 - budget shards are shared by every worker, so settlement waits for the settlement bound:
   the minimum over every partition of the release bound its owner had reached when it last
   checkpointed it (a worker enqueues every action released below its release bound before
