@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ("models", "realtime", "kafka", "batch", "serving", "console", "pacing")
+ALL = ("models", "realtime", "kafka", "batch", "serving", "console", "pacing", "memory")
 
 
 def main(argv: list[str]) -> int:

@@ -117,9 +117,10 @@ async def _direct_reads(url: str, catalog: Any, n: int) -> list[float]:
 
     from realtime.budget import BudgetReader
     from realtime.keys import Keys
+    from shared_logic.settings import KeySettings
 
     redis = Redis.from_url(url)
-    reader = BudgetReader(redis, catalog, Keys("attr", 64, 1))
+    reader = BudgetReader(redis, catalog, Keys.of(KeySettings()))
     ids = [c.campaign_id for c in catalog]
     out = []
     now = int(time.time() * 1000)
@@ -144,8 +145,9 @@ def run() -> list[Row]:
 
         from realtime.keys import Keys
         from shared_logic import budget_day
+        from shared_logic.settings import KeySettings
 
-        keys = Keys("attr", 64, 1)
+        keys = Keys.of(KeySettings())
         client = sync_redis.Redis.from_url(server.url)
         now = int(time.time() * 1000)
         for c in catalog:

@@ -4,7 +4,7 @@ records back to the rules' types. The encodings are the contract's (``shared_log
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,7 @@ class BuildContext:
 
     catalog: Catalog
     keys: Keys
-    retention_ms: int  # longest window + allowed lateness
+    retention_ms: Mapping[TouchKind, int]  # each touch kind's: its longest window + allowed lateness
     max_future_ms: int
     now_ms: int
     user_partitions: UserPartitions | None = None  # to count events outside their user's partition
@@ -178,7 +178,7 @@ def _add(
         touching: Impression | Click | PromoView = event  # type: ignore[assignment]  # a touch, by its tag
         campaign_id = touching.campaign_id
         batch.accepted[etype] += 1
-        if t < awm - ctx.retention_ms:
+        if t < awm - ctx.retention_ms[kind]:
             batch.too_late += 1  # no order still to be released may use it (see engine): keep nothing
             return t
         user = touching.user_id
@@ -333,13 +333,20 @@ def order_of(p: dict[str, Any]) -> Order:
     return order_from_payload(p)
 
 
-def touches_of(members: Iterable[tuple[bytes, float]], user_id: str, release_ms: int) -> list[Touch]:
+def touches_of(
+    members: Iterable[tuple[bytes, float]],
+    user_id: str,
+    release_ms: int,
+    retention_ms: Mapping[TouchKind, int],
+) -> list[Touch]:
     """The touches of a user an order released at ``release_ms`` may use: those that arrived
-    before their partition's watermark passed the release (member, score = touch time)."""
+    before their partition's watermark passed the release, no older than the release minus their
+    kind's retention (member, score = touch time). The second bound holds whether or not the
+    ingest script has trimmed such a touch yet, so the decision does not depend on batching."""
     out = []
     for member, score in members:
         m = parse_touch_member(member.decode())
-        if m.arrival_wm <= release_ms:
+        if m.arrival_wm <= release_ms and score >= release_ms - retention_ms[m.kind]:
             out.append(Touch(m.event_id, user_id, m.campaign_id, m.kind, int(score)))
     return out
 

@@ -19,7 +19,7 @@ moved by the wall clock). Every event carries its partition's watermark at arriv
 action (order or cancel) is released at ``R = max(event time + allowed lateness, arrival
 watermark)`` once the release bound is strictly past ``R``; a touch may earn an order
 released at ``R`` only if it arrived at a watermark ``<= R`` and is no older than ``R`` minus
-the retention (longest window + lateness).
+its kind's retention (the longest window of its kind among the catalog's campaigns + lateness).
 
 The release bound (``realtime.release``): under ``group`` (the default) it is the group's
 watermark, the minimum over every partition of every input topic, this worker's own as they
@@ -33,8 +33,9 @@ the same partition numbers (keyed by ``user_id``, murmur2). Then:
   already past ``R``. So each decision, and the order of releases, is a function of each
   partition's sequence of events, whatever the batching, the number of workers, the pace of
   the other partitions, the partitioner or key a producer used, or where a process died;
-- touches older than the smallest release still possible minus the retention can earn
-  nothing and are trimmed; a touch arriving that far behind is not kept at all;
+- touches older than the smallest release still possible minus their kind's retention can
+  earn nothing and are trimmed; a touch arriving that far behind is not kept at all (behind its
+  partition's watermark, or its bucket's trim floor: a replay by a worker that starts afresh);
 - budget shards are shared by every worker, so settlement waits for the settlement bound:
   the minimum over every partition of the release bound its owner had reached when it last
   checkpointed it (a worker enqueues every action released below its release bound before
@@ -62,7 +63,7 @@ import orjson
 from realtime import codec
 from realtime.clock import TP, Clocks, tp_name
 from realtime.deadletters import DeadLetterSink
-from realtime.keys import Keys
+from realtime.keys import Keys, ensure_layout
 from realtime.metrics import Metrics
 from realtime.pacing import Pacer
 from realtime.routing import UserPartitions
@@ -72,6 +73,7 @@ from shared_logic import AttributionPolicy, Catalog, Decision, InvalidEvent, att
 from shared_logic.contract import (
     CLAIM_OPS,
     CLAIM_SUPERSEDED,
+    TOUCH_CODES,
     Checkpoint,
     IngestStatus,
     SettleStatus,
@@ -85,6 +87,7 @@ from shared_logic.contract import (
 )
 from shared_logic.identity import ORDER_CONFLICT_RULE, TOUCH_CONFLICT_RULE, stands
 from shared_logic.money import MAX_COUNTER_MINOR
+from shared_logic.rules import touch_retention_ms
 from shared_logic.settings import Settings
 from shared_logic.settlement import ActionKind, cancel_counts, cancel_window
 from shared_logic.timeutil import utc_day
@@ -145,6 +148,12 @@ class SpeedLayer:
         self.longest_window = self.policy.longest_window_ms(catalog)
         self.lookback_days = self.policy.lookback_days(catalog)
         self.retention = self.longest_window + self.lateness
+        # How long a touch of each kind is kept (``realtime.touch_retention``): the longest window
+        # of its kind among the catalog's campaigns plus the lateness, or the longest of all.
+        self.retention_of = touch_retention_ms(
+            self.policy, catalog, self.config.touch_retention == "per_kind"
+        )
+        self._retention_arg = orjson.dumps({TOUCH_CODES[k]: ms for k, ms in self.retention_of.items()})
         self.source = source  # where ``process(values)`` reads values from
         self.sources = [tp_name(tp) for tp in (sources if sources is not None else [source])]
         self.clock = clock
@@ -165,7 +174,9 @@ class SpeedLayer:
         self.pacer = Pacer(redis, catalog, self.keys, settings, self.policy)  # frequency caps, pacing
 
     async def start(self) -> None:
-        """Load the scripts (partitions are assigned by the source: ``assign``, or implicitly)."""
+        """Refuse a Redis of another key layout (``ensure_layout``), load the scripts (partitions
+        are assigned by the source: ``assign``, or implicitly)."""
+        await ensure_layout(self.redis, self.keys)
         await self.scripts.load(self.redis)
 
     # partitions ------------------------------------------------------------
@@ -271,11 +282,11 @@ class SpeedLayer:
         # No order still to be released anywhere (any worker's, any partition's) has a release time
         # below the settlement bound, nor below this worker's first pending release.
         low = self.settle_bound
-        trim_bound = min(low, self.queue.first_release_ms() or low) - self.retention
+        trim_bound = min(low, self.queue.first_release_ms() or low)  # minus each kind's retention
         ctx = codec.BuildContext(
             self.catalog,
             self.keys,
-            self.retention,
+            self.retention_of,
             self.settings.rules.max_future_ms,
             now,
             self.user_partitions,
@@ -344,6 +355,8 @@ class SpeedLayer:
         elif isinstance(item, codec.TouchItem):
             if r == IngestStatus.KNOWN:
                 duplicates[item.event_type] += 1
+            elif r == IngestStatus.TOO_LATE:
+                batch.too_late += 1
         elif r in (IngestStatus.KNOWN, IngestStatus.PENDING):
             duplicates["order" if item.kind == "decide" else "order_cancel"] += 1
         elif r == IngestStatus.CONFLICT_DECIDED:
@@ -397,16 +410,20 @@ class SpeedLayer:
                     self._ingested(item, r, batch, duplicates, out)
         return out
 
+    def _ingest_calls(self, calls: dict[int, codec.BucketOps], trim_bound: int) -> list[Any]:
+        """One ingest call per bucket: its keys and the bucket's trim floor last; each touch kind's
+        retention, the counts' TTL and the trim base (each kind trims at it minus its retention)."""
+        head = [self._retention_arg, self.config.counts_ttl_ms, trim_bound]
+        return [
+            ("ingest", [*ops.index, self.keys.trim_floor(bucket)], [*head, orjson.dumps(ops.args)])
+            for bucket, ops in calls.items()
+        ]
+
     async def _run_ingest(self, calls: dict[int, codec.BucketOps], trim_bound: int) -> list[Any]:
-        head = [self.retention, self.config.counts_ttl_ms, trim_bound]
-        return await self.scripts.run(
-            self.redis,
-            [("ingest", list(ops.index), [*head, orjson.dumps(ops.args)]) for ops in calls.values()],
-        )
+        return await self.scripts.run(self.redis, self._ingest_calls(calls, trim_bound))
 
     async def _ingest(self, batch: codec.Batch, trim_bound: int) -> tuple[list[Any], dict[str, Checkpoint]]:
-        head = [self.retention, self.config.counts_ttl_ms, trim_bound]  # as in _run_ingest
-        calls = [("ingest", list(ops.index), [*head, orjson.dumps(ops.args)]) for ops in batch.ops.values()]
+        calls = self._ingest_calls(batch.ops, trim_bound)
         results = await self.scripts.run(self.redis, calls, tail=[("HGETALL", self.keys.clocks())])
         return results[:-1], _checkpoints(results[-1])
 
@@ -482,7 +499,7 @@ class SpeedLayer:
         decisions: dict[str, Decision | None] = {}
         for a, members in zip(orders, touch_sets, strict=True):
             order = codec.order_of(a.payload)
-            touches = codec.touches_of(members, order.user_id, a.release_ms)
+            touches = codec.touches_of(members, order.user_id, a.release_ms, self.retention_of)
             decisions[order.order_id] = attribute_order(order, touches, self.catalog, self.policy)
         return decisions
 
@@ -516,7 +533,7 @@ class SpeedLayer:
             else:
                 ops.args.append((CLAIM_OPS["cancel"], claim_key, marker_key, "", a.payload["event_time"]))
             where.append((a.bucket, len(ops.args) - 1))
-        ttl = self.config.decision_ttl_ms
+        ttl = self.settings.decision_ttl_ms
         claim_calls = [("claim", list(ops.index), [ttl, orjson.dumps(ops.args)]) for ops in calls.values()]
         results = _raise_first(await self.scripts.run(self.redis, claim_calls))
         by_bucket = dict(zip(calls, results, strict=True))
@@ -587,7 +604,7 @@ class SpeedLayer:
                 [
                     bound,
                     SETTLE_LIMIT,
-                    cfg.decision_ttl_ms,
+                    self.settings.decision_ttl_ms,
                     cfg.budget_events_maxlen,
                     orjson.dumps(shard_actions.get(shard, [])),
                 ],

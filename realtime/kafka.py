@@ -42,6 +42,7 @@ from realtime.codec import Record
 from realtime.deadletters import DEAD_LETTERS, DeadLetterSink
 from realtime.engine import SpeedLayer
 from realtime.fetching import UNDECODABLE_FIELD, Fetcher
+from realtime.footprint import export, sample
 from realtime.keys import Keys
 from realtime.ledger import LedgerFlusher
 from realtime.metrics import Metrics
@@ -117,6 +118,7 @@ class KafkaWorker:
         assert consumer is not None, "start() first"
         assert engine is not None, "start() first"
         flushing = asyncio.create_task(self._flush_loop())
+        sampling = asyncio.create_task(self._footprint_loop())
         try:
             await self._consume(consumer, engine)
         except BaseException:
@@ -127,7 +129,25 @@ class KafkaWorker:
         else:
             await flushing  # stopping: one last flush of what this worker settled
         finally:
+            sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling
             await self._close()
+
+    async def _footprint_loop(self) -> None:
+        """Sample Redis memory by record kind for ``/metrics`` every ``memory_sample_interval_s``
+        (``realtime.footprint``); a failed sample is logged and tried again at the next tick."""
+        interval = self.config.memory_sample_interval_s
+        if interval <= 0:
+            return
+        keys = Keys.of(self.settings.keys)
+        while not self.stopping.is_set():
+            try:
+                export(await sample(self.redis, keys, self.config.memory_sample_keys), self.metrics)
+            except Exception as exc:
+                log.warning("Redis memory sample failed (%s: %s)", type(exc).__name__, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), interval)
 
     async def _consume(self, consumer: AIOKafkaConsumer, engine: SpeedLayer) -> None:
         cfg = self.config

@@ -11,9 +11,12 @@ Budget state (charges, spend, stats, exhaustion, the ledger and the
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
+from shared_logic.errors import InvalidSetting
 from shared_logic.settings import KeySettings
 
 
@@ -59,6 +62,10 @@ class Keys:
     def cancel_marker(self, bucket: int, order_id: str) -> str:
         return f"{self._u(bucket)}:x:{order_id}"
 
+    def trim_floor(self, bucket: int) -> str:
+        """The greatest trim base the ingest script applied to the bucket's touches."""
+        return f"{self._u(bucket)}:trimmed"
+
     def counts(self, bucket: int, day: str) -> str:
         return f"{self._u(bucket)}:n:{day}"
 
@@ -98,6 +105,13 @@ class Keys:
         return f"{self._b(shard)}:budget-events"
 
     # global (not touched by scripts)
+    def layout(self) -> str:
+        """The layout this Redis was filled with (``describe``), written by the first worker."""
+        return f"{self.prefix}:layout"
+
+    def describe(self) -> str:
+        return f"user_buckets={self.user_buckets} budget_shards={self.budget_shards}"
+
     def clocks(self) -> str:
         """Each input partition's checkpoint: ``<next offset>|<watermark>``."""
         return f"{self.prefix}:clocks"
@@ -120,3 +134,42 @@ class Keys:
         """One user's impressions of one campaign (a sorted set: event id scored by time), in the
         user's bucket; trimmed to the cap and expiring with the cap's window."""
         return f"{self.prefix}:{{u{bucket}}}:f:{user_id}:{campaign_id}"
+
+
+async def ensure_layout(redis: Any, keys: Keys) -> None:
+    """Refuse to write to a Redis filled with another key layout, whose state this one would not
+    find (a campaign's spend in another shard: caps lost; a user's touches in another bucket).
+
+    The layout is recorded in ``keys.layout()``. A Redis filled before the record existed (the
+    layout of one budget shard) is checked from its lifetime spend keys, which never expire: each
+    must sit in the shard this layout gives its campaign; then the record is written."""
+    recorded = await redis.get(keys.layout())
+    if recorded is not None:
+        if recorded.decode() != keys.describe():
+            raise InvalidSetting(
+                "ATTRIBUTION_KEYS_BUDGET_SHARDS",
+                str(keys.budget_shards),
+                f"this Redis holds the layout {recorded.decode()!r}, not {keys.describe()!r}: set "
+                "ATTRIBUTION_KEYS_USER_BUCKETS and ATTRIBUTION_KEYS_BUDGET_SHARDS to its values, or "
+                "start on an empty Redis (README, Redis memory: moving to another layout)",
+            )
+        return
+    life = re.compile("^" + re.escape(keys.prefix) + r":\{b(\d+)\}:spend:(.*):life$")
+    shards: set[int] = set()
+    misplaced = 0
+    async for raw in redis.scan_iter(match=f"{keys.prefix}:{{b*}}:spend:*:life", count=10_000):
+        m = life.match(raw.decode())
+        if m is None:
+            continue
+        shards.add(int(m.group(1)))
+        misplaced += keys.shard(m.group(2)) != int(m.group(1))
+    if misplaced:
+        raise InvalidSetting(
+            "ATTRIBUTION_KEYS_BUDGET_SHARDS",
+            str(keys.budget_shards),
+            f"this Redis holds budget state of an earlier layout ({misplaced} campaigns' spend in other "
+            f"shards; it used at least {max(shards) + 1}, and 1 before the default became 16): set "
+            "ATTRIBUTION_KEYS_BUDGET_SHARDS to its count, or start on an empty Redis (README, Redis "
+            "memory: moving to another layout)",
+        )
+    await redis.set(keys.layout(), keys.describe(), nx=True)

@@ -97,6 +97,18 @@ class Metrics:
             "When this worker's last ledger flush to the lake ended (Unix time)",
             registry=r,
         )
+        self.redis_keys = Gauge(
+            "attribution_redis_keys",
+            "Keys of the speed layer in Redis by record kind (estimated from a sample: realtime.footprint)",
+            ["kind"],
+            registry=r,
+        )
+        self.redis_memory = Gauge(
+            "attribution_redis_memory_bytes",
+            "Redis memory of the speed layer's keys by record kind (MEMORY USAGE of a sample, scaled)",
+            ["kind"],
+            registry=r,
+        )
         self.ledger_flush_errors = Counter(
             "attribution_ledger_flush_errors_total", "Ledger flushes that failed (retried later)", registry=r
         )

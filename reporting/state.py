@@ -38,7 +38,7 @@ class State:
             # Touches are counted up to the touch retention late, then kept counts_ttl after.
             counts_ms=self.policy.longest_window_ms(self.catalog) + lateness + rt.counts_ttl_ms,
             # A charge (at release) and a refund (while the charge is kept) each restart the TTL.
-            stats_ms=lateness + 2 * rt.decision_ttl_ms,
+            stats_ms=lateness + 2 * settings.decision_ttl_ms,
             max_future_ms=settings.rules.max_future_ms,
         )
         # One connection, not safe for concurrent use (DuckDB): queries run one at a time, each in

@@ -414,6 +414,7 @@ class IngestStatus(IntEnum):
     CONFLICT_DECIDED = 3  # another copy of the order was decided
     REPLACED = 4
     CHANGED = 5  # a replace found another standing copy than the one given: nothing done
+    TOO_LATE = 6  # a touch older than its bucket's trim floor minus its retention: nothing done
 
 
 #: One released action's payload in a budget shard's queue (the settle script reads ``p.<field>``):

@@ -56,6 +56,22 @@ class AttributionPolicy:
             return override
         return campaign.windows or self.default_windows
 
+    def longest_window_of_ms(self, kind: str, campaigns: Iterable[Campaign] = ()) -> int:
+        """The longest ``kind`` window (``"click"`` or ``"view"``) over the defaults, the overrides
+        and the given campaigns: how long before an order a touch of that kind may count."""
+        if kind not in ("click", "view"):
+            raise ValueError(f"kind = {kind!r}: must be 'click' or 'view'")
+
+        def of(w: Windows) -> int:
+            return w.click_ms if kind == "click" else w.view_ms
+
+        longest = of(self.default_windows)
+        for w in self.overrides.values():
+            longest = max(longest, of(w))
+        for campaign in campaigns:
+            longest = max(longest, of(self.windows_for(campaign)))
+        return longest
+
     def longest_window_ms(self, campaigns: Iterable[Campaign] = ()) -> int:
         """The longest window over the defaults, the overrides and the given campaigns."""
         longest = self.default_windows.longest_ms

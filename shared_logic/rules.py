@@ -60,6 +60,21 @@ class Decision:
 TOUCH_KINDS: Final = {"impression": TouchKind.VIEW, "click": TouchKind.CLICK, "promo_view": TouchKind.VIEW}
 
 
+def touch_retention_ms(
+    policy: AttributionPolicy, campaigns: Iterable[Campaign] = (), per_kind: bool = True
+) -> dict[TouchKind, int]:
+    """How long after it a touch of each kind can still earn an order decided at its release: the
+    longest window of that kind among ``campaigns`` (the defaults and overrides included) plus the
+    allowed lateness; with ``per_kind`` False, the longest window of any kind for every kind."""
+    campaigns = list(campaigns)
+    longest = policy.longest_window_ms(campaigns)
+    lateness = policy.allowed_lateness_ms
+    return {
+        kind: (policy.longest_window_of_ms(name, campaigns) if per_kind else longest) + lateness
+        for kind, name in ((TouchKind.VIEW, "view"), (TouchKind.CLICK, "click"))
+    }
+
+
 def touch_from_event(event: Event) -> Touch | None:
     """The touch an event records, or None for an order or a cancel."""
     kind = TOUCH_KINDS.get(event.event_type)

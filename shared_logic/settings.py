@@ -62,7 +62,13 @@ class KeySettings(_Section):
     user_buckets: int = Field(
         64, ge=1, le=16384, description="hash-tag buckets for user state (cluster slots it spreads over)"
     )
-    budget_shards: int = Field(1, ge=1, le=1024, description="hash-tag shards for budget state")
+    budget_shards: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="hash-tag shards for budget state (charges, spend, stats, the ledger): enough that no "
+        "node of a 3-master cluster holds much more than a third of it",
+    )
 
 
 class LakeSettings(_Section):
@@ -235,9 +241,35 @@ class RealtimeSettings(_Section):
     heartbeat_interval_ms: int = Field(3_000, ge=100, description="consumer group heartbeat")
     batch_size: int = Field(4_000, ge=1, description="events taken from the stream per batch")
     batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
-    decision_ttl_ms: int = Field(35 * MS_PER_DAY, gt=0, description="how long claims and charges are kept")
+    decision_ttl_ms: int | None = Field(
+        None,
+        gt=0,
+        description="how long claims, cancel markers, charges, budget-day spend and day stats are kept "
+        "after their last write; default: what refunds need, (rules.cancel_horizon_days + 1) days + "
+        "rules.allowed_lateness_ms, plus realtime.state_slack_ms",
+    )
+    state_slack_ms: int = Field(
+        MS_PER_DAY,
+        ge=0,
+        description="kept past the rule's need (the derived decision TTL): how far a worker may fall "
+        "behind (an outage, a backlog) and still refund a cancel inside the horizon",
+    )
     counts_ttl_ms: int = Field(10 * MS_PER_DAY, gt=0)
+    touch_retention: Literal["per_kind", "longest"] = Field(
+        "per_kind",
+        description="how long touches are kept: 'per_kind' each kind (view, click) for the longest window "
+        "of that kind among the catalog's campaigns plus the allowed lateness; 'longest' every kind for "
+        "the longest window of any kind (the earlier layout: views kept as long as clicks)",
+    )
     budget_events_maxlen: int = Field(100_000, ge=1)
+    memory_sample_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="how often a worker samples Redis memory by record kind for /metrics; 0: never",
+    )
+    memory_sample_keys: int = Field(
+        1_000, ge=1, description="random keys measured per Redis node at each sample"
+    )
     timer_interval_s: float = Field(
         1.0, gt=0, description="live mode: how often the clock moves idle partitions"
     )
@@ -498,10 +530,22 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _StrictEnv(settings_cls), file_secret_settings)
 
+    @property
+    def decision_ttl_needed_ms(self) -> int:
+        """How long after its order's release a claim or charge is needed: a cancel counts until the
+        end of the horizon's last day (``cancel_window``) and is released its lateness later."""
+        return (self.rules.cancel_horizon_days + 1) * MS_PER_DAY + self.rules.allowed_lateness_ms
+
+    @property
+    def decision_ttl_ms(self) -> int:
+        """``realtime.decision_ttl_ms``, or by default what refunds need plus the slack."""
+        given = self.realtime.decision_ttl_ms
+        return given if given is not None else self.decision_ttl_needed_ms + self.realtime.state_slack_ms
+
     @model_validator(mode="after")
     def _charges_outlive_their_cancels(self) -> Self:
-        need = (self.rules.cancel_horizon_days + 1) * MS_PER_DAY + self.rules.allowed_lateness_ms
-        if self.realtime.decision_ttl_ms < need:
+        need = self.decision_ttl_needed_ms
+        if self.realtime.decision_ttl_ms is not None and self.realtime.decision_ttl_ms < need:
             raise ValueError(
                 f"realtime.decision_ttl_ms = {self.realtime.decision_ttl_ms}: must be at least {need} "
                 f"(rules.cancel_horizon_days = {self.rules.cancel_horizon_days} days, plus one, plus the "

@@ -20,6 +20,9 @@ from devtools.servers import free_port
 from devtools.synthetic import Traffic
 from realtime.client import connect
 from realtime.replay import replay
+from shared_logic import AttributionPolicy
+from shared_logic.contract import TOUCH_CODES
+from shared_logic.rules import touch_retention_ms
 from shared_logic.settings import RedisSettings, Settings
 from storage import Lake, open_lake
 from storage.raw import land_events
@@ -77,9 +80,47 @@ def flush(url: str) -> None:
     client.close()
 
 
-async def redis_snapshot(url: str, match: str = "attr:*", sort_streams: bool = False) -> dict[str, Any]:
+def usable_touches(state: dict[str, Any], end_ms: int | None = None) -> dict[str, Any]:
+    """``state`` with only the touches an order still to come may use: a touch of a kind older than
+    ``end_ms`` minus that kind's retention (the default policy's, the least any catalog has) is left
+    out of each user's set (``:t:``) and ids (``:ti:``), a set left empty is dropped, and so is
+    each bucket's trim floor.
+
+    When the ingest script trims such a touch depends on when each user's next touch came and on
+    the settlement bound then: batching, by design (no decision depends on it: an order uses a touch
+    only within its kind's retention of its release). ``end_ms`` defaults to the latest touch: no
+    trim bound passes it when the input topics' partitions each hold touches (a replay, Kafka),
+    since the settlement bound is a minimum over every partition's watermark."""
+    retention = {TOUCH_CODES[k]: ms for k, ms in touch_retention_ms(AttributionPolicy()).items()}
+    sets = {k: v for k, v in state.items() if ":t:" in k}
+    if end_ms is None:
+        end_ms = max((int(score) for members in sets.values() for _, score in members), default=0)
+    # Each bucket's trim floor (``:trimmed``) is how far trimming went: batching too.
+    out = {
+        k: v for k, v in state.items() if ":t:" not in k and ":ti:" not in k and not k.endswith(":trimmed")
+    }
+    for key, members in sets.items():
+        kept = [(m, s) for m, s in members if s >= end_ms - retention[m.decode().split("|", 1)[0]]]
+        if not kept:
+            continue
+        out[key] = kept
+        ids = state.get(key.replace(":t:", ":ti:", 1), {})
+        names = {m for m, _ in kept}
+        out[key.replace(":t:", ":ti:", 1)] = {f: m for f, m in ids.items() if m in names}
+    return out
+
+
+def ledger_entries(state: dict[str, Any]) -> list[Any]:
+    """The entries of every budget shard's ledger stream in a snapshot, shard after shard."""
+    return [e for k in sorted(state) if k.endswith(":ledger") for e in state[k]]
+
+
+async def redis_snapshot(
+    url: str, match: str = "attr:*", sort_streams: bool = False, all_touches: bool = False
+) -> dict[str, Any]:
     """Every key matching ``match`` with its value; streams as their entries' fields (ids dropped).
-    A Redis Cluster is read on every node."""
+    A Redis Cluster is read on every node. Touches only as ``usable_touches`` leaves them, unless
+    ``all_touches``."""
     r = connect(RedisSettings(url=url))
     out: dict[str, Any] = {}
     async for key in r.scan_iter(match=match):
@@ -95,7 +136,7 @@ async def redis_snapshot(url: str, match: str = "attr:*", sort_streams: bool = F
             entries = [fields for _, fields in await r.xrange(key)]
             out[k] = sorted(entries, key=repr) if sort_streams else entries
     await r.aclose()
-    return out
+    return out if all_touches else usable_touches(out)
 
 
 #: API settings with every role's rate limit out of reach: for tests about answers, not throttling

@@ -5,23 +5,27 @@
 -- contract: pending_record = digest|payload
 -- contract: claim = cancelled|digest|decision
 -- contract: ingest_ops = touch:t pending:p replace_touch:r replace_pending:P
--- contract: ingest_status = known:0 new:1 pending:2 conflict_decided:3 replaced:4 changed:5
+-- contract: ingest_status = known:0 new:1 pending:2 conflict_decided:3 replaced:4 changed:5 too_late:6
 -- Ingest a batch of one bucket's events (all KEYS share the bucket's hash tag: touches live in
 -- their user's bucket, orders and cancels in their order id's). The identity rule
 -- (shared_logic.identity) decides between copies; this script finds them and never compares
 -- ranks (Python does, byte for byte): it returns the standing copy of a conflict, and the
 -- caller sends a replace op when the new copy ranks lower.
--- ARGV[1] retention of touches (ms), ARGV[2] TTL of counts (ms), ARGV[3] trim bound: touches
--- older than it can earn no order still to be decided, ARGV[4] a JSON array of ops (one
--- argument, not many per event: packing arguments is the client's main cost):
+-- ARGV[1] retention of touches (ms) by kind code (a JSON object: {"v": ms, "c": ms}), ARGV[2] TTL
+-- of counts (ms), ARGV[3] trim base: no order still to be decided is released before it, so a
+-- touch older than the base minus its kind's retention can earn nothing, ARGV[4] a JSON array of
+-- ops (one argument, not many per event: packing arguments is the client's main cost):
 --   {'t', touches key, touch ids key, counts key, event_id, member, score, counts field, digest}
 --   {'p', claim key (0 for a cancel), pending key, pending field, record, digest}
 --   {'r', touches key, touch ids key, old counts key, new counts key, event_id, old member,
 --         new member, score, old counts field, new counts field}
 --   {'P', claim key, pending key, pending field, old record, new record}
--- (key positions are 1-based indexes into KEYS). Returns one value per op:
---   't': 1 new, 0 known (the same copy: nothing changes, counters included), or the standing
---        copy's {member, score} when the new one conflicts with it
+-- (key positions are 1-based indexes into KEYS; the last KEYS is the bucket's trim floor: the
+-- greatest trim base applied to it, kept as long as the longest retention). Returns one value per op:
+--   't': 1 new, 0 known (the same copy: nothing changes, counters included), 6 too late (older
+--        than the floor minus its kind's retention: a replay by a worker that does not know how
+--        far the bucket went; nothing changes, counters included, as it was trimmed or counted
+--        before), or the standing copy's {member, score} when the new one conflicts with it
 --   'p': 1 newly pending, 2 the same copy is pending, 0 the same order was decided, 3 another
 --        copy of the order was decided (a late conflicting copy), or the standing record when
 --        another copy is pending (orders only: a cancel's field names its digest, so only the
@@ -29,9 +33,21 @@
 --   'r', 'P': 4 replaced, 5 changed meanwhile (the standing copy is not the one given; nothing done)
 -- Reads and checks first, then writes: an error leaves nothing behind.
 local MAX = 9007199254740991  -- 2^53 - 1: every counter stays exact in Lua's doubles
-local retention = tonumber(ARGV[1])
+local retention = cjson.decode(ARGV[1])
 local counts_ttl = tonumber(ARGV[2])
-local trim_bound = tonumber(ARGV[3])
+local floor_key = KEYS[#KEYS]
+local stored_floor = tonumber(redis.call('GET', floor_key) or '0')
+local base = math.max(tonumber(ARGV[3]), stored_floor)
+-- a member's kind code is its first field; a user's keys live as long as their longest-kept touch
+local function code_of(member)
+  return string.match(member, '^([^|]*)|')
+end
+local trim_bound, youngest, longest = {}, nil, 0  -- per kind; the greatest bound; the longest retention
+for code, ms in pairs(retention) do
+  trim_bound[code] = base - ms
+  if youngest == nil or trim_bound[code] > youngest then youngest = trim_bound[code] end
+  if ms > longest then longest = ms end
+end
 local ops = cjson.decode(ARGV[4])
 local out, writes, seen, newest, counts = {}, {}, {}, {}, {}
 local function count(ckey, field, n)
@@ -53,11 +69,15 @@ for i, op in ipairs(ops) do
       local score = member and redis.call('ZSCORE', zkey, member)
       if score then standing = {member, tonumber(score)} end
     end
-    if standing == nil then
+    if standing == nil and op[7] < trim_bound[code_of(op[6])] then
+      out[i] = 6
+    elseif standing == nil then
       seen[id] = {op[6], op[7]}
       out[i] = 1
       writes[#writes + 1] = {'t', zkey, hkey, op[5], op[6], op[7]}
-      if newest[zkey] == nil or op[7] > newest[zkey][1] then newest[zkey] = {op[7], hkey} end
+      local keep = retention[code_of(op[6])]
+      if newest[zkey] == nil then newest[zkey] = {hkey, keep} end
+      if keep > newest[zkey][2] then newest[zkey][2] = keep end
       count(KEYS[op[4]], op[8], 1)
     elseif digest_of(standing[1]) == op[9] then
       out[i] = 0
@@ -88,7 +108,9 @@ for i, op in ipairs(ops) do
     if redis.call('HGET', hkey, op[6]) == op[7] then
       out[i] = 4
       writes[#writes + 1] = {'r', KEYS[op[2]], hkey, op[6], op[7], op[8], op[9]}
-      if newest[KEYS[op[2]]] == nil then newest[KEYS[op[2]]] = {op[9], hkey} end
+      local keep = retention[code_of(op[8])]
+      if newest[KEYS[op[2]]] == nil then newest[KEYS[op[2]]] = {hkey, keep} end
+      if keep > newest[KEYS[op[2]]][2] then newest[KEYS[op[2]]][2] = keep end
       count(KEYS[op[4]], op[10], -1)
       count(KEYS[op[5]], op[11], 1)
     else
@@ -124,17 +146,32 @@ for _, w in ipairs(writes) do
     redis.call('HSET', w[2], w[3], w[4])
   end
 end
+if base > stored_floor then
+  redis.call('SET', floor_key, string.format('%d', base), 'PX', longest)
+end
 for zkey, top in pairs(newest) do
-  local hkey = top[2]
-  local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', string.format('(%d', trim_bound))
-  for _, member in ipairs(old) do
-    redis.call('HDEL', hkey, string.match(member, '^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$'))
+  local hkey, keep = top[1], top[2]
+  -- each touch older than its own kind's bound goes
+  local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', string.format('(%d', youngest), 'WITHSCORES')
+  local gone, n = {}, 0
+  for j = 1, #old, 2 do
+    local member = old[j]
+    if tonumber(old[j + 1]) < trim_bound[code_of(member)] then
+      n = n + 1
+      gone[n] = member
+      redis.call('HDEL', hkey, string.match(member, '^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$'))
+    end
   end
-  if #old > 0 then
-    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', string.format('(%d', trim_bound))
+  if n > 0 then
+    for j = 1, n, 1000 do
+      redis.call('ZREM', zkey, unpack(gone, j, math.min(j + 999, n)))
+    end
   end
-  redis.call('PEXPIRE', zkey, retention)
-  redis.call('PEXPIRE', hkey, retention)
+  -- never shorten: the set may hold a touch of a kind kept longer than those written now
+  if redis.call('PTTL', zkey) < keep then
+    redis.call('PEXPIRE', zkey, keep)
+    redis.call('PEXPIRE', hkey, keep)
+  end
 end
 for ckey, fields in pairs(counts) do
   for field, n in pairs(fields) do

@@ -17,7 +17,7 @@ from batch.job import run_day
 from devtools.synthetic import SyntheticConfig, generate
 from reporting.auth import add_key
 from reporting.schemas import RoasReport
-from shared_logic.settings import Settings
+from shared_logic.settings import KeySettings, Settings
 from storage import partition
 from tests.helpers import UNTHROTTLED, assert_problem, land_and_replay, running_api
 
@@ -147,7 +147,7 @@ def test_a_closed_day_comes_from_the_lake_and_outlives_redis(served: Any) -> Non
         client = Redis.from_url(url)
         try:
             ids = sorted(c.campaign_id for c in catalog)
-            return await speed_view(client, Keys("attr", 16, 1), catalog, [DAYS[2]], ids)
+            return await speed_view(client, Keys.of(KeySettings(user_buckets=16)), catalog, [DAYS[2]], ids)
         finally:
             await client.aclose()
 

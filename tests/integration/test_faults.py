@@ -34,7 +34,7 @@ from shared_logic.contract import DEAD_LETTERS, RAW
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
 from storage import Lake, open_lake, partition
-from tests.helpers import CommitHold, freeze_when, wait_for
+from tests.helpers import CommitHold, freeze_when, ledger_entries, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXE = str(Path(sys.executable).with_name("attribution"))
@@ -475,7 +475,7 @@ def test_redis_stopped_restarted_then_hung_under_a_running_worker_and_api(
         if server.process.poll() is None:
             os.kill(server.process.pid, signal.SIGCONT)
         server.stop()
-    charges = [e for e in got["attr:{b0}:ledger"] if e[b"kind"] in (b"charge", b"cancelled")]
+    charges = [e for e in ledger_entries(got) if e[b"kind"] in (b"charge", b"cancelled")]
     orders = [json.loads(e[b"d"])["order_id"] for e in charges]
     assert len(orders) == len(set(orders)) > 50  # every order charged once
     assert got == expected
@@ -584,7 +584,7 @@ def test_a_worker_survives_a_broker_restart_and_resumes_at_its_checkpoints(
         stack.close()
         inner.stop()
     got = asyncio.run(_outcome(url))
-    charges = [e for e in got["attr:{b0}:ledger"] if e[b"kind"] in (b"charge", b"cancelled")]
+    charges = [e for e in ledger_entries(got) if e[b"kind"] in (b"charge", b"cancelled")]
     orders = [json.loads(e[b"d"])["order_id"] for e in charges]
     assert len(orders) == len(set(orders)) > 30  # every order charged once
     assert got == expected

@@ -503,7 +503,7 @@ def test_sigterm_finishes_the_batch_commits_and_leaves_and_the_partitions_move_o
     from devtools.traffic import produce
     from realtime.replay import replay
     from realtime.routing import partition_for, route
-    from tests.helpers import LEAVE_GROUP, CommitHold, flush, freeze_when, redis_snapshot
+    from tests.helpers import LEAVE_GROUP, CommitHold, flush, freeze_when, ledger_entries, redis_snapshot
 
     traffic = generate(SyntheticConfig(users=800, days=2, duplicate_rate=0.02, cancel_rate=0.15, seed=67))
     values = [e.payload for e in traffic.events]
@@ -614,7 +614,7 @@ def test_sigterm_finishes_the_batch_commits_and_leaves_and_the_partitions_move_o
         front.stop()
         inner.stop()
     got = outcome(url)
-    charges = [e for e in got["attr:{b0}:ledger"] if e[b"kind"] in (b"charge", b"cancelled")]
+    charges = [e for e in ledger_entries(got) if e[b"kind"] in (b"charge", b"cancelled")]
     orders = [json.loads(e[b"d"])["order_id"] for e in charges]
     assert len(orders) == len(set(orders)) > 50  # every order charged once
     assert got == expected

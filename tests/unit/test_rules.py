@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from shared_logic import AttributionPolicy, Lever, TouchKind, Windows, attribute_order, touch_from_event
 from shared_logic.events import Click, Impression, Order, PromoView
+from shared_logic.rules import touch_retention_ms
 from tests.factories import DAY, HOUR, MIN, T0, campaign, catalog, order, promo, touch
 
 pytestmark = pytest.mark.unit
@@ -162,3 +163,24 @@ def test_shuffling_touches_never_changes_the_decision(touches, rnd: random.Rando
         # An order with a redemption is credited to the promo, once, whatever ad touches came before.
         assert expected is not None
         assert expected.campaign_id == "pr1"
+
+
+def test_touch_retention_is_the_longest_window_of_each_kind_plus_lateness() -> None:
+    """Each kind's own longest window among the catalog's campaigns (defaults and overrides
+    included), not the longest of any kind; ``per_kind=False`` is the earlier single bound."""
+    policy = AttributionPolicy(
+        default_windows=Windows(click_ms=2 * DAY, view_ms=HOUR), allowed_lateness_ms=MIN
+    )
+    campaigns = [
+        campaign("ad1", windows={"click_ms": HOUR, "view_ms": 3 * DAY}),
+        campaign("ad2", windows={"click_ms": 5 * DAY, "view_ms": MIN}),
+    ]
+    assert touch_retention_ms(policy, campaigns) == {
+        TouchKind.VIEW: 3 * DAY + MIN,
+        TouchKind.CLICK: 5 * DAY + MIN,
+    }
+    assert touch_retention_ms(policy) == {TouchKind.VIEW: HOUR + MIN, TouchKind.CLICK: 2 * DAY + MIN}
+    longest = touch_retention_ms(policy, campaigns, per_kind=False)
+    assert longest == {TouchKind.VIEW: 5 * DAY + MIN, TouchKind.CLICK: 5 * DAY + MIN}
+    with pytest.raises(ValueError, match="kind = 'promo'"):
+        policy.longest_window_of_ms("promo")

@@ -237,3 +237,14 @@ def test_a_whole_tree_rule_does_not_echo_the_tree(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(InvalidSetting, match="decision_ttl_ms = 1000") as caught:
         load_settings()
     assert "s3cr3t-value" not in str(caught.value)
+
+
+def test_the_decision_ttl_is_derived_from_the_cancel_horizon_unless_given() -> None:
+    """By default claims and charges live as long as a refund may need them (the horizon's days plus
+    the order's own, plus the lateness) plus the slack, not a flat figure: a longer horizon keeps
+    them longer. A given TTL is taken as it is."""
+    day = 86_400_000
+    assert Settings().decision_ttl_ms == 8 * day + 60_000 + day
+    longer = Settings().replace(rules_cancel_horizon_days=30, realtime_state_slack_ms=0)
+    assert longer.decision_ttl_ms == 31 * day + 60_000
+    assert Settings().replace(realtime_decision_ttl_ms=35 * day).decision_ttl_ms == 35 * day

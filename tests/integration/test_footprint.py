@@ -1,0 +1,82 @@
+"""``/metrics`` reports Redis keys and memory by record kind, estimated from a sample (issue 21), on
+a real redis-server and on a 3-master Redis Cluster.
+
+The test writes known keys of three kinds (the layout's own key builder names them) and measures
+them whole itself (``SCAN`` is not used by the sampler); the sampler must land within its
+sampling error. Mutants this kills (tried): a sample not scaled by the node's key count (on one
+server, 600 of 960 keys sampled); memory taken as the mean size of all kinds instead of each kind's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis as redis_sync
+from redis.crc import key_slot
+
+from realtime.client import connect, is_cluster
+from realtime.footprint import export, sample
+from realtime.keys import Keys
+from realtime.metrics import Metrics
+from shared_logic.settings import KeySettings, RedisSettings
+
+pytestmark = pytest.mark.integration
+
+KEYS = Keys.of(KeySettings())
+
+
+def _fill(url: str) -> dict[str, tuple[int, int]]:
+    """300 touch sets of 20 members, 600 claims, 60 day-stats hashes; each kind's (keys, bytes)."""
+    if is_cluster(url):
+        port = int(url.split("//", 1)[1].split(",")[0].rsplit(":", 1)[1])
+        client: redis_sync.Redis = redis_sync.RedisCluster(host="127.0.0.1", port=port)  # type: ignore[assignment]
+    else:
+        client = redis_sync.Redis.from_url(url)
+    made: dict[str, list[str]] = {"touches": [], "claims": [], "stats": []}
+    for u in range(300):
+        key = KEYS.touches(f"user{u}")
+        client.zadd(key, {f"v|ad{i}|1|digest{i}|event-{u}-{i}": 1000 + i for i in range(20)})
+        made["touches"].append(key)
+    for o in range(600):
+        key = KEYS.claim(o % KEYS.user_buckets, f"order-{o}")
+        client.set(key, "0|digest|" + "x" * 40)
+        made["claims"].append(key)
+    for c in range(60):
+        key = KEYS.stats(f"ad{c}", "2026-11-01")
+        client.hset(key, mapping={"orders": 1, "revenue": 100, "spend": 10})
+        made["stats"].append(key)
+    out = {
+        kind: (len(keys), sum(int(client.memory_usage(k) or 0) for k in keys)) for kind, keys in made.items()
+    }
+    slots = {key_slot(k.encode()) for keys in made.values() for k in keys}
+    assert len(slots) > 3  # spread over slots (and, on the cluster, over its nodes)
+    client.close()
+    return out
+
+
+@pytest.mark.parametrize("speed_redis_url", ["server", "cluster"], indirect=True)
+def test_the_sample_estimates_keys_and_memory_of_each_kind(speed_redis_url: str) -> None:
+    truth = _fill(speed_redis_url)
+    total_keys = sum(n for n, _ in truth.values())
+
+    async def run() -> Metrics:
+        redis = connect(RedisSettings(url=speed_redis_url))
+        try:
+            got = await sample(redis, KEYS, per_node=600)
+        finally:
+            await redis.aclose()
+        assert 600 <= got.sampled <= 3 * 600
+        assert sum(got.keys.values()) == pytest.approx(total_keys, rel=0.02)  # rounding only
+        for kind, (n, size) in truth.items():
+            assert got.keys[kind] == pytest.approx(n, rel=0.25), kind
+            assert got.bytes[kind] == pytest.approx(size, rel=0.3), kind
+        metrics = Metrics()
+        export(got, metrics)
+        return metrics
+
+    metrics = asyncio.run(run())
+    touches = metrics.value("attribution_redis_memory_bytes", kind="touches")
+    assert touches == pytest.approx(truth["touches"][1], rel=0.3)
+    assert metrics.value("attribution_redis_keys", kind="claims") == pytest.approx(600, rel=0.25)
+    assert metrics.registry.get_sample_value("attribution_redis_keys", {"kind": "dead letters"}) == 0
