@@ -67,14 +67,17 @@ from realtime.metrics import Metrics
 from realtime.routing import UserPartitions
 from realtime.schedule import Action, ActionQueue
 from realtime.scripts import Scripts
-from shared_logic import AttributionPolicy, Catalog, Decision, InvalidEvent, attribute_order, budget_day
+from shared_logic import AttributionPolicy, Catalog, Decision, InvalidEvent, budget_day
 from shared_logic.contract import (
     CLAIM_OPS,
     CLAIM_SUPERSEDED,
     Checkpoint,
     IngestStatus,
+    IvtRow,
     SettleStatus,
     cap_arg,
+    ivt_field,
+    ivt_order_row,
     parse_claim,
     parse_pending_record,
     pending_field,
@@ -83,10 +86,12 @@ from shared_logic.contract import (
     settle_payload,
 )
 from shared_logic.identity import ORDER_CONFLICT_RULE, TOUCH_CONFLICT_RULE, stands
+from shared_logic.ivt import GivtLists
 from shared_logic.money import MAX_COUNTER_MINOR
+from shared_logic.rules import judge_order
 from shared_logic.settings import Settings
 from shared_logic.settlement import ActionKind, cancel_counts, cancel_window
-from shared_logic.timeutil import utc_day
+from shared_logic.timeutil import MS_PER_DAY, utc_day
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +136,19 @@ class SpeedLayer:
         sources: Sequence[TP] | None = None,
         clock: Callable[[], int] = wall_clock_ms,
         source: TP = DEFAULT_SOURCE,
+        givt: GivtLists | None = None,
     ) -> None:
         self.redis = redis
         self.catalog = catalog
         self.settings = settings
         self.config = settings.realtime
         self.policy = policy or settings.rules.policy()
+        if givt is None:
+            from storage.ivt_lists import load_givt_lists
+
+            givt = load_givt_lists(settings.rules)
+        self.givt = givt
+        self._ivt: list[IvtRow] = []  # verdicts to record with the next checkpoint
         self.dead_letters = dead_letters
         self.metrics = metrics or Metrics()
         self.keys = Keys.of(settings.keys)
@@ -277,6 +289,8 @@ class SpeedLayer:
             self.settings.rules.max_future_ms,
             now,
             self.user_partitions,
+            self.policy.ivt,
+            self.givt,
         )
         batch = codec.build(records, ctx, self.clocks, self._day_cache)
         results, published = await self._ingest(batch, trim_bound)
@@ -312,6 +326,7 @@ class SpeedLayer:
             m.misrouted.labels(topic).inc(n)
         if batch.too_late:
             m.too_late.inc(batch.too_late)
+        self._verdicts(batch.ivt)
         return await self._step(now, published)
 
     async def tick(self) -> Settled:
@@ -475,11 +490,27 @@ class SpeedLayer:
                 pipe.zrangebyscore(self.keys.touches(a.payload["user_id"]), low, t, withscores=True)
             touch_sets = await pipe.execute()
         decisions: dict[str, Decision | None] = {}
+        verdicts: list[IvtRow] = []
         for a, members in zip(orders, touch_sets, strict=True):
             order = codec.order_of(a.payload)
             touches = codec.touches_of(members, order.user_id, a.release_ms)
-            decisions[order.order_id] = attribute_order(order, touches, self.catalog, self.policy)
+            judged = judge_order(order, touches, self.catalog, self.policy)
+            decisions[order.order_id] = judged.decision
+            if judged.verdict is not None:
+                verdicts.append(ivt_order_row(order.user_id, judged.verdict))
+        self._verdicts(verdicts)
         return decisions
+
+    def _verdicts(self, rows: list[IvtRow]) -> None:
+        """Count invalid-traffic verdicts and keep them for the next checkpoint, which records them
+        in their day's hash before the offsets that produced them (a replay writes them again)."""
+        for row in rows:
+            self.metrics.ivt_verdicts.labels(row.scope, row.campaign_id, row.reason, row.outcome).inc()
+            if row.avoided_minor:
+                self.metrics.ivt_avoided_minor.labels(row.campaign_id, row.currency or "").inc(
+                    row.avoided_minor
+                )
+        self._ivt.extend(rows)
 
     async def _claim(self, released: Sequence[Action], decisions: dict[str, Decision | None]) -> list[bytes]:
         """Claim decisions and apply cancels, one call per user bucket, in settlement order."""
@@ -625,9 +656,17 @@ class SpeedLayer:
             for tp, c in self.clocks.parts.items()
         }
         changed = {k: v for k, v in state.items() if self._published.get(k) != v}
-        if not released and not changed:
+        if not released and not changed and not self._ivt:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
+            if self._ivt:
+                by_day: dict[str, dict[str, bytes]] = {}
+                for row in self._ivt:
+                    day = self._day_cache.get(row.time_ms // MS_PER_DAY) or utc_day(row.time_ms)
+                    by_day.setdefault(day, {})[ivt_field(row)] = orjson.dumps(row)
+                for day, verdicts in by_day.items():
+                    pipe.hset(self.keys.ivt(day), mapping=verdicts)
+                    pipe.pexpire(self.keys.ivt(day), self.config.counts_ttl_ms)
             by_bucket: dict[int, list[str]] = {}
             for a in released:
                 by_bucket.setdefault(a.bucket, []).append(
@@ -638,6 +677,7 @@ class SpeedLayer:
             if changed:
                 pipe.hset(self.keys.clocks(), mapping=changed)
             await pipe.execute()
+        self._ivt.clear()
         self._published.update(changed)
 
 
