@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ("models", "realtime", "kafka", "batch", "serving", "console")
+ALL = ("models", "realtime", "kafka", "batch", "serving", "console", "ivt")
 
 
 def main(argv: list[str]) -> int:

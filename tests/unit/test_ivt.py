@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 
 import crawleruseragents
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 
 from shared_logic import AttributionPolicy, Catalog, Order, Touch, TouchKind, Windows
 from shared_logic.admission import traffic_flag
-from shared_logic.errors import InvalidEvent
+from shared_logic.errors import InvalidEvent, InvalidSetting
 from shared_logic.events import Click, parse_event
 from shared_logic.identity import digest, digest_of
 from shared_logic.ivt import (
@@ -42,6 +43,7 @@ from shared_logic.ivt import (
 )
 from shared_logic.rules import _rank, eligible_campaigns, judge_order, touch_counts
 from shared_logic.settings import Settings
+from storage.ivt_lists import load_givt_lists, read_ranges
 from tests.factories import HOUR, MIN, T0, campaign, catalog, order
 
 pytestmark = pytest.mark.unit
@@ -427,3 +429,29 @@ def test_windows_override_is_the_evidence_span() -> None:
     judged = judge_order(order(), [*old, recent], CAT, policy)
     assert judged.verdict is None
     assert judged.decision is not None
+
+
+def test_the_ranges_file_is_read_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    good = tmp_path / "dc.txt"
+    good.write_text("# cloud ranges\n10.0.0.0/8  # a comment\n\n2001:db8::/32\n")
+    assert read_ranges(good) == ("10.0.0.0/8", "2001:db8::/32")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("10.0.0.0/8\nnot-a-range\n")
+    with pytest.raises(InvalidSetting) as err:
+        read_ranges(bad)
+    assert err.value.field == "rules.ivt_datacenter_ranges"
+    assert err.value.value == f"{bad}:2: not-a-range"
+    with pytest.raises(InvalidSetting, match="cannot be read"):
+        read_ranges(tmp_path / "missing.txt")
+
+
+def test_the_lists_loaded_follow_the_settings(tmp_path: Path) -> None:
+    ranges = tmp_path / "dc.txt"
+    ranges.write_text("192.0.2.0/24\n")
+    rules = Settings().replace(rules_ivt_datacenter_ranges=str(ranges)).rules
+    lists = load_givt_lists(rules)
+    assert len(lists.bot_patterns) == len(crawleruseragents.CRAWLER_USER_AGENTS_DATA)
+    assert lists.datacenter_ranges == ("192.0.2.0/24",)
+    off = Settings().replace(rules_ivt_bot_user_agent="off").rules
+    assert load_givt_lists(off).bot_patterns == ()
+    assert load_givt_lists(off).datacenter_ranges == ()
