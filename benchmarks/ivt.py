@@ -90,7 +90,8 @@ def _charges(decisions: Any, catalog: Any, lateness: int) -> dict[str, tuple[int
     out: dict[str, tuple[int, str]] = {}
     for _, group in actions.groupby("campaign_id"):
         ledger = settle_campaign(group, catalog)
-        for r in ledger.itertuples():
+        for row in ledger.itertuples():
+            r: Any = row  # pandas-stubs types tuple fields as a union of every scalar type
             if r.kind == "charge":
                 out[str(r.order_id)] = (int(r.charge_minor), str(r.currency))
     return out
@@ -141,18 +142,18 @@ def run() -> None:
     kept: dict[str, list[str]] = defaultdict(list)
     legit, changed = 0, 0
     for oid, touch in won_without.items():
-        scene = truth.get(touch) if touch else None
-        if scene is None:
+        found = truth.get(touch) if touch else None
+        if found is None or touch is None:
             legit += 1
             changed += won_with.get(oid) != touch
             continue
-        stolen[scene].append(oid)
-        if won_with.get(oid) not in truth or won_with.get(oid) is None:
-            kept[scene].append(oid)
-        if scene not in LIST_SCENES:
-            judged[scene].add(touch)
+        stolen[found].append(oid)
+        if (won_with.get(oid) or "") not in truth:
+            kept[found].append(oid)
+        if found not in LIST_SCENES:
+            judged[found].add(touch)
             if oid in flagged_orders and won_with.get(oid) != touch:
-                caught[scene].add(touch)
+                caught[found].add(touch)
 
     lateness = ruled.allowed_lateness_ms
     paid_without = _charges(without, traffic.catalog, lateness)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,9 +27,11 @@ from shared_logic.contract import (
     COUNTERS,
     RAW,
     REALTIME_LEDGER,
+    IvtSummary,
     metric_row,
     parse_count_field,
     roas,
+    summarize_ivt,
 )
 from shared_logic.identity import Rank, rank, row_digest, stands
 from shared_logic.ivt import GivtLists, IvtPolicy, touch_flag
@@ -179,6 +182,16 @@ def lake_view(
                 continue
             rows.append(_billing_row(catalog, day, cid, stats, c))
     return rows
+
+
+async def speed_ivt(redis: Any, keys: Keys, days: Sequence[str]) -> list[IvtSummary]:
+    """Invalid traffic per day, campaign and reason from the speed layer's verdicts (its day
+    hashes, ``Keys.ivt``): what ``attribution ivt report`` reads from the nightly job's ``ivt/``."""
+    out: list[IvtSummary] = []
+    for day in days:
+        raw = await redis.hgetall(keys.ivt(day))
+        out += summarize_ivt(day, (orjson.loads(v) for v in raw.values()))
+    return out
 
 
 def count_touches(

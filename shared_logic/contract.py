@@ -270,6 +270,44 @@ def ivt_order_row(user_id: str, v: OrderVerdict) -> IvtRow:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class IvtSummary:
+    """Invalid traffic of one campaign and day (``summarize_ivt``): touches judged invalid by
+    reason, orders whose winner a verdict changed or left unattributed, orders only flagged
+    (report mode), and the charges avoided (price before caps, the campaign's currency)."""
+
+    dt: str
+    campaign_id: str
+    reason: str
+    touches: int = 0
+    touches_refused: int = 0
+    orders_changed: int = 0
+    orders_unattributed: int = 0
+    orders_flagged: int = 0
+    avoided_minor: int = 0
+    currency: str | None = None
+
+
+def summarize_ivt(dt: str, rows: Iterable[Mapping[str, Any]]) -> list[IvtSummary]:
+    """One ``IvtSummary`` per (campaign, reason) of a day's ``IVT_ROW`` records, sorted. A touch
+    counts once per verdict: the touch-scope verdicts and the would-be winners of orders."""
+    acc: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        slot = acc.setdefault((str(r["campaign_id"]), str(r["reason"])), {"currency": None})
+        slot["touches"] = slot.get("touches", 0) + 1
+        outcome = str(r["outcome"])
+        name = {
+            "refused": "touches_refused",
+            "changed": "orders_changed",
+            "unattributed": "orders_unattributed",
+        }.get(outcome, "orders_flagged" if r["scope"] == "order" else None)
+        if name is not None:
+            slot[name] = slot.get(name, 0) + 1
+        slot["avoided_minor"] = slot.get("avoided_minor", 0) + int(r.get("avoided_minor") or 0)
+        slot["currency"] = slot["currency"] or r.get("currency")
+    return [IvtSummary(dt, cid, reason, **slot) for (cid, reason), slot in sorted(acc.items())]
+
+
 def ivt_field(row: IvtRow) -> str:
     """Where the speed layer keeps a verdict in its day's hash: one field per touch or order, so a
     replay writes the same field again."""

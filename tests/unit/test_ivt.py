@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -28,11 +28,13 @@ from hypothesis import strategies as st
 
 from shared_logic import AttributionPolicy, Catalog, Order, Touch, TouchKind, Windows
 from shared_logic.admission import traffic_flag
+from shared_logic.contract import IvtRow, IvtSummary, ivt_touch_row, summarize_ivt
 from shared_logic.errors import InvalidEvent, InvalidSetting
 from shared_logic.events import Click, parse_event
 from shared_logic.identity import digest, digest_of
 from shared_logic.ivt import (
     REASONS,
+    Flag,
     GivtLists,
     IvtPolicy,
     IvtRules,
@@ -455,3 +457,34 @@ def test_the_lists_loaded_follow_the_settings(tmp_path: Path) -> None:
     off = Settings().replace(rules_ivt_bot_user_agent="off").rules
     assert load_givt_lists(off).bot_patterns == ()
     assert load_givt_lists(off).datacenter_ranges == ()
+
+
+def test_a_days_verdicts_sum_per_campaign_and_reason() -> None:
+    rows = [
+        asdict(ivt_touch_row("a", "u1", "t1", T0, Flag(Reason.BOT_USER_AGENT, Mode.ENFORCE))),
+        asdict(ivt_touch_row("a", "u2", "t2", T0, Flag(Reason.BOT_USER_AGENT, Mode.REPORT))),
+        asdict(
+            IvtRow("order", "b", "click_injection", "enforce", "changed", "u1", "c1", T0, "o1", 150, "USD")
+        ),
+        asdict(
+            IvtRow(
+                "order", "b", "click_injection", "enforce", "unattributed", "u3", "c2", T0, "o2", 50, "USD"
+            )
+        ),
+        asdict(IvtRow("order", "b", "click_injection", "report", "flagged", "u4", "c3", T0, "o3", 0, "USD")),
+    ]
+    got = summarize_ivt("2026-11-01", rows)
+    assert got == [
+        IvtSummary("2026-11-01", "a", "bot_user_agent", touches=2, touches_refused=1),
+        IvtSummary(
+            "2026-11-01",
+            "b",
+            "click_injection",
+            touches=3,
+            orders_changed=1,
+            orders_unattributed=1,
+            orders_flagged=1,
+            avoided_minor=200,
+            currency="USD",
+        ),
+    ]
