@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -208,15 +209,27 @@ class GivtLists:
         """Whether an address lies in a data-centre range (None or not an address: no)."""
         if not ip or not self.datacenter_ranges:
             return False
-        try:
-            addr = ipaddress.ip_address(ip.strip())
-        except ValueError:
+        found = _address(ip)
+        if found is None:
             return False
-        n = int(addr)
-        starts: list[int] = self._starts[addr.version]  # type: ignore[attr-defined]  # as above
-        spans: list[tuple[int, int]] = self._spans[addr.version]  # type: ignore[attr-defined]
+        version, n = found
+        starts: list[int] = self._starts[version]  # type: ignore[attr-defined]  # set in __post_init__
+        spans: list[tuple[int, int]] = self._spans[version]  # type: ignore[attr-defined]  # as above
         i = bisect.bisect_right(starts, n) - 1
         return i >= 0 and spans[i][0] <= n <= spans[i][1]
+
+
+def _address(ip: str) -> tuple[int, int] | None:
+    """(IP version, the address as an integer), or None: ``inet_pton`` is strict and about ten
+    times faster than ``ipaddress.ip_address``, which matters once per touch."""
+    try:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+    except (OSError, ValueError):
+        pass
+    try:
+        return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, ip), "big")
+    except (OSError, ValueError):
+        return None
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
