@@ -13,10 +13,11 @@ Then, for every day:
 - the billing row of every campaign is the same from the speed view (Redis), the lake view and
   the nightly job's metrics: a touch the list rules refuse is counted by none of them.
 
-What each check would catch (not run as mutants here: a run takes minutes): the speed layer
-checking the list rules after storing the touch (it stays a candidate: the reconciliation
-differs); the nightly job deciding without the per-order rules (the verdicts differ);
-``lake_view`` counting touches the list rules refuse (the billing rows differ).
+Mutant tried: the nightly job deciding without the per-order rules (``judge_order`` given a
+policy whose injection, flooding and engagement rules are off) fails the reconciliation, the
+verdicts, the billing rows and the report. Not run as mutants (a run takes minutes): the speed
+layer checking the list rules after storing the touch (it stays a candidate: the reconciliation
+differs); ``lake_view`` counting touches the list rules refuse (the billing rows differ).
 """
 
 from __future__ import annotations
