@@ -2,8 +2,9 @@
 
 Spark calls these inside ``mapInPandas`` / ``applyInPandas``; tests call them
 directly. Each user's events arrive sorted by time, so one pass decides every
-order with ``shared_logic.attribute_order`` (the function the speed layer
-calls) and builds the journeys the multi-touch models need.
+order with ``shared_logic.rules.judge_order`` (the function the speed layer
+calls: the billing rule with the invalid-traffic rules) and builds the journeys
+the multi-touch models need.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ nothing of Kafka. It takes records (topic-partition, offset, raw value) and, per
 1. ingest: one Lua call per user bucket (``codec.build`` prepares them): touches, pending
    orders and cancels, counters;
 2. release every action whose release time the worker's watermark has passed, read the
-   touches of the released orders and decide them with ``shared_logic.attribute_order``;
+   touches of the released orders and decide them with ``shared_logic.rules.judge_order`` (the
+   billing rule with the invalid-traffic rules; a touch the list rules enforce on was never
+   stored, ``codec.build``); the verdicts go to their day's hash with the checkpoint;
 3. claim: one Lua call per user bucket records each decision once (the first claim wins);
 4. settle: one Lua call per budget shard enqueues the released actions and charges, stops or
    refunds every queued action released before the settlement bound, in order;
