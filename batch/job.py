@@ -123,6 +123,8 @@ from shared_logic.contract import (
     DEAD_LETTER_ROW,
     DECISION_ROW,
     FACT_ROW,
+    IVT,
+    IVT_ROW,
     JOURNEY_ROW,
     LEDGER_ROW,
     METRIC_ROW,
@@ -137,6 +139,7 @@ from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
 from shared_logic.timeutil import MS_PER_DAY, utc_day_bounds_ms
 from storage.arrow import arrow_schema
+from storage.ivt_lists import load_givt_lists
 from storage.lake import Lake, PartitionRef, partition
 from storage.raw import days_between
 
@@ -294,6 +297,7 @@ class _Night:
     metrics: Any = None
     orders: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    ivt: dict[str, int] = field(default_factory=dict)
 
 
 def run_day(
@@ -315,6 +319,7 @@ def run_day(
         bounds.day_end_ms,
         config.batch.channel_key,
         bounds.decide_from_ms,
+        load_givt_lists(config.rules),
     )
     night = _Night()
     _read(spark, lake, bounds, config, spec, night)
@@ -575,6 +580,16 @@ def _count(
         lake.uri(REFUSED.path)
     )
     refused.unpersist()
+    verdict = F.from_json("ivt", spark_schema(IVT_ROW))
+    ivt = decisions.filter(F.col("kind") == "ivt").select(verdict.alias("v")).select("v.*").cache()
+    night.ivt = {
+        f"{r['reason']}:{r['outcome']}": int(r["count"])
+        for r in ivt.groupBy("reason", "outcome").count().collect()
+    }
+    ivt.withColumn("dt", F.lit(bounds.dt)).write.mode("overwrite").partitionBy("dt").parquet(
+        lake.uri(IVT.path)
+    )
+    ivt.unpersist()
 
 
 def _commit(lake: Lake, bounds: DayBounds, night: _Night) -> None:
@@ -588,6 +603,10 @@ def _commit(lake: Lake, bounds: DayBounds, night: _Night) -> None:
         lake.commit_written(partition(REFUSED, dt=dt), {**meta, "refused": night.refused})
     else:  # Spark writes no folder for no rows: replace the partition whole with an empty file
         lake.write_partition(partition(REFUSED, dt=dt), arrow_schema(DEAD_LETTER_ROW).empty_table(), meta)
+    if night.ivt:
+        lake.commit_written(partition(IVT, dt=dt), {**meta, "ivt": night.ivt})
+    else:
+        lake.write_partition(partition(IVT, dt=dt), arrow_schema(IVT_ROW).empty_table(), meta)
     for model_name in night.model_names:
         lake.commit_written(partition(ATTRIBUTION, model=model_name, dt=dt), meta)
     state_ref = partition(SETTLEMENT_STATE, dt=dt)

@@ -2,8 +2,9 @@
 
 Spark calls these inside ``mapInPandas`` / ``applyInPandas``; tests call them
 directly. Each user's events arrive sorted by time, so one pass decides every
-order with ``shared_logic.attribute_order`` (the function the speed layer
-calls) and builds the journeys the multi-touch models need.
+order with ``shared_logic.rules.judge_order`` (the function the speed layer
+calls: the billing rule with the invalid-traffic rules) and builds the journeys
+the multi-touch models need.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import bisect
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from shared_logic import AttributionPolicy, Catalog, InvalidEvent, Touch, TouchKind, attribute_order
+from shared_logic import AttributionPolicy, Catalog, InvalidEvent, Touch, TouchKind
 from shared_logic.admission import touch_refusal
 from shared_logic.contract import (
     COUNTERS,
@@ -27,10 +28,13 @@ from shared_logic.contract import (
     SETTLEMENT_STATE_ROW,
     Column,
     ColumnType,
+    IvtRow,
     RowSchema,
     dead_letter,
     decision_from_record,
     decision_record,
+    ivt_order_row,
+    ivt_touch_row,
     order_decision_fields,
     order_from_payload,
     state_from_records,
@@ -45,7 +49,8 @@ from shared_logic.identity import (
     row_fields,
     stands,
 )
-from shared_logic.rules import TOUCH_KINDS, eligible_campaigns, touch_counts
+from shared_logic.ivt import GivtLists, touch_flag
+from shared_logic.rules import TOUCH_KINDS, eligible_campaigns, judge_order, touch_counts
 from shared_logic.settlement import ChargeBook, SettlementAction
 
 JOURNEY_COLUMNS = list(JOURNEY_ROW.names)
@@ -72,6 +77,7 @@ class DaySpec:
     day_end_ms: int
     channel_key: str = "campaign"
     decide_from_ms: int | None = None
+    givt: GivtLists = field(default_factory=GivtLists)  # the general invalid-traffic lists
 
     def in_day(self, t: int) -> bool:
         return self.day_start_ms <= t < self.day_end_ms
@@ -91,6 +97,19 @@ def _refusal(r: Any, broken: InvalidEvent) -> dict[str, Any]:
     }
 
 
+def _ivt(user_id: str, row: IvtRow) -> dict[str, Any]:
+    """An ``ivt`` journey row: one invalid-traffic verdict (``IVT_ROW`` as JSON)."""
+    return {
+        **_NO_DECISION,
+        "kind": "ivt",
+        "user_id": user_id,
+        "path_channels": [],
+        "path_times": [],
+        "in_day": True,
+        "ivt": json.dumps(asdict(row)),
+    }
+
+
 def decide_user(user_id: str, rows: pd.DataFrame, spec: DaySpec) -> list[dict[str, Any]]:
     """Decide every order of one user and build the day's journeys.
 
@@ -101,15 +120,20 @@ def decide_user(user_id: str, rows: pd.DataFrame, spec: DaySpec) -> list[dict[st
     users). Returns one row per order (decision, winning touch, the journey of eligible touches
     before it); at most one ``null`` row, the day's touches after the user's last order of the
     day, a journey that did not convert; one ``count`` row per campaign and counter of the
-    day's admitted touches (the day's impressions, clicks and promo views); and one ``refused``
-    row per refused event of the day (its dead letter). Orders before ``spec.decide_from_ms``
-    are left out (a checkpoint settled them).
+    day's admitted touches (the day's impressions, clicks and promo views); one ``refused``
+    row per refused event of the day (its dead letter); and one ``ivt`` row per invalid-traffic
+    verdict of the day: a touch admission's traffic stage flagged (an enforced one takes no
+    further part), an order whose would-be winner a per-order rule flagged
+    (``rules.judge_order``). Orders before ``spec.decide_from_ms`` are left out (a checkpoint
+    settled them).
     """
     catalog, policy = spec.catalog, spec.policy
     out: list[dict[str, Any]] = []
     copies: dict[str, tuple[Rank, Any]] = {}  # event id -> the standing copy's rank and row
     orders: dict[str, tuple[Rank, Any]] = {}
     refused: list[Any] = []  # rows of conflicting copies that do not stand
+    flagged: dict[str, IvtRow] = {}  # event id -> the verdict of admission's traffic stage
+    ivt = policy.ivt
     for row in rows.itertuples(index=False):
         r: Any = row  # pandas-stubs types tuple fields as a union of every scalar type
         etype = r.event_type
@@ -120,6 +144,14 @@ def decide_user(user_id: str, rows: pd.DataFrame, spec: DaySpec) -> list[dict[st
                 if spec.in_day(t):
                     out.append(_refusal(r, broken))
                 continue
+            agent, ip = getattr(r, "user_agent", None), getattr(r, "ip", None)
+            if agent is not None or ip is not None:
+                flag = touch_flag(r.campaign_id, agent, ip, ivt, spec.givt)
+                if flag is not None:
+                    if spec.in_day(t):
+                        flagged[r.event_id] = ivt_touch_row(r.campaign_id, user_id, r.event_id, t, flag)
+                    if flag.enforced:
+                        continue
             table = copies
             key = r.event_id
         elif etype == "order":
@@ -147,6 +179,7 @@ def decide_user(user_id: str, rows: pd.DataFrame, spec: DaySpec) -> list[dict[st
                 else InvalidEvent("order_id", r.order_id, ORDER_CONFLICT_RULE)
             )
             out.append(_refusal(r, rule))
+    out.extend(_ivt(user_id, v) for v in flagged.values())
     kept = sorted((c for _, c in copies.values()), key=lambda c: int(c.event_time))
     touches = [
         Touch(c.event_id, user_id, c.campaign_id, TOUCH_KINDS[c.event_type], int(c.event_time)) for c in kept
@@ -183,8 +216,11 @@ def decide_user(user_id: str, rows: pd.DataFrame, spec: DaySpec) -> list[dict[st
         lo = bisect.bisect_left(times, t - longest)
         hi = bisect.bisect_right(times, t)
         window = touches[lo:hi]
-        decision = attribute_order(order, window, catalog, policy)
+        judged = judge_order(order, window, catalog, policy)
+        decision = judged.decision
         in_day = spec.in_day(t)
+        if in_day and judged.verdict is not None:
+            out.append(_ivt(user_id, ivt_order_row(user_id, judged.verdict)))
         if in_day:
             last_order_in_day = max(last_order_in_day, t)
         path: list[str] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ("models", "realtime", "kafka", "batch", "serving", "console", "pacing", "memory")
+ALL = ("models", "realtime", "kafka", "batch", "serving", "console", "pacing", "memory", "ivt")
 
 
 def main(argv: list[str]) -> int:

@@ -19,6 +19,7 @@ from cli.common import err
 from cli.demo import demo
 from cli.errors import INTERRUPTED, describe
 from cli.generate import generate
+from cli.ivt import ivt_app
 from cli.lake import lake_app, lake_sink, land
 from cli.live import live
 from cli.realtime import realtime_app, worker
@@ -48,6 +49,7 @@ app.add_typer(batch_app, name="batch")
 app.add_typer(lake_app, name="lake")
 app.add_typer(report_app, name="report")
 app.add_typer(key_app, name="api-key")
+app.add_typer(ivt_app, name="ivt")
 for _group in app.registered_groups:  # the groups' help too
     if _group.typer_instance is not None:
         _group.typer_instance.rich_markup_mode = None

@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from devtools.awkward import AWKWARD_KINDS, BOUNDED_CAMPAIGNS, awkward_deliveries, bounded_campaign_records
+from devtools.fraud import FRAUD_KINDS, dress, fraud_deliveries
 from shared_logic.campaigns import Campaign, Catalog
 from shared_logic.policy import DEFAULT_ALLOWED_LATENESS_MS
 from shared_logic.timeutil import MS_PER_DAY, MS_PER_HOUR
@@ -63,6 +64,11 @@ class SyntheticConfig:
     # kinds (None: all of AWKWARD_KINDS). Above 0 the catalog gains four bounded campaigns.
     awkward_rate: float = 0.0
     awkward_kinds: tuple[str, ...] | None = None
+    # Labelled invalid traffic (``devtools.fraud``): the share of users each scene of
+    # ``fraud_kinds`` (None: all of FRAUD_KINDS) takes. Above 0, regular touches carry a
+    # browser's user agent, a residential address and a device id.
+    fraud_rate: float = 0.0
+    fraud_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("users", "merchants", "advertisers", "ad_campaigns", "days"):
@@ -70,6 +76,11 @@ class SyntheticConfig:
                 raise ValueError(f"{name} = {getattr(self, name)}: must be at least 1")
         if not 0 <= self.eur_merchants < self.merchants:
             raise ValueError(f"eur_merchants = {self.eur_merchants}: must be in [0, merchants)")
+        if not 0 <= self.fraud_rate <= 1:
+            raise ValueError(f"fraud_rate = {self.fraud_rate}: must be in [0, 1]")
+        bad = sorted(set(self.fraud_kinds or ()) - set(FRAUD_KINDS))
+        if bad or self.fraud_kinds == ():
+            raise ValueError(f"fraud_kinds = {self.fraud_kinds}: kinds are {', '.join(FRAUD_KINDS)}")
         if not 0 <= self.awkward_rate <= 1:
             raise ValueError(f"awkward_rate = {self.awkward_rate}: must be in [0, 1]")
         unknown = sorted(set(self.awkward_kinds or ()) - set(AWKWARD_KINDS))
@@ -100,6 +111,7 @@ class SyntheticEvent:
     malformed: bool = False
     duplicate: bool = False
     awkward: str | None = None
+    fraud: str | None = None  # the fraud scene of a fraudulent touch (``devtools.fraud``)
 
     def to_json(self) -> str:
         return (
@@ -125,6 +137,15 @@ class Traffic:
         for ev in self.events:
             if not ev.malformed and isinstance(ev.payload, dict):
                 yield ev.payload
+
+    @property
+    def fraud(self) -> dict[str, str]:
+        """The truth of the fraud scenes: each fraudulent touch's event id and its scene."""
+        return {
+            str(ev.payload["event_id"]): ev.fraud
+            for ev in self.events
+            if ev.fraud is not None and isinstance(ev.payload, dict)
+        }
 
     @property
     def awkward(self) -> dict[str, list[str]]:
@@ -363,7 +384,10 @@ def generate(config: SyntheticConfig | None = None) -> Traffic:
                 add_order(user, day0 + rng.randrange(MS_PER_DAY), rng.choice(all_merchants), [])
 
     events: list[SyntheticEvent] = []
+    dressing = random.Random(cfg.seed * 31 + 5) if cfg.fraud_rate > 0 else None
     for t, payload in payloads:
+        if dressing is not None:
+            payload = dress(payload, dressing)
         if rng.random() < cfg.late_rate:
             arrival = t + rng.randint(cfg.allowed_lateness_ms + 1_000, cfg.late_max_ms)
         else:
@@ -383,6 +407,12 @@ def generate(config: SyntheticConfig | None = None) -> Traffic:
         events.extend(
             SyntheticEvent(d.arrival_ms, d.payload, duplicate=d.duplicate, awkward=d.kind)
             for d in awkward_deliveries(cfg, catalog, regular_deliveries)
+        )
+    if cfg.fraud_rate > 0:
+        users = [f"{cfg.user_prefix}{u:07d}" for u in range(cfg.users)]
+        events.extend(
+            SyntheticEvent(d.arrival_ms, d.payload, fraud=d.kind if d.fraudulent else None)
+            for d in fraud_deliveries(cfg, catalog, users, cfg.fraud_kinds or FRAUD_KINDS)
         )
     # Stable: the regular deliveries keep their order among themselves whatever is added.
     events.sort(key=lambda e: e.arrival_ms)

@@ -25,12 +25,14 @@ from shared_logic import (
     TouchKind,
     parse_event,
 )
-from shared_logic.admission import refusal
+from shared_logic.admission import refusal, traffic_flag
 from shared_logic.contract import (
     INGEST_OPS,
+    IvtRow,
     count_field,
     decision_from_record,
     decision_record,
+    ivt_touch_row,
     order_from_payload,
     order_payload,
     parse_pending_record,
@@ -42,6 +44,7 @@ from shared_logic.contract import (
 from shared_logic.errors import short_repr
 from shared_logic.events import Click, Impression
 from shared_logic.identity import Rank, digest, rank
+from shared_logic.ivt import GivtLists, IvtPolicy
 from shared_logic.rules import TOUCH_KINDS
 from shared_logic.settlement import LedgerEntry
 from shared_logic.timeutil import MS_PER_DAY, utc_day
@@ -79,6 +82,7 @@ class Batch:
     dead_fields: Counter[str] = field(default_factory=Counter)
     too_late: int = 0  # touches that arrived too far behind their partition to earn any order
     misrouted: Counter[str] = field(default_factory=Counter)  # by topic: not in their user's partition
+    ivt: list[IvtRow] = field(default_factory=list)  # touches the general invalid-traffic rules flagged
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,8 @@ class BuildContext:
     max_future_ms: int
     now_ms: int
     user_partitions: UserPartitions | None = None  # to count events outside their user's partition
+    ivt: IvtPolicy = field(default_factory=IvtPolicy)
+    lists: GivtLists = field(default_factory=GivtLists)
 
 
 def build(records: Iterable[Record], ctx: BuildContext, clocks: Clocks, day_cache: dict[int, str]) -> Batch:
@@ -177,6 +183,12 @@ def _add(
     if kind is not None:
         touching: Impression | Click | PromoView = event  # type: ignore[assignment]  # a touch, by its tag
         campaign_id = touching.campaign_id
+        if touching.user_agent is not None or touching.ip is not None:
+            flag = traffic_flag(event, ctx.ivt, ctx.lists)
+            if flag is not None:
+                batch.ivt.append(ivt_touch_row(campaign_id, touching.user_id, touching.event_id, t, flag))
+                if flag.enforced:  # valid data, but no candidate and no count: it moves the clock only
+                    return t
         batch.accepted[etype] += 1
         if t < awm - ctx.retention_ms[kind]:
             batch.too_late += 1  # no order still to be released may use it (see engine): keep nothing

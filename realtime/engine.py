@@ -6,7 +6,9 @@ nothing of Kafka. It takes records (topic-partition, offset, raw value) and, per
 1. ingest: one Lua call per user bucket (``codec.build`` prepares them): touches, pending
    orders and cancels, counters;
 2. release every action whose release time the worker's watermark has passed, read the
-   touches of the released orders and decide them with ``shared_logic.attribute_order``;
+   touches of the released orders and decide them with ``shared_logic.rules.judge_order`` (the
+   billing rule with the invalid-traffic rules; a touch the list rules enforce on was never
+   stored, ``codec.build``); the verdicts go to their day's hash with the checkpoint;
 3. claim: one Lua call per user bucket records each decision once (the first claim wins);
 4. settle: one Lua call per budget shard enqueues the released actions and charges, stops or
    refunds every queued action released before the settlement bound, in order;
@@ -69,15 +71,18 @@ from realtime.pacing import Pacer
 from realtime.routing import UserPartitions
 from realtime.schedule import Action, ActionQueue
 from realtime.scripts import Scripts
-from shared_logic import AttributionPolicy, Catalog, Decision, InvalidEvent, attribute_order, budget_day
+from shared_logic import AttributionPolicy, Catalog, Decision, InvalidEvent, budget_day
 from shared_logic.contract import (
     CLAIM_OPS,
     CLAIM_SUPERSEDED,
     TOUCH_CODES,
     Checkpoint,
     IngestStatus,
+    IvtRow,
     SettleStatus,
     cap_arg,
+    ivt_field,
+    ivt_order_row,
     parse_claim,
     parse_pending_record,
     pending_field,
@@ -86,11 +91,12 @@ from shared_logic.contract import (
     settle_payload,
 )
 from shared_logic.identity import ORDER_CONFLICT_RULE, TOUCH_CONFLICT_RULE, stands
+from shared_logic.ivt import GivtLists
 from shared_logic.money import MAX_COUNTER_MINOR
-from shared_logic.rules import touch_retention_ms
+from shared_logic.rules import judge_order, touch_retention_ms
 from shared_logic.settings import Settings
 from shared_logic.settlement import ActionKind, cancel_counts, cancel_window
-from shared_logic.timeutil import utc_day
+from shared_logic.timeutil import MS_PER_DAY, utc_day
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +141,19 @@ class SpeedLayer:
         sources: Sequence[TP] | None = None,
         clock: Callable[[], int] = wall_clock_ms,
         source: TP = DEFAULT_SOURCE,
+        givt: GivtLists | None = None,
     ) -> None:
         self.redis = redis
         self.catalog = catalog
         self.settings = settings
         self.config = settings.realtime
         self.policy = policy or settings.rules.policy()
+        if givt is None:
+            from storage.ivt_lists import load_givt_lists
+
+            givt = load_givt_lists(settings.rules)
+        self.givt = givt
+        self._ivt: list[IvtRow] = []  # verdicts to record with the next checkpoint
         self.dead_letters = dead_letters
         self.metrics = metrics or Metrics()
         self.keys = Keys.of(settings.keys)
@@ -290,6 +303,8 @@ class SpeedLayer:
             self.settings.rules.max_future_ms,
             now,
             self.user_partitions,
+            self.policy.ivt,
+            self.givt,
         )
         batch = codec.build(records, ctx, self.clocks, self._day_cache)
         results, published = await self._ingest(batch, trim_bound)
@@ -327,6 +342,7 @@ class SpeedLayer:
             m.misrouted.labels(topic).inc(n)
         if batch.too_late:
             m.too_late.inc(batch.too_late)
+        self._verdicts(batch.ivt)
         return await self._step(now, published)
 
     async def tick(self) -> Settled:
@@ -497,11 +513,27 @@ class SpeedLayer:
                 pipe.zrangebyscore(self.keys.touches(a.payload["user_id"]), low, t, withscores=True)
             touch_sets = await pipe.execute()
         decisions: dict[str, Decision | None] = {}
+        verdicts: list[IvtRow] = []
         for a, members in zip(orders, touch_sets, strict=True):
             order = codec.order_of(a.payload)
             touches = codec.touches_of(members, order.user_id, a.release_ms, self.retention_of)
-            decisions[order.order_id] = attribute_order(order, touches, self.catalog, self.policy)
+            judged = judge_order(order, touches, self.catalog, self.policy)
+            decisions[order.order_id] = judged.decision
+            if judged.verdict is not None:
+                verdicts.append(ivt_order_row(order.user_id, judged.verdict))
+        self._verdicts(verdicts)
         return decisions
+
+    def _verdicts(self, rows: list[IvtRow]) -> None:
+        """Count invalid-traffic verdicts and keep them for the next checkpoint, which records them
+        in their day's hash before the offsets that produced them (a replay writes them again)."""
+        for row in rows:
+            self.metrics.ivt_verdicts.labels(row.scope, row.campaign_id, row.reason, row.outcome).inc()
+            if row.avoided_minor:
+                self.metrics.ivt_avoided_minor.labels(row.campaign_id, row.currency or "").inc(
+                    row.avoided_minor
+                )
+        self._ivt.extend(rows)
 
     async def _claim(self, released: Sequence[Action], decisions: dict[str, Decision | None]) -> list[bytes]:
         """Claim decisions and apply cancels, one call per user bucket, in settlement order."""
@@ -647,9 +679,17 @@ class SpeedLayer:
             for tp, c in self.clocks.parts.items()
         }
         changed = {k: v for k, v in state.items() if self._published.get(k) != v}
-        if not released and not changed:
+        if not released and not changed and not self._ivt:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
+            if self._ivt:
+                by_day: dict[str, dict[str, bytes]] = {}
+                for row in self._ivt:
+                    day = self._day_cache.get(row.time_ms // MS_PER_DAY) or utc_day(row.time_ms)
+                    by_day.setdefault(day, {})[ivt_field(row)] = orjson.dumps(row)
+                for day, verdicts in by_day.items():
+                    pipe.hset(self.keys.ivt(day), mapping=verdicts)
+                    pipe.pexpire(self.keys.ivt(day), self.config.counts_ttl_ms)
             by_bucket: dict[int, list[str]] = {}
             for a in released:
                 by_bucket.setdefault(a.bucket, []).append(
@@ -660,6 +700,7 @@ class SpeedLayer:
             if changed:
                 pipe.hset(self.keys.clocks(), mapping=changed)
             await pipe.execute()
+        self._ivt.clear()
         self._published.update(changed)
 
 

@@ -35,6 +35,9 @@ KIND_PATTERNS: tuple[tuple[str, str], ...] = (
     ("queue", r"\{b\d+\}:queue"),
     ("ledger stream", r"\{b\d+\}:ledger"),
     ("budget events", r"\{b\d+\}:(budget-events|exhausted)$"),
+    ("frequency caps", r"\{u\d+\}:f:"),
+    ("pacing", r"\{b\d+\}:pace(-t)?:"),
+    ("invalid traffic", r"ivt:"),
     ("dead letters", r"dead-letters$"),
     ("clocks", r"clocks$"),
 )

@@ -116,6 +116,10 @@ class Keys:
         """Each input partition's checkpoint: ``<next offset>|<watermark>``."""
         return f"{self.prefix}:clocks"
 
+    def ivt(self, day: str) -> str:
+        """The invalid-traffic verdicts of a UTC day (``contract.ivt_field`` -> ``IvtRow`` JSON)."""
+        return f"{self.prefix}:ivt:{day}"
+
     def dead_letters(self) -> str:
         """The dead-letter stream of the embedded default (``redis://`` sink)."""
         return f"{self.prefix}:dead-letters"

@@ -88,6 +88,19 @@ class Metrics:
             "Settlements refused because a counter would pass 2^53 - 1",
             registry=r,
         )
+        self.ivt_verdicts = Counter(
+            "attribution_ivt_verdicts_total",
+            "Invalid-traffic verdicts: touches flagged at admission (scope touch) and orders whose "
+            "would-be winner was flagged (scope order), by campaign, reason and outcome",
+            ["scope", "campaign_id", "reason", "outcome"],
+            registry=r,
+        )
+        self.ivt_avoided_minor = Counter(
+            "attribution_ivt_avoided_minor_total",
+            "Charges (minor units, before caps) kept from touches the invalid-traffic rules enforced on",
+            ["campaign_id", "currency"],
+            registry=r,
+        )
 
         self.ledger_flushed = Counter(
             "attribution_ledger_flushed_total", "Ledger entries this worker moved to the lake", registry=r

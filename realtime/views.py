@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,11 +27,14 @@ from shared_logic.contract import (
     COUNTERS,
     RAW,
     REALTIME_LEDGER,
+    IvtSummary,
     metric_row,
     parse_count_field,
     roas,
+    summarize_ivt,
 )
 from shared_logic.identity import Rank, rank, row_digest, stands
+from shared_logic.ivt import GivtLists, IvtPolicy, touch_flag
 from shared_logic.timeutil import utc_day, utc_day_bounds_ms
 from storage.lake import Lake, PartitionRef, partition
 from storage.raw import HOURS, landed_by_day
@@ -121,7 +125,12 @@ def closed_days(lake: Lake, days: Sequence[str], now_ms: int, settled_ms: int) -
 
 
 def lake_view(
-    lake: Lake, catalog: Catalog, days: Sequence[str], campaign_ids: Sequence[str]
+    lake: Lake,
+    catalog: Catalog,
+    days: Sequence[str],
+    campaign_ids: Sequence[str],
+    ivt: IvtPolicy | None = None,
+    givt: GivtLists | None = None,
 ) -> list[dict[str, Any]]:
     """``speed_view`` of closed days from the lake: orders, revenue, spend and capped orders from
     the speed layer's ledger (``realtime_ledger/dt=``: a charge adds the order, a refund takes it
@@ -129,7 +138,8 @@ def lake_view(
     that admission keeps, one per event by the identity rule (``count_touches``, as the speed
     layer's counters and the nightly job count them; copies of one event dated on two UTC days are
     the one case where it may differ, since it reads one day). Redis may have expired those days;
-    the lake keeps them, and rows do not change with Redis's retention."""
+    the lake keeps them, and rows do not change with Redis's retention. ``ivt`` and ``givt``: the
+    invalid-traffic rules and lists the layers run with (a touch they enforce on is not counted)."""
     if not days or not campaign_ids:
         return []
     wanted = pa.array(sorted(set(campaign_ids)))
@@ -161,7 +171,7 @@ def lake_view(
         raw = lake.read(refs) if refs else None
         if raw is None or not raw.num_rows:
             continue
-        for (cid, counter), n in count_touches(raw.to_pylist(), catalog).items():
+        for (cid, counter), n in count_touches(raw.to_pylist(), catalog, ivt, givt).items():
             if cid in wanted_ids:
                 touches.setdefault((day, cid), {})[counter] = n
     rows = []
@@ -174,13 +184,34 @@ def lake_view(
     return rows
 
 
-def count_touches(rows: Iterable[Mapping[str, Any]], catalog: Catalog) -> Counter[tuple[str, str]]:
-    """Touches per (campaign, counter) of raw rows: those admission's catalog stage admits
-    (``shared_logic.admission``), one standing copy per event (``shared_logic.identity``)."""
+async def speed_ivt(redis: Any, keys: Keys, days: Sequence[str]) -> list[IvtSummary]:
+    """Invalid traffic per day, campaign and reason from the speed layer's verdicts (its day
+    hashes, ``Keys.ivt``): what ``attribution ivt report`` reads from the nightly job's ``ivt/``."""
+    out: list[IvtSummary] = []
+    for day in days:
+        raw = await redis.hgetall(keys.ivt(day))
+        out += summarize_ivt(day, (orjson.loads(v) for v in raw.values()))
+    return out
+
+
+def count_touches(
+    rows: Iterable[Mapping[str, Any]],
+    catalog: Catalog,
+    ivt: IvtPolicy | None = None,
+    givt: GivtLists | None = None,
+) -> Counter[tuple[str, str]]:
+    """Touches per (campaign, counter) of raw rows: those admission's catalog and traffic stages
+    admit (``shared_logic.admission``), one standing copy per event (``shared_logic.identity``)."""
     standing: dict[tuple[str, str], tuple[Rank, Mapping[str, Any]]] = {}
+    ivt = ivt or IvtPolicy()
+    givt = givt or GivtLists()
     for row in rows:
         if touch_refusal(row["event_type"], row["campaign_id"], row["event_time"], catalog) is not None:
             continue
+        if row.get("user_agent") is not None or row.get("ip") is not None:
+            flag = touch_flag(row["campaign_id"], row.get("user_agent"), row.get("ip"), ivt, givt)
+            if flag is not None and flag.enforced:
+                continue
         key = (row["user_id"], row["event_id"])
         copy = rank(row["event_time"], row["event_id"], row_digest(row))
         held = standing.get(key)

@@ -18,6 +18,7 @@ from shared_logic import Catalog
 from shared_logic.settings import Settings
 from storage import open_lake
 from storage.catalog import open_catalog
+from storage.ivt_lists import load_givt_lists
 
 
 class State:
@@ -33,6 +34,7 @@ class State:
         self.keyring = KeyRing.load(settings.api.keys_path)
         self.limiter = RateLimiter(self.redis, settings.keys.prefix)
         self.policy = settings.rules.policy()
+        self.givt = load_givt_lists(settings.rules)  # a touch the layers refuse is not counted
         rt, lateness = settings.realtime, settings.rules.allowed_lateness_ms
         self.retention = Retention(
             # Touches are counted up to the touch retention late, then kept counts_ttl after.
@@ -80,7 +82,9 @@ class State:
         stale = [d for d in closed if d not in self.lake_cache or self.lake_cache[d][0] <= now]
         if stale:
             ids = [c.campaign_id for c in self.catalog]
-            rows = await asyncio.to_thread(lake_view, self.lake, self.catalog, stale, ids)
+            rows = await asyncio.to_thread(
+                lake_view, self.lake, self.catalog, stale, ids, self.policy.ivt, self.givt
+            )
             for d in stale:
                 self.lake_cache[d] = (now + self.lake_ttl_s, [r for r in rows if r["dt"] == d])
         return {d: self.lake_cache[d][1] for d in closed}

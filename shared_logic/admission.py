@@ -10,6 +10,13 @@ An event that meets the wire contract (``shared_logic.events.parse_event``) is a
    impression or a click an ad campaign), and the campaign runs at the touch's time
    (``Campaign.active_at``: start inclusive, end exclusive).
 
+3. **traffic** (touches only, the general invalid-traffic rules of ``shared_logic.ivt``): a
+   touch whose ``user_agent`` is a known crawler or whose ``ip`` is in a data-centre range is
+   flagged with its reason (``traffic_flag``); under ``enforce`` it takes no part in attribution
+   (neither layer keeps it as a candidate, and no count of touches includes it), under ``report``
+   it does. Either way both layers record it (``ivt/``, the speed layer's verdicts): it is valid
+   traffic data, not a dead letter.
+
 Orders and cancels have wire rules only: an order in a currency no campaign uses, or with promo
 codes of unknown or ended campaigns, is a valid order that no campaign may earn (organic).
 
@@ -30,6 +37,7 @@ from typing import Final
 from shared_logic.campaigns import Catalog, Lever
 from shared_logic.errors import InvalidEvent
 from shared_logic.events import Event
+from shared_logic.ivt import Flag, GivtLists, IvtPolicy, touch_flag
 from shared_logic.policy import FUTURE_RULE, in_future
 
 #: The lever each touch type may touch.
@@ -102,3 +110,14 @@ def refusal(
     if broken is None and catalog is not None:
         broken = catalog_refusal(event, catalog)
     return broken
+
+
+def traffic_flag(event: Event, policy: IvtPolicy, lists: GivtLists) -> Flag | None:
+    """The general invalid-traffic verdict on a touch (bot user agent, data-centre address), or
+    None; orders and cancels are never flagged."""
+    campaign_id = getattr(event, "campaign_id", None)
+    if campaign_id is None or event.event_type not in TOUCH_LEVERS:
+        return None
+    return touch_flag(
+        campaign_id, getattr(event, "user_agent", None), getattr(event, "ip", None), policy, lists
+    )

@@ -30,7 +30,8 @@ from typing import Any, Final, Literal
 
 from shared_logic.campaigns import Lever
 from shared_logic.events import EVENT_TYPES, Click, Impression, Order, OrderCancel, PromoView
-from shared_logic.rules import Decision, TouchKind
+from shared_logic.ivt import Flag, Outcome
+from shared_logic.rules import Decision, OrderVerdict, TouchKind
 from shared_logic.settlement import KIND_RANK, BookState, ChargeRecord, LedgerEntry
 
 # Column types and row schemas -------------------------------------------------------------
@@ -217,8 +218,102 @@ JOURNEY_ROW: Final = RowSchema(
         Column("counter", ColumnType.STRING),
         Column("touches", ColumnType.INT64),
         Column("refusal", ColumnType.STRING),
+        Column("ivt", ColumnType.STRING, True, "kind ivt: its IVT_ROW as JSON"),
     ),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class IvtRow:
+    """``ivt/``: one invalid-traffic verdict (``shared_logic.ivt``). ``scope`` ``touch``: a touch
+    the general rules flagged at admission (``outcome`` ``refused`` under enforce, else
+    ``flagged``), dated by the touch; ``order``: the verdict on the touch that would have won an
+    order without the rules (``outcome`` ``flagged``, ``changed`` or ``unattributed``), dated by
+    the order, with the charge it kept from the touch's campaign (price before caps)."""
+
+    scope: str
+    campaign_id: str
+    reason: str
+    mode: str
+    outcome: str
+    user_id: str
+    event_id: str
+    time_ms: int
+    order_id: str | None = None
+    avoided_minor: int = 0
+    currency: str | None = None
+
+
+IVT_ROW: Final = schema_of(IvtRow, "ivt")
+
+
+def ivt_touch_row(campaign_id: str, user_id: str, event_id: str, time_ms: int, flag: Flag) -> IvtRow:
+    """The verdict row of a touch the general rules flagged (``admission.traffic_flag``)."""
+    outcome = Outcome.REFUSED if flag.enforced else Outcome.FLAGGED
+    return IvtRow("touch", campaign_id, flag.reason, flag.mode, outcome, user_id, event_id, time_ms)
+
+
+def ivt_order_row(user_id: str, v: OrderVerdict) -> IvtRow:
+    """The verdict row of an order (``rules.judge_order``)."""
+    return IvtRow(
+        "order",
+        v.campaign_id,
+        v.reason,
+        v.mode,
+        v.outcome,
+        user_id,
+        v.touch_event_id,
+        v.order_time_ms,
+        v.order_id,
+        v.avoided_minor,
+        v.currency,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IvtSummary:
+    """Invalid traffic of one campaign and day (``summarize_ivt``): touches judged invalid by
+    reason, orders whose winner a verdict changed or left unattributed, orders only flagged
+    (report mode), and the charges avoided (price before caps, the campaign's currency)."""
+
+    dt: str
+    campaign_id: str
+    reason: str
+    touches: int = 0
+    touches_refused: int = 0
+    orders_changed: int = 0
+    orders_unattributed: int = 0
+    orders_flagged: int = 0
+    avoided_minor: int = 0
+    currency: str | None = None
+
+
+def summarize_ivt(dt: str, rows: Iterable[Mapping[str, Any]]) -> list[IvtSummary]:
+    """One ``IvtSummary`` per (campaign, reason) of a day's ``IVT_ROW`` records, sorted. A touch
+    counts once per verdict: the touch-scope verdicts and the would-be winners of orders."""
+    acc: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        slot = acc.setdefault((str(r["campaign_id"]), str(r["reason"])), {"currency": None})
+        slot["touches"] = slot.get("touches", 0) + 1
+        outcome = str(r["outcome"])
+        name = {
+            "refused": "touches_refused",
+            "changed": "orders_changed",
+            "unattributed": "orders_unattributed",
+        }.get(outcome, "orders_flagged" if r["scope"] == "order" else None)
+        if name is not None:
+            slot[name] = slot.get(name, 0) + 1
+        slot["avoided_minor"] = slot.get("avoided_minor", 0) + int(r.get("avoided_minor") or 0)
+        slot["currency"] = slot["currency"] or r.get("currency")
+    return [IvtSummary(dt, cid, reason, **slot) for (cid, reason), slot in sorted(acc.items())]
+
+
+def ivt_field(row: IvtRow) -> str:
+    """Where the speed layer keeps a verdict in its day's hash: one field per touch or order, so a
+    replay writes the same field again."""
+    if row.scope == "order":
+        return f"o{SEP}{row.order_id}"
+    return f"t{SEP}{row.user_id}{SEP}{row.event_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +469,8 @@ BATCH_LEDGER: Final = Dataset("batch_ledger", ("dt",), LEDGER_ROW)
 ATTRIBUTION: Final = Dataset("attribution", ("model", "dt"), FACT_ROW)
 METRICS: Final = Dataset("metrics/campaign_daily", ("dt",), METRIC_ROW)
 RECONCILIATION: Final = Dataset("reconciliation", ("dt",))
+#: Invalid-traffic verdicts of the nightly job, by the day of the touch or order they judge.
+IVT: Final = Dataset("ivt", ("dt",), IVT_ROW)
 #: The nightly job's settlement checkpoints: the state after day D, for the job of a later day.
 SETTLEMENT_STATE: Final = Dataset("settlement_state", ("dt",), SETTLEMENT_STATE_ROW)
 

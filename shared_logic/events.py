@@ -35,6 +35,13 @@ EpochMs = Annotated[int, BeforeValidator(to_epoch_ms)]
 AmountMinor = Annotated[int, Field(ge=0, lt=MAX_AMOUNT_MINOR, strict=True)]
 CurrencyCode = Annotated[str, Field(strict=True), AfterValidator(_check_currency)]
 PromoCodes = Annotated[tuple[Id, ...], Field(max_length=MAX_PROMO_CODES)]
+MAX_USER_AGENT_LENGTH: Final = 1024
+UserAgent = Annotated[str, Field(min_length=1, max_length=MAX_USER_AGENT_LENGTH, strict=True)]
+
+#: Optional fields of a touch that the invalid-traffic rules read (``shared_logic.ivt``): the
+#: client's address, its user agent and its device. Left out of an event's digest when absent, so
+#: events sent before they existed keep their identity (``shared_logic.identity``).
+TRAFFIC_FIELDS: Final = ("ip", "user_agent", "device_id")
 
 # Unknown keys are ignored so producers can add fields without breaking workers.
 _CONFIG = ConfigDict(extra="ignore", frozen=True)
@@ -55,6 +62,9 @@ class _AdTouch(_Base):
     campaign_id: Id
     placement: Id | None = None
     creative_id: Id | None = None
+    ip: Id | None = None
+    user_agent: UserAgent | None = None
+    device_id: Id | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,9 @@ class PromoView(_Base):
 
     campaign_id: Id
     promo_code: Id | None = None
+    ip: Id | None = None
+    user_agent: UserAgent | None = None
+    device_id: Id | None = None
     event_type: Literal["promo_view"] = "promo_view"
 
 
@@ -112,7 +125,7 @@ _RULES = {
     "string_type": "must be a string",
     "int_type": "must be an integer (minor units), not a float or string",
     "string_too_short": "must not be empty",
-    "string_too_long": f"must be at most {MAX_ID_LENGTH} characters",
+    "string_too_long": "must be at most {max_length} characters",
     "greater_than_equal": "must not be negative",
     "less_than": f"must be below {MAX_AMOUNT_MINOR}",
     "too_long": f"must hold at most {MAX_PROMO_CODES} items",
@@ -143,6 +156,8 @@ def _to_invalid_event(exc: ValidationError) -> InvalidEvent:
         rule = "payload must be a JSON object"
     else:
         rule = _RULES.get(etype, err["msg"])
+        if etype == "string_too_long":
+            rule = rule.format(max_length=ctx.get("max_length", MAX_ID_LENGTH))
     if etype == "missing":
         value = None
     return InvalidEvent(name, value, rule)

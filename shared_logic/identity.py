@@ -28,7 +28,16 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from shared_logic.events import Click, Event, Impression, Order, OrderCancel, PromoView, event_to_dict
+from shared_logic.events import (
+    TRAFFIC_FIELDS,
+    Click,
+    Event,
+    Impression,
+    Order,
+    OrderCancel,
+    PromoView,
+    event_to_dict,
+)
 
 TOUCH_CONFLICT_RULE: Final = (
     "conflicts with another copy of this event (same user_id and event_id, other fields): "
@@ -45,7 +54,11 @@ Rank = tuple[int, str, str]
 
 def digest_of(fields: dict[str, Any]) -> str:
     """The digest of an event's wire fields (``event_to_dict``): 16 hex digits, equal exactly
-    when the fields are (times as epoch ms, so a copy sent as RFC 3339 equals one in ms)."""
+    when the fields are (times as epoch ms, so a copy sent as RFC 3339 equals one in ms). An absent
+    traffic field (``TRAFFIC_FIELDS``) is left out: events from before those fields keep their
+    digest."""
+    if any(fields.get(name, 0) is None for name in TRAFFIC_FIELDS):
+        fields = {k: v for k, v in fields.items() if not (v is None and k in TRAFFIC_FIELDS)}
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 

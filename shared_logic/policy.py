@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from shared_logic.campaigns import Campaign, Windows
+from shared_logic.ivt import IvtPolicy
 from shared_logic.timeutil import MS_PER_DAY
 
 DEFAULT_ALLOWED_LATENESS_MS = 60_000
@@ -38,6 +39,8 @@ class AttributionPolicy:
     overrides: Mapping[str, Windows] = field(default_factory=lambda: MappingProxyType({}))
     allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
     cancel_horizon_days: int = DEFAULT_CANCEL_HORIZON_DAYS
+    #: The invalid-traffic rules (``shared_logic.ivt``) both layers judge touches by.
+    ivt: IvtPolicy = field(default_factory=IvtPolicy)
 
     def __post_init__(self) -> None:
         if self.allowed_lateness_ms < 0:

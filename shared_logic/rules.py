@@ -13,6 +13,7 @@ from typing import Final
 
 from shared_logic.campaigns import Campaign, Catalog, Lever
 from shared_logic.events import Click, Event, Impression, Order, PromoView
+from shared_logic.ivt import ClickEvidence, Flag, Mode, Outcome, Reason
 from shared_logic.policy import AttributionPolicy
 from shared_logic.pricing import price_order
 
@@ -118,46 +119,123 @@ def _rank(touch: Touch) -> tuple[int, int, str, str]:
     return (int(touch.kind), touch.time_ms, touch.event_id, touch.campaign_id)
 
 
+@dataclass(frozen=True, slots=True)
+class OrderVerdict:
+    """An invalid-traffic verdict on the touch that would have won an order without the rules:
+    its reason and mode, what it did to the order, and the charge it kept from the touch's
+    campaign (the price before caps; 0 in report mode)."""
+
+    order_id: str
+    order_time_ms: int
+    touch_event_id: str
+    campaign_id: str
+    reason: Reason
+    mode: Mode
+    outcome: Outcome
+    avoided_minor: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """The billing rule's decision for an order, and the verdict that shaped it (None: the
+    touch that wins without the rules is clean, or the order is organic)."""
+
+    decision: Decision | None
+    verdict: OrderVerdict | None = None
+
+
 def attribute_order(
     order: Order, touches: Iterable[Touch], catalog: Catalog, policy: AttributionPolicy
 ) -> Decision | None:
-    """Apply the billing rule of the design to one order.
+    """Apply the billing rule of the design to one order (``judge_order``'s decision)."""
+    return judge_order(order, touches, catalog, policy).decision
+
+
+def judge_order(
+    order: Order, touches: Iterable[Touch], catalog: Catalog, policy: AttributionPolicy
+) -> Judgement:
+    """Apply the billing rule of the design to one order, with the invalid-traffic rules.
 
     Candidates are the user's touches on campaigns eligible for the order that
     were active at the touch, with ``order time - window(kind) <= touch time <=
     order time``; a promo code on the order belonging to an eligible promo
     campaign is a redemption touch at the order time. The winner is the
     greatest by (kind, time, event id, campaign id), so exactly one campaign,
-    ad or promo, is credited. Returns ``None`` when nothing is eligible (an organic order).
+    ad or promo, is credited. A click the per-order rules of ``shared_logic.ivt``
+    enforce on (injection, flooding, hyper engagement, judged over the user's
+    clicks given) is no candidate; the verdict on the touch that would have won
+    without the rules is returned beside the decision. The decision is ``None``
+    when nothing is eligible (an organic order).
     """
     eligible = eligible_campaigns(order, catalog)
     if not eligible:
-        return None
+        return Judgement(None)
     t = order.event_time
-    best: Touch | None = None
+    candidates: list[Touch] = []
     for code in order.promo_codes:
         owner = catalog.by_promo_code(code)
         if owner is not None and owner.campaign_id in eligible and owner.active_at(t):
             # The order's own event id, suffixed by the code, is the redemption's id:
             # stable across replays and unique per code.
-            touch = Touch(
-                f"{order.event_id}#{code}", order.user_id, owner.campaign_id, TouchKind.REDEMPTION, t
+            candidates.append(
+                Touch(f"{order.event_id}#{code}", order.user_id, owner.campaign_id, TouchKind.REDEMPTION, t)
             )
-            if best is None or _rank(touch) > _rank(best):
-                best = touch
-    for touch in touches:
-        if touch.user_id != order.user_id or not touch_counts(touch, eligible, policy, t):
-            continue
-        if best is None or _rank(touch) > _rank(best):
-            best = touch
-    if best is None:
-        return None
+    mine = [x for x in touches if x.user_id == order.user_id]
+    candidates.extend(x for x in mine if touch_counts(x, eligible, policy, t))
+    if not candidates:
+        return Judgement(None)
+    ivt = policy.ivt
+    if not ivt.per_order:
+        return Judgement(_decision(order, max(candidates, key=_rank), eligible))
+    candidates.sort(key=_rank, reverse=True)
+    evidence: ClickEvidence | None = None
+    first: tuple[Touch, Flag] | None = None
+    winner: Touch | None = None
+    for touch in candidates:
+        if touch.kind is not TouchKind.CLICK:
+            winner = touch
+            break
+        if evidence is None:
+            clicks = ((x.time_ms, x.event_id, x.campaign_id) for x in mine if x.kind is TouchKind.CLICK)
+            evidence = ClickEvidence.of(t, clicks, ivt)
+        span = policy.windows_for(eligible[touch.campaign_id]).click_ms
+        flag = evidence.flag(touch.time_ms, touch.event_id, touch.campaign_id, span)
+        if flag is not None and first is None:
+            first = (touch, flag)
+        if flag is None or not flag.enforced:
+            winner = touch
+            break
+    decision = _decision(order, winner, eligible) if winner is not None else None
+    if first is None or first[0] is not candidates[0]:
+        return Judgement(decision)
+    touch, flag = first
+    if not flag.enforced:
+        outcome, avoided = Outcome.FLAGGED, 0
+    else:
+        outcome = Outcome.CHANGED if decision is not None else Outcome.UNATTRIBUTED
+        avoided = price_order(eligible[touch.campaign_id].pricing, order.amount_minor)
+    verdict = OrderVerdict(
+        order.order_id,
+        t,
+        touch.event_id,
+        touch.campaign_id,
+        flag.reason,
+        flag.mode,
+        outcome,
+        avoided,
+        order.currency,
+    )
+    return Judgement(decision, verdict)
+
+
+def _decision(order: Order, best: Touch, eligible: dict[str, Campaign]) -> Decision:
     winner = eligible[best.campaign_id]
     return Decision(
         order_id=order.order_id,
         user_id=order.user_id,
         order_event_id=order.event_id,
-        order_time_ms=t,
+        order_time_ms=order.event_time,
         merchant_id=order.merchant_id,
         amount_minor=order.amount_minor,
         currency=order.currency,

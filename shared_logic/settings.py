@@ -15,7 +15,9 @@ same names without the prefix.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, Self
 
 from pydantic import (
@@ -31,6 +33,16 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 from shared_logic.contract import MODEL_NAMES
 from shared_logic.errors import InvalidSetting
+from shared_logic.ivt import (
+    DEFAULT_ENGAGEMENT_CLICKS,
+    DEFAULT_ENGAGEMENT_WINDOW_MS,
+    DEFAULT_FLOOD_CLICKS,
+    DEFAULT_FLOOD_WINDOW_MS,
+    DEFAULT_INJECTION_MS,
+    IvtPolicy,
+    IvtRules,
+    Mode,
+)
 from shared_logic.pacing import PacingConfig
 from shared_logic.policy import (
     DEFAULT_ALLOWED_LATENESS_MS,
@@ -101,8 +113,24 @@ class CatalogSettings(_Section):
     )
 
 
+class IvtOverride(_Section):
+    """One campaign's invalid-traffic rules where they differ from the defaults
+    (``ATTRIBUTION_RULES_IVT_OVERRIDES='{"c1": {"click_injection": "enforce", "injection_ms": 30000}}'``)."""
+
+    bot_user_agent: Mode | None = None
+    datacenter_ip: Mode | None = None
+    click_injection: Mode | None = None
+    injection_ms: int | None = Field(None, ge=0)
+    click_flooding: Mode | None = None
+    flood_clicks: int | None = Field(None, ge=0)
+    flood_window_ms: int | None = Field(None, gt=0)
+    hyper_engagement: Mode | None = None
+
+
 class RulesSettings(_Section):
-    """Time rules both layers apply (they must agree, so they live in one section)."""
+    """Rules both layers apply: time and invalid traffic (they must agree, so they live in one
+    section). The invalid-traffic rules and their anchors are in ``shared_logic.ivt`` and the
+    README ("Invalid traffic")."""
 
     allowed_lateness_ms: int = Field(DEFAULT_ALLOWED_LATENESS_MS, ge=0)
     max_future_ms: int = Field(
@@ -115,10 +143,63 @@ class RulesSettings(_Section):
         "day; later it counts for nothing (so a day's figures are final once its horizon has landed)",
     )
 
+    ivt_bot_user_agent: Mode = Field(
+        Mode.ENFORCE, description="touches whose user_agent is a known crawler (crawler-user-agents)"
+    )
+    ivt_datacenter_ip: Mode = Field(
+        Mode.ENFORCE, description="touches whose ip is in a range of ivt_datacenter_ranges"
+    )
+    ivt_datacenter_ranges: str | None = Field(
+        None, description="a file of data-centre IP ranges, one CIDR a line (# comments); none: no ranges"
+    )
+    ivt_click_injection: Mode = Field(
+        Mode.REPORT, description="clicks less than ivt_injection_ms before the order"
+    )
+    ivt_injection_ms: int = Field(DEFAULT_INJECTION_MS, ge=0)
+    ivt_click_flooding: Mode = Field(
+        Mode.REPORT,
+        description="clicks in a rolling ivt_flood_window_ms holding more than ivt_flood_clicks "
+        "of the user's clicks on one campaign",
+    )
+    ivt_flood_clicks: int = Field(DEFAULT_FLOOD_CLICKS, ge=0)
+    ivt_flood_window_ms: int = Field(DEFAULT_FLOOD_WINDOW_MS, gt=0)
+    ivt_hyper_engagement: Mode = Field(
+        Mode.REPORT,
+        description="clicks in a rolling ivt_engagement_window_ms holding more than "
+        "ivt_engagement_clicks of the user's clicks on any campaign",
+    )
+    ivt_engagement_clicks: int = Field(DEFAULT_ENGAGEMENT_CLICKS, ge=0)
+    ivt_engagement_window_ms: int = Field(DEFAULT_ENGAGEMENT_WINDOW_MS, gt=0)
+    ivt_overrides: dict[str, IvtOverride] = Field(
+        default_factory=dict, description="per campaign id, rules that differ from the defaults (JSON)"
+    )
+
+    def ivt_policy(self) -> IvtPolicy:
+        """The invalid-traffic rules these settings describe."""
+        defaults = IvtRules(
+            bot_user_agent=self.ivt_bot_user_agent,
+            datacenter_ip=self.ivt_datacenter_ip,
+            click_injection=self.ivt_click_injection,
+            injection_ms=self.ivt_injection_ms,
+            click_flooding=self.ivt_click_flooding,
+            flood_clicks=self.ivt_flood_clicks,
+            flood_window_ms=self.ivt_flood_window_ms,
+            hyper_engagement=self.ivt_hyper_engagement,
+            engagement_clicks=self.ivt_engagement_clicks,
+            engagement_window_ms=self.ivt_engagement_window_ms,
+        )
+        overrides = {
+            cid: replace(defaults, **{k: v for k, v in o.model_dump().items() if v is not None})
+            for cid, o in self.ivt_overrides.items()
+        }
+        return IvtPolicy(defaults, MappingProxyType(overrides))
+
     def policy(self) -> AttributionPolicy:
         """The rules' policy these settings describe (what both layers decide and settle with)."""
         return AttributionPolicy(
-            allowed_lateness_ms=self.allowed_lateness_ms, cancel_horizon_days=self.cancel_horizon_days
+            allowed_lateness_ms=self.allowed_lateness_ms,
+            cancel_horizon_days=self.cancel_horizon_days,
+            ivt=self.ivt_policy(),
         )
 
 

@@ -80,3 +80,17 @@ def test_the_sample_estimates_keys_and_memory_of_each_kind(speed_redis_url: str)
     assert touches == pytest.approx(truth["touches"][1], rel=0.3)
     assert metrics.value("attribution_redis_keys", kind="claims") == pytest.approx(600, rel=0.25)
     assert metrics.registry.get_sample_value("attribution_redis_keys", {"kind": "dead letters"}) == 0
+
+
+def test_every_record_the_speed_layer_writes_has_a_kind() -> None:
+    """The ad server's and the invalid-traffic rules' records are classified too, not lumped in
+    ``other`` (mutant killed: a pattern dropped from ``KIND_PATTERNS``)."""
+    from realtime.footprint import Classifier
+
+    kind_of = Classifier(KEYS.prefix).kind_of
+    assert kind_of(KEYS.pacing("c1")) == "pacing"
+    assert kind_of(KEYS.pacing_touches("c1")) == "pacing"
+    assert kind_of(KEYS.frequency(3, "u1", "c1")) == "frequency caps"
+    assert kind_of(KEYS.ivt("2026-11-01")) == "invalid traffic"
+    assert kind_of(KEYS.touches("u1")) == "touches"
+    assert kind_of(f"{KEYS.prefix}:something-new") == "other"

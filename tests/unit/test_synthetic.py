@@ -372,3 +372,29 @@ def test_producer_quirk_scenes_carry_what_they_are_named_for(awkward: Traffic) -
     orphans = [x for x in _touches(awkward, "click_orphan") if isinstance(x, Click)]
     assert orphans
     assert not {(x.user_id, x.impression_id) for x in orphans} & impressions
+
+
+def test_fraud_scenes_add_labelled_touches_and_leave_the_regular_traffic_in_place() -> None:
+    from devtools.fraud import FRAUD_KINDS, TOUCH_TYPES
+
+    config = SyntheticConfig(users=120, days=3, seed=5)
+    plain = generate(config)
+    mixed = generate(dataclasses.replace(config, fraud_rate=0.05))
+    added = {str(e.payload["event_id"]) for e in mixed.events if isinstance(e.payload, dict)} - {
+        str(e.payload["event_id"]) for e in plain.events if isinstance(e.payload, dict)
+    }
+    assert set(mixed.fraud.values()) == set(FRAUD_KINDS)
+    assert set(mixed.fraud) <= added  # every labelled touch is one the scenes added
+    regular = [
+        e for e in mixed.events if not isinstance(e.payload, dict) or e.payload["event_id"] not in added
+    ]
+    assert [e.arrival_ms for e in regular] == [e.arrival_ms for e in plain.events]
+    for before, after in zip(plain.events, regular, strict=True):
+        if before.malformed or not isinstance(before.payload, dict) or not isinstance(after.payload, dict):
+            continue
+        extra = {k: v for k, v in after.payload.items() if k not in before.payload}
+        assert {k: after.payload[k] for k in before.payload} == before.payload
+        if before.payload["event_type"] in TOUCH_TYPES:
+            assert set(extra) == {"user_agent", "ip", "device_id"}
+        else:
+            assert extra == {}

@@ -1,0 +1,57 @@
+"""``attribution ivt report``: invalid traffic per campaign and day, from the nightly job's
+verdicts in the lake (``ivt/dt=``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.common import console, dates, money, settings
+
+ivt_app = typer.Typer(help="Invalid traffic: what the rules judged.", no_args_is_help=True)
+
+
+@ivt_app.command("report")
+def ivt_report(
+    start: Annotated[str, typer.Option(help="first day, YYYY-MM-DD")],
+    end: Annotated[str | None, typer.Option(help="last day (inclusive)")] = None,
+    lake_url: Annotated[str | None, typer.Option(help="default: ATTRIBUTION_LAKE_URL")] = None,
+) -> None:
+    """Per campaign, day and reason: touches judged invalid (refused by the list rules), orders
+    whose winner a verdict changed or left unattributed, orders only flagged (report mode), and
+    the charges avoided. Days the nightly job has not run are named."""
+    from shared_logic.contract import IVT, summarize_ivt
+    from storage import open_lake, partition
+    from storage.raw import days_between
+
+    first, last = dates(start, end)
+    config = settings(lake_url=lake_url, needs=("lake_url",))
+    lake = open_lake(config.lake.url, config.s3)
+    table = Table(title=f"invalid traffic {first}..{last}")
+    for col in ("day", "campaign", "reason", "touches", "refused", "changed", "unattributed", "flagged"):
+        table.add_column(col, justify="left" if col in ("day", "campaign", "reason") else "right")
+    table.add_column("charges avoided", justify="right")
+    missing = []
+    for day in days_between(first, last):
+        dt = day.isoformat()
+        ref = partition(IVT, dt=dt)
+        if not lake.files(ref):
+            missing.append(dt)
+            continue
+        for s in summarize_ivt(dt, lake.read([ref]).to_pylist()):
+            table.add_row(
+                dt,
+                s.campaign_id,
+                s.reason,
+                str(s.touches),
+                str(s.touches_refused),
+                str(s.orders_changed),
+                str(s.orders_unattributed),
+                str(s.orders_flagged),
+                money(s.avoided_minor, s.currency) if s.currency else "-",
+            )
+    console.print(table)
+    if missing:
+        console.print(f"no verdicts for {', '.join(missing)}: the nightly job has not run those days")
