@@ -89,6 +89,9 @@ def _wait(what: str, ok: Any, proc: subprocess.Popen[bytes], log: Path, timeout_
     raise AssertionError(f"{what}: not within {timeout_s}s:\n{log.read_text()[-4000:]}")
 
 
+# A rerun of two days and a nightly run, each task its own process: about 4 minutes on a quiet
+# 2-core machine, over 10 with the rest of the suite beside it.
+@pytest.mark.timeout(1800)
 def test_rerun_through_the_scheduler_on_postgresql(metadata_db: str, redis_url: str, tmp_path: Path) -> None:
     from devtools.servers import free_port
 
