@@ -22,8 +22,8 @@ def ivt_report(
     """Per campaign, day and reason: touches judged invalid (refused by the list rules), orders
     whose winner a verdict changed or left unattributed, orders only flagged (report mode), and
     the charges avoided. Days the nightly job has not run are named."""
-    from shared_logic.contract import IVT, summarize_ivt
-    from storage import open_lake, partition
+    from realtime.views import lake_ivt
+    from storage import open_lake
     from storage.raw import days_between
 
     first, last = dates(start, end)
@@ -33,14 +33,11 @@ def ivt_report(
     for col in ("day", "campaign", "reason", "touches", "refused", "changed", "unattributed", "flagged"):
         table.add_column(col, justify="left" if col in ("day", "campaign", "reason") else "right")
     table.add_column("charges avoided", justify="right")
-    missing = []
-    for day in days_between(first, last):
-        dt = day.isoformat()
-        ref = partition(IVT, dt=dt)
-        if not lake.files(ref):
-            missing.append(dt)
-            continue
-        for s in summarize_ivt(dt, lake.read([ref]).to_pylist()):
+    days = [day.isoformat() for day in days_between(first, last)]
+    judged = lake_ivt(lake, days)
+    missing = [dt for dt in days if dt not in judged]
+    for dt, summaries in judged.items():
+        for s in summaries:
             table.add_row(
                 dt,
                 s.campaign_id,

@@ -9,6 +9,7 @@ the lake (``lake_view``): the speed layer's ledger and the landed raw events.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from shared_logic.admission import touch_refusal
 from shared_logic.contract import (
     BILLING_MODEL,
     COUNTERS,
+    IVT,
     RAW,
     REALTIME_LEDGER,
     IvtSummary,
@@ -192,6 +194,38 @@ async def speed_ivt(redis: Any, keys: Keys, days: Sequence[str]) -> list[IvtSumm
         raw = await redis.hgetall(keys.ivt(day))
         out += summarize_ivt(day, (orjson.loads(v) for v in raw.values()))
     return out
+
+
+def lake_ivt(lake: Lake, days: Sequence[str]) -> dict[str, list[IvtSummary]]:
+    """Invalid traffic per day, campaign and reason from the nightly job's verdicts (``ivt/dt=``),
+    for the days among ``days`` it has judged (its partition committed); the others are absent."""
+    out: dict[str, list[IvtSummary]] = {}
+    for day in days:
+        ref = partition(IVT, dt=day)
+        if lake.is_complete(ref):
+            table = lake.read([ref])
+            out[day] = summarize_ivt(day, table.to_pylist() if table.num_rows else [])
+    return out
+
+
+async def ivt_summaries(
+    lake: Lake, redis: Any, keys: Keys, days: Sequence[str]
+) -> list[tuple[IvtSummary, Literal["batch", "speed"]]]:
+    """Invalid traffic of ``days`` with the layer each day was read from: the nightly job's
+    ``ivt/`` for the days it judged (``lake_ivt``), the speed layer's day hashes for the others
+    (``speed_ivt``), never both for one day. What ``/v1/ivt`` and the console's page show."""
+    judged = await asyncio.to_thread(lake_ivt, lake, days)
+    rows: list[tuple[IvtSummary, Literal["batch", "speed"]]] = []
+    speed_rows = await speed_ivt(redis, keys, [d for d in days if d not in judged])
+    by_day: dict[str, list[IvtSummary]] = {}
+    for s in speed_rows:
+        by_day.setdefault(s.dt, []).append(s)
+    for day in days:
+        if day in judged:
+            rows += [(s, "batch") for s in judged[day]]
+        else:
+            rows += [(s, "speed") for s in by_day.get(day, [])]
+    return rows
 
 
 def count_touches(

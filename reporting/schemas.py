@@ -93,6 +93,30 @@ class RoasReport(BaseModel):
     end: date
 
 
+class IvtReportRow(BaseModel):
+    """Invalid traffic of one day, campaign and reason (``shared_logic.contract.IvtSummary``)."""
+
+    day: date
+    campaign_id: str
+    reason: str
+    touches: int = Field(description="touches judged invalid (each verdict once)")
+    touches_refused: int = Field(description="touches the list rules refused at admission (enforce)")
+    orders_changed: int = Field(description="orders whose winner a verdict changed")
+    orders_unattributed: int = Field(description="orders a verdict left without a winner")
+    orders_flagged: int = Field(description="orders whose winner was only flagged (report mode)")
+    avoided_minor: int = Field(description="charges avoided, minor units of the currency")
+    currency: str | None
+    source: Source = Field(
+        description="batch: the nightly job's verdicts (ivt/); speed: the speed layer's, in Redis"
+    )
+
+
+class IvtReport(BaseModel):
+    rows: list[IvtReportRow]
+    start: date
+    end: date
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = {}

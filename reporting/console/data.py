@@ -1,7 +1,8 @@
 """What the console shows, computed from the JSON API's own code paths.
 
 ROAS figures come from ``reporting.routes.roas.roas_rows`` (the rows ``/v1/roas`` answers: the
-batch view up to its last day, the speed layer after it), budget figures from
+batch view up to its last day, the speed layer after it), invalid traffic from
+``reporting.routes.ivt.ivt_rows`` (what ``/v1/ivt`` answers), budget figures from
 ``reporting.routes.budget.budget_states`` (what ``/v1/budget`` answers), reconciliation from
 ``reconciliation`` below (what ``/v1/reconciliation`` answers). Nothing here queries a store
 another way: this module only adds the rows up. Every amount stays in integer minor units with
@@ -23,6 +24,7 @@ from reporting.auth import ApiKey
 from reporting.errors import InvalidParameter
 from reporting.routes.budget import budget_states
 from reporting.routes.deps import visible
+from reporting.routes.ivt import ivt_rows
 from reporting.routes.roas import roas_rows
 from reporting.state import State
 from shared_logic.contract import BILLING_MODEL, RECONCILIATION, REPORT_MODELS
@@ -365,3 +367,27 @@ def _reconciliation(
                     }
                 )
     return Reconciliation(days, campaigns, unreconciled)
+
+
+# Invalid traffic ---------------------------------------------------------------------------------
+
+IVT_COLUMNS = (
+    "day",
+    "campaign_id",
+    "reason",
+    "touches",
+    "touches_refused",
+    "orders_changed",
+    "orders_unattributed",
+    "orders_flagged",
+    "avoided_minor",
+    "currency",
+    "source",
+)
+
+
+async def invalid_traffic(state: State, scope: Scope, start: date, end: date) -> list[dict[str, Any]]:
+    """Per day, campaign and reason of the scope's campaigns: the rows of ``/v1/ivt``."""
+    if not scope.campaign_ids:
+        return []
+    return await ivt_rows(state, scope.who, start, end, scope.campaign_ids)

@@ -445,11 +445,19 @@ async def reconciliation_page(
 
 
 @router.get("/invalid-traffic")
-async def invalid_traffic_page(request: Request, advertiser: Advertiser = None) -> Response:
+async def invalid_traffic_page(
+    request: Request, start: Start = None, end: End = None, advertiser: Advertiser = None
+) -> Response:
     who, session = signed_in(request)
-    scope = data.scope_of(core(request), who, advertiser)
-    first, last = _range(None, None)
-    return _page(request, "invalid.html", _common(request, who, session, scope, first, last, "invalid"))
+    state = core(request)
+    scope = data.scope_of(state, who, advertiser)
+    first, last = _range(start, end)
+    rows = await data.invalid_traffic(state, scope, first, last)
+    return _page(
+        request,
+        "invalid.html",
+        {**_common(request, who, session, scope, first, last, "invalid"), "rows": rows},
+    )
 
 
 # CSV downloads -----------------------------------------------------------------------------------
@@ -461,6 +469,7 @@ CSV_TABLES = (
     "budget",
     "reconciliation-days",
     "reconciliation-campaigns",
+    "invalid-traffic",
 )
 
 
@@ -502,6 +511,8 @@ async def csv_download(
             if table == "reconciliation-days"
             else (report.campaigns, data.RECONCILIATION_CAMPAIGN_COLUMNS)
         )
+    elif table == "invalid-traffic":
+        rows, columns = await data.invalid_traffic(state, scope, first, last), data.IVT_COLUMNS
     else:
         raise InvalidParameter("table", table, f"must be one of {', '.join(CSV_TABLES)}")
     out = io.StringIO()

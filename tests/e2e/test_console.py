@@ -9,6 +9,7 @@ import io
 import re
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -135,12 +136,25 @@ def test_an_advertiser_sees_only_its_campaigns_anywhere(app_client: TestClient, 
     params = {"start": DAYS[0], "end": DAYS[2]}
     pages = [
         app_client.get(p, params=params).text
-        for p in ("/console", "/console/roas", "/console/budget", "/console/reconciliation")
+        for p in (
+            "/console",
+            "/console/roas",
+            "/console/budget",
+            "/console/reconciliation",
+            "/console/invalid-traffic",
+        )
     ]
     pages.append(app_client.get("/console/today.json").text)
     pages += [
         app_client.get(f"/console/csv/{t}.csv", params=params).text
-        for t in ("overview", "roas-daily", "roas-models", "budget", "reconciliation-campaigns")
+        for t in (
+            "overview",
+            "roas-daily",
+            "roas-models",
+            "budget",
+            "reconciliation-campaigns",
+            "invalid-traffic",
+        )
     ]
     for text in pages:
         for cid in theirs:
@@ -264,3 +278,160 @@ def test_docs_load_their_assets_from_this_api(app_client: TestClient, world: Wor
         assert f"/docs/assets/{asset}" in html.text
         assert "https:" not in html.headers["content-security-policy"]
         assert app_client.get(f"/docs/assets/{asset}").status_code == 200
+
+
+# Invalid traffic ---------------------------------------------------------------------------------
+
+_COUNTS = ("touches", "touches_refused", "orders_changed", "orders_unattributed", "orders_flagged")
+
+
+@pytest.fixture(scope="module")
+def ivt_written(world: World) -> list[Any]:
+    """Verdicts this test owns: the nightly job's ``ivt/`` of both batch days replaced (rows on the
+    first, none on the second), the speed layer's hash of the open day replaced, and a decoy in
+    the speed layer's hash of the first day, which the lake's verdicts must hide."""
+    import orjson
+    import pyarrow as pa
+    import redis
+
+    from realtime.keys import Keys
+    from shared_logic.contract import IVT, IVT_ROW, IvtRow, ivt_field
+    from storage import partition
+    from storage.arrow import arrow_schema
+
+    mine, theirs = world.campaigns_of("adv00"), world.campaigns_of("adv01")
+    cur = {c: world.traffic.catalog.get(c).currency for c in (*mine, *theirs)}  # type: ignore[union-attr]
+    t0 = 1_000
+
+    def order(day: str, cid: str, reason: str, mode: str, outcome: str, oid: str, avoided: int) -> IvtRow:
+        return IvtRow("order", cid, reason, mode, outcome, "u-" + oid, "c-" + oid, t0, oid, avoided, cur[cid])
+
+    def touch(cid: str, reason: str, outcome: str, eid: str) -> IvtRow:
+        mode = "enforce" if outcome == "refused" else "report"
+        return IvtRow("touch", cid, reason, mode, outcome, "u-" + eid, eid, t0)
+
+    closed = [
+        touch(mine[0], "bot_user_agent", "refused", "e1"),
+        touch(mine[0], "bot_user_agent", "refused", "e2"),
+        touch(mine[0], "bot_user_agent", "flagged", "e3"),
+        order(DAYS[0], mine[0], "click_injection", "enforce", "changed", "o1", 1250),
+        order(DAYS[0], mine[0], "click_injection", "enforce", "unattributed", "o2", 999),
+        order(DAYS[0], mine[0], "click_injection", "report", "flagged", "o3", 0),
+        order(DAYS[0], mine[-1], "click_flooding", "enforce", "changed", "o4", 70),
+        order(DAYS[0], theirs[0], "click_flooding", "enforce", "changed", "o5", 4321),
+    ]
+    open_day = [
+        touch(mine[0], "datacenter_ip", "refused", "e4"),
+        order(DAYS[2], mine[0], "hyper_engagement", "enforce", "unattributed", "o6", 333),
+        order(DAYS[2], theirs[0], "datacenter_ip", "enforce", "changed", "o7", 55),
+    ]
+    decoy = [order(DAYS[0], mine[0], "click_flooding", "enforce", "changed", "o8", 77_777)]
+    schema = arrow_schema(IVT_ROW)
+    for day, rows in ((DAYS[0], closed), (DAYS[1], [])):
+        table = pa.Table.from_pylist([asdict(r) for r in rows], schema=schema)
+        world.lake.write_partition(partition(IVT, dt=day), table)
+    keys = Keys.of(world.settings().keys)
+    client = redis.Redis.from_url(world.redis_url)
+    for day, rows in ((DAYS[2], open_day), (DAYS[0], decoy)):
+        client.delete(keys.ivt(day))
+        client.hset(keys.ivt(day), mapping={ivt_field(r): orjson.dumps(asdict(r)) for r in rows})
+    return [(DAYS[0], r) for r in closed] + [(DAYS[2], r) for r in open_day]
+
+
+def _expected_ivt(written: list[Any], campaigns: list[str]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """What the rows the test wrote add up to, per day, campaign and reason."""
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for day, r in written:
+        if r.campaign_id not in campaigns:
+            continue
+        e = out.setdefault(
+            (day, r.campaign_id, r.reason),
+            {
+                **dict.fromkeys(_COUNTS, 0),
+                "avoided_minor": 0,
+                "source": "batch" if day == DAYS[0] else "speed",
+            },
+        )
+        e["touches"] += 1
+        e["touches_refused"] += r.outcome == "refused"
+        e["orders_changed"] += r.outcome == "changed"
+        e["orders_unattributed"] += r.outcome == "unattributed"
+        e["orders_flagged"] += r.scope == "order" and r.outcome == "flagged"
+        e["avoided_minor"] += r.avoided_minor
+    return out
+
+
+def test_the_ivt_api_reads_the_lake_for_judged_days_and_redis_after_per_advertiser(
+    app_client: TestClient, world: World, ivt_written: list[Any]
+) -> None:
+    """``/v1/ivt`` adds up the verdicts the test wrote: the lake's for the days the nightly job
+    judged (the speed layer's decoy on such a day is not shown; mutant: reading Redis for every
+    day), Redis's for the open day (mutant: the lake only, as before), only the key's campaigns."""
+    params = {"start": DAYS[0], "end": DAYS[2]}
+    for who, advertisers in (("adv00", ["adv00"]), ("adv01", ["adv01"]), ("admin", ["adv00", "adv01"])):
+        campaigns = [c for a in advertisers for c in world.campaigns_of(a)]
+        body = _json(app_client, world, who, "/v1/ivt", **params)
+        got = {(r["day"], r["campaign_id"], r["reason"]): r for r in body["rows"]}
+        expected = _expected_ivt(ivt_written, campaigns)
+        assert set(got) == set(expected), who
+        for k, e in expected.items():
+            assert {f: got[k][f] for f in e} == e, (who, k)
+            assert got[k]["currency"] == world.traffic.catalog.get(k[1]).currency  # type: ignore[union-attr]
+    assert app_client.get("/v1/ivt", params=params).status_code == 401
+    ads = app_client.get("/v1/ivt", params=params, headers={"X-API-Key": world.keys["ads"]})
+    assert ads.status_code == 403
+    backwards = app_client.get(
+        "/v1/ivt", params={"start": DAYS[2], "end": DAYS[0]}, headers={"X-API-Key": world.keys["adv00"]}
+    )
+    assert backwards.status_code == 422
+    assert "end" in backwards.text
+    theirs = world.campaigns_of("adv01")[0]
+    hidden = app_client.get(
+        "/v1/ivt", params={**params, "campaign_id": theirs}, headers={"X-API-Key": world.keys["adv00"]}
+    )
+    assert hidden.status_code == 404
+
+
+def test_invalid_traffic_page_and_csv_show_the_verdicts_of_the_advertisers_campaigns(
+    app_client: TestClient, world: World, ivt_written: list[Any]
+) -> None:
+    from shared_logic.money import format_minor
+
+    params = {"start": DAYS[0], "end": DAYS[2]}
+    sign_in(app_client, world.keys["adv00"])
+    mine, theirs = world.campaigns_of("adv00"), world.campaigns_of("adv01")
+    expected = _expected_ivt(ivt_written, mine)
+    page = app_client.get("/console/invalid-traffic", params=params)
+    assert page.status_code == 200
+    assert "placeholder" not in page.text
+    for (day, cid, reason), e in expected.items():
+        row = re.search(
+            rf'<tr data-day="{day}" data-campaign="{re.escape(cid)}" data-reason="{reason}">(.*?)</tr>',
+            page.text,
+        )
+        assert row, (day, cid, reason)
+        cells = re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row.group(1))
+        currency = world.traffic.catalog.get(cid).currency  # type: ignore[union-attr]
+        assert cells[3:8] == [str(e[f]) for f in _COUNTS]
+        assert cells[8] == format_minor(e["avoided_minor"], currency)
+        assert cells[9] == e["source"]
+    assert page.text.count('<tr data-day="') == len(expected)
+    rows = _csv(app_client.get("/console/csv/invalid-traffic.csv", params=params))
+    got = {(r["day"], r["campaign_id"], r["reason"]): r for r in rows}
+    assert set(got) == set(expected)
+    for k, e in expected.items():
+        assert {f: int(got[k][f]) for f in (*_COUNTS, "avoided_minor")} == {
+            f: e[f] for f in (*_COUNTS, "avoided_minor")
+        }
+        assert got[k]["source"] == e["source"]
+    for text in (page.text, app_client.get("/console/csv/invalid-traffic.csv", params=params).text):
+        assert not any(cid in text for cid in theirs)
+        decoy = format_minor(77_777, world.traffic.catalog.get(mine[0]).currency)  # type: ignore[union-attr]
+        assert decoy not in text  # the speed layer's decoy on a judged day
+        assert ",77777," not in text
+    # An admin picking adv01 sees adv01's verdicts only.
+    sign_in(app_client, world.keys["admin"])
+    admin = _csv(app_client.get("/console/csv/invalid-traffic.csv", params={**params, "advertiser": "adv01"}))
+    assert {(r["day"], r["campaign_id"], r["reason"]) for r in admin} == set(
+        _expected_ivt(ivt_written, theirs)
+    )
