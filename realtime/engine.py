@@ -306,7 +306,9 @@ class SpeedLayer:
             self.policy.ivt,
             self.givt,
         )
-        batch = codec.build(records, ctx, self.clocks, self._day_cache)
+        taken = list(records)
+        full = len(taken) >= self.settings.realtime.batch_size  # the source had more waiting
+        batch = codec.build(taken, ctx, self.clocks, self._day_cache)
         results, published = await self._ingest(batch, trim_bound)
         duplicates: Counter[str] = Counter()
         conflicts: list[tuple[Any, Any]] = []  # (item, the copy standing)
@@ -343,7 +345,7 @@ class SpeedLayer:
         if batch.too_late:
             m.too_late.inc(batch.too_late)
         self._verdicts(batch.ivt)
-        return await self._step(now, published)
+        return await self._step(now, published, full)
 
     async def tick(self) -> Settled:
         """Live mode, on a timer: the wall clock moves idle partitions, then what came due settles."""
@@ -448,7 +450,7 @@ class SpeedLayer:
 
     # release, decide, claim, settle -------------------------------------------
 
-    async def _step(self, now: int, published: dict[str, Checkpoint]) -> Settled:
+    async def _step(self, now: int, published: dict[str, Checkpoint], full_batch: bool = False) -> Settled:
         self.clocks.tick(now)
         own = {tp_name(tp): c.watermark for tp, c in self.clocks.parts.items()}
         # The worker's watermark: the minimum over the partitions held now. It goes down when a
@@ -493,7 +495,7 @@ class SpeedLayer:
         self.settle_bound = bound
         await self._settle(shard_actions, bound, out)
         await self._checkpoint(released)
-        await self.pacer.run(local, END_OF_TIME)
+        await self.pacer.run(local, END_OF_TIME, full_batch)
         self.metrics.pending.set(len(self.queue))
         for tp, c in self.clocks.parts.items():
             labels = (tp[0], str(tp[1]))

@@ -13,6 +13,17 @@ for every capped campaign and stores its state (``Keys.pacing``). A step is writ
 older one, so workers stepping the same interval write once, and a replay's steps follow its
 event time, not the wall clock.
 
+**Catch-up.** A batch steps once at most, at the newest interval its watermark passed. A batch
+of a catch-up (a replay or a backlog) does not step at all: it is full (the source had more
+waiting) and its watermark moved past more than one interval (live batches cover seconds of
+event time), or did not move while a step waits (a partition behind holds the minimum). Nobody
+reads the intermediate states of a backlog, only the current one, so the first batch that is
+not a catch-up's (not full, or moving less than an interval: the worker is live) takes one step
+at the newest interval, and the controller lets a gap of ``k`` intervals
+since the state's previous step move ``p`` by up to ``k`` bounded steps (``shared_logic.pacing``
+says why). The rule reads event time and batch sizes only, no wall clock: the same batches give
+the same steps. While a catch-up lasts the stored state ages (the answer reports its age).
+
 Frequency sets are a set union trimmed to the newest ``N``: the same whatever the order or
 batching of the impressions. The touch groups are estimates, not money: a worker that dies
 between the ingest and this write loses its batch's counts (the liability reads a little low).
@@ -90,7 +101,10 @@ class Pacer:
         self._impressions: list[tuple[str, str, int, int, int]] = []  # key, event id, time, cap, ttl
         self._groups: Counter[tuple[str, str]] = Counter()  # (campaign, "<kind>:<group start>")
         self.last_step_ms = 0
+        self._seen_ms = 0  # the watermark the previous batch reached
+        self._waiting = False  # a catch-up's batch put its step off
         self.steps = 0
+        self.deferred = 0  # batches of a catch-up that did not step
 
     def observe(self, item: TouchItem, status: Any) -> None:
         """A touch the ingest script answered ``status`` for: counted when it was new."""
@@ -109,14 +123,26 @@ class Pacer:
             group = item.time_ms // self.section.touch_group_ms * self.section.touch_group_ms
             self._groups[(campaign.campaign_id, f"{_KIND_CODE[member.kind]}:{group}")] += 1
 
-    async def run(self, watermark_ms: int, end_of_time: int) -> None:
-        """Write what was observed; step the controller when the watermark passed an interval."""
+    async def run(self, watermark_ms: int, end_of_time: int, full_batch: bool = False) -> None:
+        """Write what was observed; step the controller when the watermark passed an interval,
+        unless the batch is a catch-up's (``full_batch`` and the watermark moved past more than
+        one interval in it): then the step waits for the batch that ends the catch-up."""
         await self._flush()
         interval = self.section.interval_ms
         at = watermark_ms // interval * interval
-        if self.paced and self.last_step_ms < at and watermark_ms < end_of_time:
-            await self.step(at)
-            self.last_step_ms = at
+        moved = watermark_ms - self._seen_ms
+        self._seen_ms = max(self._seen_ms, watermark_ms)
+        if not self.paced or self.last_step_ms >= at or watermark_ms >= end_of_time:
+            return
+        # A full batch that moved the watermark past more than an interval, or not at all while a
+        # step waits (a partition behind holds the minimum), is a catch-up's.
+        if full_batch and (moved > interval or (moved <= 0 and self._waiting)):
+            self._waiting = True
+            self.deferred += 1
+            return
+        await self.step(at)
+        self.last_step_ms = at
+        self._waiting = False
 
     async def _flush(self) -> None:
         if not self._impressions and not self._groups:
@@ -160,7 +186,9 @@ class Pacer:
             stats = raw[i + 4 : i + 4 + len(days)]
             i += 4 + len(days)
             inp, old = self._input(c, day, at_ms, spend_day, spend_life, groups_raw, stats)
-            state = step(decode_state(state_raw), inp, self.config)
+            prev = decode_state(state_raw)
+            gap = (at_ms - prev.at_ms) // self.section.interval_ms if prev is not None else 1
+            state = step(prev, inp, self.config, max(gap, 1))
             fields = [x for kv in encode_state(state).items() for x in kv]
             writes.append((self.keys.pacing(c.campaign_id), [at_ms, STATE_TTL_MS, *fields]))
             if old:

@@ -30,6 +30,18 @@ LinkedIn's controller, KDD 2014), ``p ← clamp(p*, p(1 − s), p(1 + s))`` with
 ``[min_probability, 1]``. Without an estimate yet (nothing committed), ``p`` rises by a step; the
 first step of a budget day starts from ``start_probability`` (cautious, as LinkedIn's does).
 
+**A gap of k intervals** (a step that follows the previous one of the same budget day by ``k``
+step intervals: the speed layer skips the steps of a catch-up, or a quiet stream moved no
+watermark) moves ``p`` by up to ``k`` bounded steps, ``clamp(p*, p(1 − s)ᵏ, p(1 + s)ᵏ)``, not
+by one and not from ``start_probability`` again. Why: the bound limits how fast ``p`` moves per
+unit of event time (±10% a minute), not per call; and ``F`` integrates the whole gap (its sums
+decay by the gap's length and add its ``ΔC`` over ``p · ΔW``), so ``p*`` after a gap is as well
+informed as after ``k`` steps. Restarting cautiously would drop an established ``p`` to
+``start_probability`` after every catch-up and take tens of live intervals to climb back, an
+ad server would see a dip only because the worker had been behind; a single step would leave
+``p`` lagging ``p*`` by ``k − 1`` steps. A new budget day still starts from
+``start_probability`` with one step, whatever the gap.
+
 Hard limits override the bounded step: no cap gives 1.0, a spent cap (``R + L ≤ 0``: real spend,
 not liability) gives 0.0. Delivery mode ``asap`` (Google's accelerated delivery) aims at
 ``p* = 1`` while ``R > 0`` and at ``0`` once the liability fills what is left; ``even``
@@ -214,9 +226,10 @@ def target_share(inp: PacingInput, config: PacingConfig, at_ms: int | None = Non
     return min(shape.share(elapsed, day_ms) / whole, 1.0)
 
 
-def _bounded(target: float, prev: float, config: PacingConfig) -> float:
-    lo = max(prev * (1 - config.max_step), config.min_probability)
-    hi = min(max(prev, config.min_probability) * (1 + config.max_step), 1.0)
+def _bounded(target: float, prev: float, config: PacingConfig, intervals: int = 1) -> float:
+    """``target`` clamped to what ``intervals`` bounded steps from ``prev`` can reach."""
+    lo = max(prev * (1 - config.max_step) ** intervals, config.min_probability)
+    hi = min(max(prev, config.min_probability) * (1 + config.max_step) ** intervals, 1.0)
     return min(max(target, lo), hi)
 
 
@@ -261,8 +274,14 @@ def aim(prev: PacingState | None, inp: PacingInput, config: PacingConfig = Pacin
     return _aim(inp, target, num, den)
 
 
-def step(prev: PacingState | None, inp: PacingInput, config: PacingConfig = PacingConfig()) -> PacingState:
-    """The controller's next state from the previous one (None at the first step ever)."""
+def step(
+    prev: PacingState | None, inp: PacingInput, config: PacingConfig = PacingConfig(), intervals: int = 1
+) -> PacingState:
+    """The controller's next state from the previous one (None at the first step ever).
+    ``intervals``: how many step intervals of event time this step covers (more than 1 after a
+    catch-up or a quiet spell); ``p`` may move by up to that many bounded steps (see the module)."""
+    if intervals < 1:
+        raise ValueError(f"intervals = {intervals}: must be at least 1")
     committed = inp.spend_day_minor + inp.liability_minor
     target = target_share(inp, config)
     if not inp.capped:
@@ -271,7 +290,8 @@ def step(prev: PacingState | None, inp: PacingInput, config: PacingConfig = Paci
         num, den = (prev.num, prev.den) if prev is not None else (0.0, 0.0)
         return PacingState(inp.day, inp.now_ms, 0.0, committed, target, num, den, inp.liability_minor)
     p_prev, num, den = _learn(prev, inp, committed, target, config)
-    p = _bounded(_aim(inp, target, num, den), p_prev, config)
+    same_day = prev is not None and prev.day == inp.day
+    p = _bounded(_aim(inp, target, num, den), p_prev, config, intervals if same_day else 1)
     return PacingState(inp.day, inp.now_ms, p, committed, target, num, den, inp.liability_minor)
 
 

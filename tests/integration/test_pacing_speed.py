@@ -47,10 +47,11 @@ async def _run(url: str) -> dict[str, Any]:
     redis = connect(RedisSettings(url=url))
     engine = SpeedLayer(redis, CATALOG, settings, MemoryDeadLetters())
     await engine.start()
+    keys = engine.keys
     await engine.process(FIRST[:30])
+    step1_state = decode_state(await redis.hmget(keys.pacing("paced"), list(PACING_FIELDS)))
     await engine.process(FIRST[30:])
     first_steps = engine.pacer.steps
-    keys = engine.keys
     first_state = decode_state(await redis.hmget(keys.pacing("paced"), list(PACING_FIELDS)))
     snapshot = await redis_snapshot(url, match="attr:*:[fp]*")
     # Every event again (a redelivery): nothing counted twice.
@@ -68,6 +69,7 @@ async def _run(url: str) -> dict[str, Any]:
     await redis.aclose()
     return {
         "first_steps": first_steps,
+        "step1_state": step1_state,
         "first_state": first_state,
         "second_state": second_state,
         "snapshot": snapshot,
@@ -98,17 +100,81 @@ def test_frequency_counts_and_pacing_steps_from_the_speed_layer(speed_redis_url:
     first = got["first_state"]
     assert got["first_steps"] >= 1
     assert first is not None
-    # The day starts cautiously: from start_probability, one bounded step up per step taken (a
-    # step per batch whose watermark passed an interval; each batch here passed one).
+    # The day starts cautiously: from start_probability, one bounded step up; then a step per
+    # batch whose watermark passed an interval (each batch here passed one), moving p by up to
+    # one bounded step per interval since the previous step (no estimate yet: p rises).
     assert got["first_steps"] == 2
-    assert first.probability == pytest.approx(cfg.start_probability * (1 + cfg.max_step) ** 2)
+    step1 = got["step1_state"]
+    assert step1 is not None
+    assert step1.probability == pytest.approx(cfg.start_probability * (1 + cfg.max_step))
+    gap = (first.at_ms - step1.at_ms) // cfg.interval_ms
+    assert gap > 1
+    assert first.probability == pytest.approx(step1.probability * (1 + cfg.max_step) ** gap)
     assert first.liability_minor > 0  # 50 open clicks x the prior rate x the fee
     assert first.liability_minor < 50 * cfg.prior_conversion_rate * 100
     second = got["second_state"]
     assert second is not None
     assert second.at_ms > first.at_ms
-    assert second.probability == pytest.approx(first.probability * (1 + cfg.max_step))
+    gap = (second.at_ms - first.at_ms) // cfg.interval_ms
+    assert second.probability == pytest.approx(min(first.probability * (1 + cfg.max_step) ** gap, 1.0))
     paced = got["paced_later"]
     assert (paced.servable, paced.serve_probability) == (True, second.probability)
     assert paced.state_age_ms == T0 + 45 * MIN - second.at_ms
     assert paced.liability_minor == second.liability_minor
+
+
+S = (T0 // MIN + 1) * MIN  # an interval's start (the step interval is a minute)
+SEC = 1_000
+
+
+async def _catch_up(url: str, batch_size: int) -> dict[str, Any]:
+    settings = Settings().replace(
+        redis_url=url, keys_user_buckets=16, keys_budget_shards=4, realtime_batch_size=batch_size
+    )
+    redis = connect(RedisSettings(url=url))
+    engine = SpeedLayer(redis, CATALOG, settings, MemoryDeadLetters())
+    await engine.start()
+    keys, pacer = engine.keys, engine.pacer
+
+    async def state() -> Any:
+        return decode_state(await redis.hmget(keys.pacing("paced"), list(PACING_FIELDS)))
+
+    got: dict[str, Any] = {"config": settings.pacing}
+    await engine.process([_click("a0", "w0", "paced", S + 30 * SEC)])
+    got["start"], got["start_steps"] = await state(), pacer.steps
+    # 10 intervals' worth of events in one batch (not full).
+    await engine.process([_click(f"b{i}", f"w{i}", "paced", S + (i + 1) * MIN + 30 * SEC) for i in range(10)])
+    got["one"], got["one_steps"] = await state(), pacer.steps
+    # A backlog: two full batches, each moving the watermark 5 minutes.
+    backlog = [_click(f"c{i}", f"x{i}", "paced", S + 11 * MIN + i * 15 * SEC) for i in range(2 * batch_size)]
+    await engine.process(backlog[:batch_size])
+    await engine.process(backlog[batch_size:])
+    got["backlog_steps"], got["deferred"] = pacer.steps, pacer.deferred
+    # Live again: a partial batch, 45 s of event time on.
+    await engine.process([_click("d0", "y0", "paced", S + 21 * MIN + 30 * SEC)])
+    got["live"], got["live_steps"] = await state(), pacer.steps
+    await redis.aclose()
+    return got
+
+
+def test_a_batch_of_many_intervals_takes_one_step_and_a_backlog_steps_when_it_ends(
+    speed_redis_url: str,
+) -> None:
+    """A batch whose watermark passed N intervals takes one step, at the newest, moving p by up to
+    N bounded steps; the full batches of a catch-up take none, and the first batch after it one.
+    Kills the mutants that step every interval a batch passed (``one_steps`` 1 + 10), that move p
+    by one bounded step whatever the gap, and that step on a catch-up's full batch."""
+    got = asyncio.run(_catch_up(speed_redis_url, batch_size=20))
+    cfg = got["config"]
+    up = 1 + cfg.max_step
+    start, one, live = got["start"], got["one"], got["live"]
+    assert got["start_steps"] == 1
+    assert start.at_ms == S
+    assert start.probability == pytest.approx(cfg.start_probability * up)
+    assert got["one_steps"] == 2  # one step for the 10 intervals, not 10
+    assert one.at_ms == S + 10 * MIN
+    assert one.probability == pytest.approx(start.probability * up**10)  # 0.285: no estimate yet
+    assert (got["backlog_steps"], got["deferred"]) == (2, 2)  # a catch-up's full batches: no step
+    assert got["live_steps"] == 3
+    assert live.at_ms == S + 21 * MIN
+    assert live.probability == pytest.approx(one.probability * up**11)  # 0.81

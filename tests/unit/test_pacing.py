@@ -316,3 +316,20 @@ def test_a_long_delay_share_keeps_old_touches_in_flight() -> None:
     assert in_flight_liability(day_old, 0.02, 500, window, mean, 12 * HOUR_MS) < 1e-6
     with_tail = in_flight_liability(day_old, 0.02, 500, window, mean, 12 * HOUR_MS, 0.3, long)
     assert with_tail == pytest.approx(100 * 0.02 * 500 * 0.3 * 0.25 / (1 - 0.02 * 0.85))
+
+
+def test_a_gap_of_k_intervals_moves_p_by_up_to_k_bounded_steps_but_a_new_day_by_one() -> None:
+    """Kills the mutants that bound a gap by one step (0.5 x 1.1), that apply ``intervals`` to a
+    new day's cautious start, and that accept ``intervals = 0``."""
+    prev = PacingState("2026-12-06", 6 * HOUR_MS - 5 * 60_000, 0.5, 0.0, 0.2)
+    up = step(prev, _inp(), intervals=5)  # no estimate yet: p rises as far as 5 steps go
+    assert up.probability == pytest.approx(0.5 * (1 + CONFIG.max_step) ** 5)
+    assert up.probability > step(prev, _inp()).probability
+    spent = _inp(spend=9_990)  # almost all spent: p* near 0, p falls by at most 5 steps
+    estimated = replace(prev, num=10_000.0, den=0.2, committed_minor=9_000.0)
+    assert step(estimated, spent, intervals=5).probability == pytest.approx(0.5 * (1 - CONFIG.max_step) ** 5)
+    yesterday = replace(prev, day="2026-12-05")
+    new_day = step(yesterday, _inp(), intervals=500)
+    assert new_day.probability == pytest.approx(CONFIG.start_probability * (1 + CONFIG.max_step))
+    with pytest.raises(ValueError, match="intervals = 0"):
+        step(prev, _inp(), intervals=0)
