@@ -174,8 +174,12 @@ def test_rerun_through_the_scheduler_on_postgresql(metadata_db: str, redis_url: 
         for dataset in ("batch_ledger", "metrics/campaign_daily", "settlement_state"):
             assert lake.is_complete(partition(dataset, dt=day)), (dataset, day)
         assert lake.manifest(partition("reconciliation", dt=day))["discrepancy_pct"] == 0.0  # type: ignore[index]
-    xcoms = _pg("select task_id, map_index, value from xcom where key = 'return_value'", metadata_db)
-    values = {(t, m): v if isinstance(v, dict | list) else json.loads(v) for t, m, v in xcoms}
+    xcoms = _pg(
+        "select task_id, map_index, value from xcom "
+        "where key = 'return_value' and dag_id = 'rerun_attribution'",
+        metadata_db,
+    )
+    values = {(t, m): json.loads(v) if isinstance(v, str | bytes) else v for t, m, v in xcoms}
     for i, day in enumerate(days):
         finish = values[("finish_day", i)]
         assert finish["day"] == day
