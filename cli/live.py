@@ -638,20 +638,29 @@ def _left_behind(loop: Loop, folder: Path, lake: Path, sent: int, stopped_by: st
     files = [p for p in lake.rglob("*") if p.is_file()] if lake.exists() else []
     size = sum(p.stat().st_size for p in files)
     exe = exe_path()
-    # The days its ledger holds, named: `$(date -u +%F)`, evaluated once per command, named two
-    # days for a run stopped across midnight UTC, and the wrong day when run on a later one.
-    days = sorted(p.name.removeprefix("dt=") for p in (lake / "realtime_ledger").glob("dt=*"))
-    first, last = (days[0], days[-1]) if days else (f"{datetime.now(UTC):%Y-%m-%d}",) * 2
-    span = f"--start {first} --end {last}"
+    # The days the nightly job can run: those whose raw orders landed (a day the ledger names but no
+    # order of reached the lake, as when stopped in the first seconds, would make `batch run` refuse).
+    # Named, not `$(date -u +%F)`: that is evaluated once per command, names two days for a run
+    # stopped across midnight UTC, and the wrong day when run on a later one.
+    days = sorted(p.name.removeprefix("dt=") for p in (lake / "raw" / "order").glob("dt=*"))
     lines = [f"Stopped by {stopped_by} at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC; {sent:,} events sent."]
     lines += [f"{c.name}: {c.ended}" for c in loop.children]
     lines += [
         "Redis and the broker: stopped; they kept everything in memory, so it is gone.",
         f"Left behind in {folder}: the lake ({len(files):,} files, {size / 2**20:,.1f} MiB), "
         "logs/, catalog.yaml, keys.yaml, live.env, live.json, stop-summary.txt.",
-        "The nightly job and the reconciliation run on it with the same settings (from where you ran this):",
-        f"  set -a; . {folder / 'live.env'}; set +a",
-        f"  {exe} batch run {span} && {exe} reconcile {span}",
+    ]
+    if days:
+        span = f"--start {days[0]} --end {days[-1]}"
+        lines += [
+            "The nightly job and the reconciliation run on it with the same settings "
+            "(from where you ran this):",
+            f"  set -a; . {folder / 'live.env'}; set +a",
+            f"  {exe} batch run {span} && {exe} reconcile {span}",
+        ]
+    else:
+        lines += ["No order reached the lake before the stop: nothing for the nightly job to run on."]
+    lines += [
         "The next `make live` starts a fresh lake (--keep-lake keeps it).",
     ]
     return lines

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,6 +138,13 @@ def test_the_commands_make_live_prints_run_as_printed(tmp_path: Path) -> None:
         sourced = [line for line in lines if line.startswith("set -a;") and "budget show" in line]
         assert len(sourced) == 1, lines
         _ok(sourced[0].replace(" --watch", ""), 60)  # the live table, drawn once
+        # The summary names the nightly job's commands only for days whose orders reached the lake
+        # (else it says there is nothing to run on): stop once the sink has landed an order.
+        lake = Path(_where(folder)["lake"])
+        while not any((lake / "raw" / "order").glob("dt=*/hour=*/*.parquet")):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline + 120, log.read_text()[-3000:]
+            time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(120) == 0, log.read_text()[-3000:]
     finally:
@@ -153,3 +161,23 @@ def test_the_commands_make_live_prints_run_as_printed(tmp_path: Path) -> None:
     assert "discrepancy" in ran, ran
     assert (folder / "stop-summary.txt").exists()
     assert _where(folder)["parts"]["worker"]["state"] == "stopped"
+
+
+def test_the_stop_summary_names_only_days_whose_orders_landed(tmp_path: Path) -> None:
+    """Mutant killed: naming the ledger's days (a day with ledger lines and no landed order, as when
+    `make live` is stopped in its first seconds, made the printed `batch run` exit 2: no raw orders)."""
+    from types import SimpleNamespace
+
+    from cli.live import _left_behind
+
+    lake = tmp_path / "lake"
+    (lake / "realtime_ledger" / "dt=2026-12-05").mkdir(parents=True)
+    loop: Any = SimpleNamespace(children=[])
+    summary = "\n".join(_left_behind(loop, tmp_path, lake, 10, "Ctrl-C"))
+    assert "batch run" not in summary
+    assert "No order reached the lake" in summary
+    (lake / "raw" / "order" / "dt=2026-12-06" / "hour=00").mkdir(parents=True)
+    (lake / "raw" / "order" / "dt=2026-12-07" / "hour=00").mkdir(parents=True)
+    summary = "\n".join(_left_behind(loop, tmp_path, lake, 10, "Ctrl-C"))
+    assert "batch run --start 2026-12-06 --end 2026-12-07 &&" in summary
+    assert "No order reached the lake" not in summary
