@@ -14,7 +14,10 @@ from rich.table import Table
 from cli.common import CatalogOpt, catalog_of, console, settings
 from shared_logic.settings import RealtimeSettings
 
-realtime_app = typer.Typer(help="Speed layer: replay events through the agents.", no_args_is_help=True)
+realtime_app = typer.Typer(
+    help="Speed layer: replay events through the agents; rebuild a lost Redis from the lake.",
+    no_args_is_help=True,
+)
 
 
 @realtime_app.command("replay")
@@ -70,6 +73,66 @@ def replay(
         )
     )
     console.print(table)
+
+
+@realtime_app.command("rebuild")
+def rebuild(
+    catalog: CatalogOpt = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="the emptied Redis; default: ATTRIBUTION_REDIS_URL")
+    ] = None,
+    lake_url: Annotated[str | None, typer.Option(help="default: ATTRIBUTION_LAKE_URL")] = None,
+    for_replay: Annotated[
+        bool, typer.Option(help="name partitions as `realtime replay` does (replay:<topic>), not as Kafka's")
+    ] = False,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(help="also write the report as Prometheus metrics (textfile collector format)"),
+    ] = None,
+) -> None:
+    """Rebuild the speed layer's state in an emptied Redis from the lake (stop the workers first).
+
+    From the flushed realtime ledger: lifetime spend, the spend and stats of budget days still open,
+    charge records and decisions of orders inside the charge-record TTL. From the raw events
+    (that TTL plus the longest window back): touches, pending orders and cancels, claims of
+    organic orders. Then each partition's checkpoint. Prints what it restored, how long it took and
+    what it could not restore (README: Redis lost)."""
+    from prometheus_client import write_to_textfile
+
+    from realtime.client import connect
+    from realtime.rebuild import NotEmpty, run_rebuild
+    from realtime.replay import REPLAY_PREFIX
+    from storage import open_lake
+
+    config = settings(
+        catalog_url=catalog,
+        redis_url=redis_url,
+        lake_url=lake_url,
+        needs=("redis_url", "catalog_url", "lake_url"),
+    )
+    lake = open_lake(config.lake.url, config.s3)
+    try:
+        report = run_rebuild(
+            config, catalog_of(config), lake, connect(config.redis), REPLAY_PREFIX if for_replay else ""
+        )
+    except NotEmpty as exc:
+        raise typer.BadParameter(str(exc), param_hint="--redis-url") from exc
+    table = Table(title=f"rebuild: {report.seconds:.2f}s, events {report.refed_from} .. {report.refed_to}")
+    table.add_column("restored")
+    table.add_column("count", justify="right")
+    for kind, n in sorted(report.restored.items()):
+        table.add_row(kind.replace("_", " "), f"{n:,}")
+    console.print(table)
+    missing = Table(title="could not restore")
+    missing.add_column("what")
+    missing.add_column("count", justify="right")
+    for kind, n in sorted(report.missing.items()):
+        missing.add_row(kind.replace("_", " "), f"{n:,}")
+    console.print(missing)
+    for note in report.notes:
+        console.print(f"- {note}")
+    if metrics_file is not None:
+        write_to_textfile(str(metrics_file), report.registry())
 
 
 def worker(

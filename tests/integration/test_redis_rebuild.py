@@ -1,15 +1,16 @@
-"""Redis lost under the speed layer: the failure no command repairs yet (issue 19, item 3).
+"""Redis lost under the speed layer, and ``attribution realtime rebuild`` (issue 19, item 3).
 
 The speed layer's idempotence lives in Redis: charge records, first-writer-wins claims and
 each partition's checkpoint. A worker that resumes on an emptied Redis (FLUSHALL, a failover
 without persistence, a fresh server) has none of them, so the window the broker redelivers
 (everything after the last committed offset, at least one commit window under
-at-least-once) is decided and charged again, and the flushed ledger in the lake gets a
-second charge for the same order. ``attribution realtime rebuild`` does not exist yet; the
-README's "Redis lost" note designs it. These tests pin today's behaviour with the replay
-driver (the same engine and Lua scripts a Kafka worker runs, on in-memory channels): the
-control passes, the FLUSHALL case is a strict xfail that turns into a failure (XPASS) once a
-rebuild closes the gap, so whoever lands it must flip it.
+at-least-once) would be decided and charged again, and spend would restart at 0. These tests
+run the replay driver (the same engine and Lua scripts a Kafka worker runs, on in-memory
+channels): the first half of a day is processed, its ledger flushed and its raw events landed
+(as the lake sink lands them); then Redis is emptied and rebuilt from the lake
+(``realtime.rebuild``); then the rest is processed from a redelivered window on. The result must
+equal a run that kept its Redis: the same ledger, spend and decisions, no order charged twice, no
+cap passed; on a single Redis and on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from typing import Any
 import pytest
 
 from devtools.synthetic import SyntheticConfig, generate
-from realtime.replay import replay
+from realtime.client import connect
+from realtime.rebuild import RebuildReport, rebuild
+from realtime.replay import REPLAY_PREFIX, replay
+from shared_logic import Catalog
 from shared_logic.contract import REALTIME_LEDGER
 from shared_logic.settings import Settings
 from storage import open_lake, partition
-from tests.helpers import flush
+from storage.raw import land
+from tests.helpers import flush, redis_snapshot
 
 pytestmark = [pytest.mark.integration]
 
@@ -35,46 +40,99 @@ CONFIG = SyntheticConfig(users=1500, days=1, cancel_rate=0.1, duplicate_rate=0.0
 REDELIVERED = 1500
 
 
-def _charges(folder: Path) -> Counter[str]:
-    """Charge lines per order in the lake's flushed realtime ledger."""
+def _ledger(folder: Path) -> list[dict[str, Any]]:
+    """The lake's flushed realtime ledger, without the stream ids (which differ between runs)."""
     lake = open_lake(f"file://{folder}")
     refs = [partition(REALTIME_LEDGER, **v) for v in lake.partitions(REALTIME_LEDGER.path)]
-    return Counter(r["order_id"] for r in lake.read(refs).to_pylist() if r["kind"] == "charge")
+    return [{k: v for k, v in r.items() if k != "stream_id"} for r in lake.read(refs).to_pylist()]
 
 
-def _two_runs(folder: Path, redis_url: str, lose_redis: bool) -> Counter[str]:
-    """The first part of the stream processed and its ledger flushed; then (``lose_redis``)
-    Redis emptied; then the rest, from a redelivered window on, processed and flushed."""
+def _charges(folder: Path) -> Counter[str]:
+    """Charge lines per order in the lake's flushed realtime ledger."""
+    return Counter(r["order_id"] for r in _ledger(folder) if r["kind"] == "charge")
+
+
+def _two_runs(
+    folder: Path, redis_url: str, lose_redis: bool, rebuild_it: bool = False
+) -> tuple[Counter[str], Catalog, RebuildReport | None]:
+    """The first part of the stream processed, its ledger flushed and its raw events landed; then
+    (``lose_redis``) Redis emptied, and (``rebuild_it``) rebuilt from the lake; then the rest, from
+    a redelivered window on, processed and flushed."""
     traffic = generate(CONFIG)
     values: list[Any] = [e.payload for e in traffic.events]
     arrivals = [e.arrival_ms for e in traffic.events]
     settings = Settings().replace(redis_url=redis_url, lake_url=f"file://{folder}")
     cut = len(values) // 2
+    report: RebuildReport | None = None
 
     async def go() -> None:
+        nonlocal report
         await replay(values[:cut], traffic.catalog, settings, True, False, arrivals=arrivals[:cut])
+        lake = open_lake(settings.lake.url)
+        land(lake, zip(values[:cut], arrivals[:cut], strict=True), "first-half")
         if lose_redis:
             flush(redis_url)
+        if rebuild_it:
+            redis = connect(settings.redis)
+            try:
+                report = await rebuild(settings, traffic.catalog, lake, redis, prefix=REPLAY_PREFIX)
+            finally:
+                await redis.aclose()
         rest = slice(cut - REDELIVERED, None)
         await replay(values[rest], traffic.catalog, settings, True, False, arrivals=arrivals[rest])
 
     asyncio.run(go())
-    return _charges(folder)
+    return _charges(folder), traffic.catalog, report
+
+
+def _state(redis_url: str) -> dict[str, Any]:
+    """Spend (lifetime and per budget day) and claims (decisions) in Redis."""
+    spend = asyncio.run(redis_snapshot(redis_url, match="attr:*:spend:*"))
+    claims = asyncio.run(redis_snapshot(redis_url, match="attr:*:d:*"))
+    return {"spend": spend, "claims": claims}
 
 
 def test_with_redis_kept_a_redelivered_window_charges_no_order_twice(redis_url: str, tmp_path: Path) -> None:
-    charges = _two_runs(tmp_path, redis_url, lose_redis=False)
+    charges, _, _ = _two_runs(tmp_path, redis_url, lose_redis=False)
     assert sum(charges.values()) > 20
     assert max(charges.values()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19 item 3: no `attribution realtime rebuild` yet; after FLUSHALL the redelivered "
-    "window's orders are charged again (README: Redis lost)",
-)
-def test_after_flushall_a_redelivered_window_charges_no_order_twice(redis_url: str, tmp_path: Path) -> None:
-    charges = _two_runs(tmp_path, redis_url, lose_redis=True)
+def test_after_flushall_without_a_rebuild_a_redelivered_window_charges_orders_twice(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """What the rebuild is for: without it, the redelivered window's orders are charged again."""
+    charges, _, _ = _two_runs(tmp_path, redis_url, lose_redis=True)
+    assert max(charges.values()) == 2
+
+
+def test_after_flushall_and_a_rebuild_the_run_equals_one_that_kept_redis(
+    speed_redis_url: str, tmp_path: Path
+) -> None:
+    kept_charges, catalog, _ = _two_runs(tmp_path / "kept", speed_redis_url, lose_redis=False)
+    kept_ledger, kept_state = _ledger(tmp_path / "kept"), _state(speed_redis_url)
+    flush(speed_redis_url)
+    charges, _, report = _two_runs(tmp_path / "lost", speed_redis_url, lose_redis=True, rebuild_it=True)
+    assert report is not None
+    assert report.restored["charge_records"] > 20
+    assert report.restored["claims"] > 20
+    assert report.restored["lifetime_spend"] > 0
+    assert report.restored["events_refed"] > 0
     assert sum(charges.values()) > 20
     twice = sorted(o for o, n in charges.items() if n > 1)
     assert not twice, f"{len(twice)} orders charged twice, e.g. {twice[:5]}"
+    assert charges == kept_charges
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(sorted((k, str(v)) for k, v in r.items()))
+
+    assert sorted(_ledger(tmp_path / "lost"), key=key) == sorted(kept_ledger, key=key)
+    state = _state(speed_redis_url)
+    assert state["spend"] == kept_state["spend"]
+    assert state["claims"] == kept_state["claims"]
+    # No cap passed: every campaign's spend within its caps.
+    for k, v in state["spend"].items():
+        cid = k.split(":spend:", 1)[1].split(":")[0]
+        budget = catalog.get(cid).budget  # type: ignore[union-attr]
+        cap = budget.lifetime_minor if k.endswith(":life") else budget.daily_minor
+        assert cap is None or int(v) <= cap, (k, v, cap)
