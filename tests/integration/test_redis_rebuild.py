@@ -136,3 +136,122 @@ def test_after_flushall_and_a_rebuild_the_run_equals_one_that_kept_redis(
         budget = catalog.get(cid).budget  # type: ignore[union-attr]
         cap = budget.lifetime_minor if k.endswith(":life") else budget.daily_minor
         assert cap is None or int(v) <= cap, (k, v, cap)
+
+
+BROKER_TRAFFIC = SyntheticConfig(
+    users=400, days=3, cancel_rate=0.1, duplicate_rate=0.0, malformed_rate=0.0, seed=41
+)
+
+
+def _sink_landed(lake: Any, group: str) -> int:
+    """Records the lake sink has landed (the offsets its progress files record)."""
+    import json
+
+    folder = Path(lake.path(f"raw/_sink/{group}/progress"))
+    return sum(json.loads(f.read_text())["offset"] for f in folder.glob("*.json")) if folder.exists() else 0
+
+
+def _on_the_broker(
+    broker: Any, url: str, folder: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any], Catalog, RebuildReport, int]:
+    """A day on the broker; the lake sink lands all of it while a Kafka worker consumes it, and the
+    worker is stopped mid-stream; its ledger is flushed; Redis is emptied and rebuilt from the lake;
+    a new worker of the group resumes and drains the rest. Returns the lake's ledger, Redis's spend
+    and claims, the catalog, the rebuild's report and how many records the first worker took."""
+    import time
+
+    from devtools.traffic import produce
+    from realtime.kafka import KafkaWorker
+    from realtime.keys import Keys
+    from realtime.lakesink import LakeSink
+    from realtime.ledger import LedgerFlusher
+    from tests.integration.test_kafka import _drain_backlog, _ends, _settings, _total
+
+    traffic = generate(BROKER_TRAFFIC)
+    values: list[Any] = [e.payload for e in traffic.events]
+    settings = _settings(broker, url).replace(
+        lake_url=f"file://{folder}", sink_roll_age_s=0.3, sink_marker_interval_s=0.3, realtime_batch_size=100
+    )
+    lake = open_lake(settings.lake.url)
+    group = f"{settings.realtime.app_id}-{settings.sink.group_suffix}"
+
+    async def flush_ledger() -> None:
+        redis = connect(settings.redis)
+        try:
+            await LedgerFlusher(redis, Keys.of(settings.keys), lake).flush()
+        finally:
+            await redis.aclose()
+
+    async def go() -> tuple[RebuildReport, int]:
+        # Stamped with their arrivals: the lake keeps them (``ingested_at_ms``) as the re-feed's order.
+        await produce(values, settings.realtime, timestamps=[e.arrival_ms for e in traffic.events])
+        sink = LakeSink(settings, lake)
+        await sink.start()
+        landing = asyncio.create_task(sink.run())
+        worker = KafkaWorker(settings, traffic.catalog)
+        await worker.start()
+        consuming = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 120
+        # Stopped once it has charged orders: mid-stream (partitions lagging) when its fetches
+        # interleave the partitions, at the end of the backlog when a fetch brought whole partitions.
+        while worker.engine is None or _total(worker.engine, "attribution_charges_total") < 10:
+            assert time.monotonic() < deadline, f"the worker took {worker.processed} of {len(values)}"
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await consuming
+        taken = worker.processed
+        while _sink_landed(lake, group) < len(values):
+            assert time.monotonic() < deadline, (
+                f"the sink landed {_sink_landed(lake, group)} of {len(values)}"
+            )
+            assert not landing.done(), landing
+            await asyncio.sleep(0.2)
+        sink.stop()
+        await landing
+        await flush_ledger()
+        flush(url)
+        redis = connect(settings.redis)
+        try:
+            report = await rebuild(settings, traffic.catalog, lake, redis)
+        finally:
+            await redis.aclose()
+        await _drain_backlog(settings, traffic, values, produced=_ends(values, settings))
+        await flush_ledger()
+        return report, taken
+
+    report, taken = asyncio.run(go())
+    return _ledger(folder), _state(url), traffic.catalog, report, taken
+
+
+@pytest.mark.slow
+def test_on_the_broker_a_worker_resumed_after_a_rebuild_equals_an_uninterrupted_replay(
+    broker: Any, speed_redis_url: str, tmp_path: Path
+) -> None:
+    """The Kafka worker on the broker and the lake sink landing the same topics: the worker stopped
+    mid-stream, Redis emptied and rebuilt from the lake, a new worker resumes at the checkpoints the
+    rebuild wrote (the sink's landed offsets). The end equals an uninterrupted replay of the same
+    events: the same ledger, spend and claims; no order charged twice, no cap passed."""
+    ledger, state, catalog, report, taken = _on_the_broker(broker, speed_redis_url, tmp_path / "lost")
+    assert taken > 0  # mid-stream when the worker charged before the end of its backlog
+    assert report.restored["checkpoints"] > 0
+    assert report.missing["checkpoints_without_sink_offset"] == 0
+    assert report.restored["charge_records"] > 5, report.as_json()
+    charges = Counter(r["order_id"] for r in ledger if r["kind"] == "charge")
+    assert sum(charges.values()) > 20
+    assert max(charges.values()) == 1
+    flush(speed_redis_url)
+    traffic = generate(BROKER_TRAFFIC)
+    settings = Settings().replace(redis_url=speed_redis_url, lake_url=f"file://{tmp_path / 'replay'}")
+    values, arrivals = [e.payload for e in traffic.events], [e.arrival_ms for e in traffic.events]
+    asyncio.run(replay(values, traffic.catalog, settings, True, False, arrivals=arrivals))
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(sorted((k, str(v)) for k, v in r.items()))
+
+    assert sorted(ledger, key=key) == sorted(_ledger(tmp_path / "replay"), key=key)
+    assert state == _state(speed_redis_url)
+    for k, v in state["spend"].items():
+        cid = k.split(":spend:", 1)[1].split(":")[0]
+        budget = catalog.get(cid).budget  # type: ignore[union-attr]
+        cap = budget.lifetime_minor if k.endswith(":life") else budget.daily_minor
+        assert cap is None or int(v) <= cap, (k, v, cap)
