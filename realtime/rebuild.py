@@ -160,7 +160,6 @@ async def rebuild(
     await _restore_checkpoints(redis, keys, lake, settings, engine, prefix, report)
     report.refed_from = _iso(start_ms) if table.num_rows else ""
     report.refed_to = _iso(ref_ms) if table.num_rows else ""
-    report.missing["dead_letters"] = 0  # not in Redis' own state: the lake keeps them (dead_letters/)
     report.notes += [
         "settlements not flushed to realtime_ledger before the loss come back only for orders whose "
         "events the lake holds (the re-feed charges them again, once); the rest are lost: rerun "
