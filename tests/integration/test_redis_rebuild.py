@@ -255,3 +255,40 @@ def test_on_the_broker_a_worker_resumed_after_a_rebuild_equals_an_uninterrupted_
         budget = catalog.get(cid).budget  # type: ignore[union-attr]
         cap = budget.lifetime_minor if k.endswith(":life") else budget.daily_minor
         assert cap is None or int(v) <= cap, (k, v, cap)
+
+
+def test_the_command_prints_its_report_writes_metrics_and_refuses_a_redis_not_empty(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    traffic = generate(SyntheticConfig(users=300, days=1, duplicate_rate=0.0, malformed_rate=0.0, seed=3))
+    values, arrivals = [e.payload for e in traffic.events], [e.arrival_ms for e in traffic.events]
+    settings = Settings().replace(redis_url=redis_url, lake_url=f"file://{tmp_path}/lake")
+    asyncio.run(replay(values, traffic.catalog, settings, True, False, arrivals=arrivals))
+    land(open_lake(settings.lake.url), zip(values, arrivals, strict=True), "backfill")
+    # Orders charged or stopped by a cancel: each one charge record.
+    charged = len({r["order_id"] for r in _ledger(tmp_path / "lake") if r["kind"] in ("charge", "cancelled")})
+    assert charged > 0
+    flush(redis_url)
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"campaigns": traffic.catalog.to_records()}))
+    monkeypatch.setenv("ATTRIBUTION_CATALOG_URL", str(catalog))
+    monkeypatch.setenv("ATTRIBUTION_LAKE_URL", settings.lake.url)
+    monkeypatch.setenv("ATTRIBUTION_REDIS_URL", redis_url)
+    metrics = tmp_path / "rebuild.prom"
+    args = ["realtime", "rebuild", "--for-replay", "--metrics-file", str(metrics)]
+    done = CliRunner().invoke(app, args, terminal_width=200)
+    assert done.exit_code == 0, done.output
+    assert re.search(rf"charge records\s*│\s*{charged}\b", done.output), done.output
+    assert "could not restore" in done.output
+    assert f'attribution_rebuild_restored{{kind="charge_records"}} {float(charged)}' in metrics.read_text()
+    again = CliRunner().invoke(app, args, terminal_width=200)
+    assert again.exit_code == 2
+    assert "--redis-url" in again.output
+    assert "holds keys under the prefix 'attr'" in again.output
