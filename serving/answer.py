@@ -80,6 +80,17 @@ def _int(raw: Any) -> int:
     return int(raw) if raw is not None else 0
 
 
+class Parsed(tuple[int, int, PacingState | None]):
+    """A campaign's budget values parsed: budget-day spend, lifetime spend, pacing state."""
+
+    __slots__ = ()
+
+
+def parse(values: Sequence[Any]) -> Parsed:
+    """The budget values ``AnswerReader.read`` returns for one campaign, parsed."""
+    return Parsed((_int(values[0]), _int(values[1]), decode_state(values[2:])))
+
+
 class AnswerReader:
     """Answers ad requests from the speed layer's Redis (``redis.asyncio`` ``Redis`` or
     ``RedisCluster``), the catalog and the key layout the worker writes with."""
@@ -188,12 +199,13 @@ class AnswerReader:
         day: str | None,
         now_ms: int,
     ) -> AdAnswer:
+        """The answer for one candidate from its budget values (as ``read`` returns them, or
+        ``parse``d already) and the user's impressions of it."""
         c = self.catalog.get(campaign_id)
         if c is None or values is None or day is None:
             return AdAnswer(campaign_id, False, Reason.UNKNOWN, 0.0, None, None, None, None, None, None)
         b = c.budget
-        spent_day, spent_life = _int(values[0]), _int(values[1])
-        state: PacingState | None = decode_state(values[2:])
+        spent_day, spent_life, state = values if isinstance(values, Parsed) else parse(values)
         left = [
             cap - spent
             for cap, spent in ((b.daily_minor, spent_day), (b.lifetime_minor, spent_life))

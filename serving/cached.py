@@ -43,7 +43,7 @@ from typing import Any, Literal
 from redis.asyncio import Connection
 from redis.exceptions import RedisError
 
-from serving.answer import MAX_CANDIDATES, AdAnswer, AnswerReader
+from serving.answer import MAX_CANDIDATES, AdAnswer, AnswerReader, parse
 from shared_logic import Campaign, budget_day
 from shared_logic.errors import InvalidInput, InvalidSetting
 
@@ -80,6 +80,7 @@ class CacheStats:
 class _Entry:
     day: str
     values: Sequence[Any]
+    parsed: Sequence[Any]  # ``serving.answer.parse(values)``, parsed once per read
     read_at: float  # monotonic s the read of ``values`` was sent: they were current then or later
     gen: int = 0
     dirty_as_of: float | None = None  # set while an invalidation is not read again yet
@@ -182,15 +183,16 @@ class CachedAnswerReader:
             raise InvalidInput("campaign_id", len(campaign_ids), f"at most {MAX_CANDIDATES} candidates")
         known, days = reader.days(campaign_ids, now_ms)
         now = time.monotonic()
+        synced = self._synced()
         budget: dict[str, Sequence[Any]] = {}
         missing: list[Campaign] = []
         oldest: float | None = 0.0
         for c in known:
             cid = c.campaign_id
             entry = self._entries.get(cid)
-            age = self._age_s(cid, now)
+            age = self._age_s(cid, now, synced)
             if entry is not None and entry.day == days[cid] and age is not None and age <= self.max_age_s:
-                budget[cid] = entry.values
+                budget[cid] = entry.parsed
                 continue
             if entry is None or entry.day != days[cid]:
                 self._want_day[cid] = days[cid]
@@ -218,11 +220,14 @@ class CachedAnswerReader:
     def _synced(self) -> float:
         return min((link.synced_at for link in self._links), default=-math.inf)
 
-    def _age_s(self, campaign_id: str, now: float) -> float | None:
+    def _age_s(self, campaign_id: str, now: float, synced: float | None = None) -> float | None:
         entry = self._entries.get(campaign_id)
         if entry is None:
             return None
-        as_of = entry.dirty_as_of if entry.dirty_as_of is not None else max(entry.read_at, self._synced())
+        if entry.dirty_as_of is not None:
+            as_of = entry.dirty_as_of
+        else:
+            as_of = max(entry.read_at, self._synced() if synced is None else synced)
         return max(now - as_of, 0.0)
 
     def _invalidate(self, keys: Any) -> None:
@@ -284,7 +289,10 @@ class CachedAnswerReader:
                 cid, day = c.campaign_id, days[c.campaign_id]
                 entry = self._entries.get(cid)
                 raced = entry is not None and entry.gen != gens[cid]
-                new = _Entry(day, tuple(values[cid]), read_at, gen=entry.gen if entry else 0)
+                raw = tuple(values[cid])
+                new = _Entry(day, raw, parse(raw), read_at, gen=entry.gen if entry else 0)
+                if entry is not None and entry.day != day:  # the old day's key no longer names it
+                    self._key_cid.pop(keys.spend_day(cid, entry.day).encode(), None)
                 if raced:  # an invalidation crossed the read: current as of the read, read again
                     new.dirty_as_of = read_at
                     self._schedule([cid])
