@@ -225,3 +225,37 @@ async def test_a_lost_server_is_never_served_from_memory_past_the_bound(on_stale
         finally:
             await cached.close()
             await redis.aclose()
+
+
+async def test_a_silent_server_is_refused_past_the_bound_and_served_again_after(redis_url: str) -> None:
+    """``CLIENT PAUSE … ALL`` holds every reply, the tracking connection's PONGs too, without
+    closing it: the heartbeat, not a connection error, must age the memory out."""
+    redis = connect(RedisSettings(url=redis_url))
+    keys = Keys.of(KeySettings())
+    camps = _campaigns(5)
+    await _fill(redis, keys, camps, random.Random(4))
+    cat = catalog(*camps)
+    cached = CachedAnswerReader(
+        AnswerReader(redis, cat, keys), max_age_ms=MAX_AGE_MS, heartbeat_ms=20, on_stale="refuse"
+    )
+    await cached.start()
+    ids = [c.campaign_id for c in camps]
+    try:
+        before = await cached.answer("u1", ids, NOW)
+        await redis.execute_command("CLIENT", "PAUSE", 1_500, "ALL")
+        paused = time.monotonic()
+
+        async def serve_while_paused() -> None:
+            while time.monotonic() - paused < 1.4:
+                assert await cached.answer("u1", ids, NOW) == before
+                assert (time.monotonic() - paused) * 1000 <= MAX_AGE_MS + 20
+                await asyncio.sleep(0.005)
+
+        with pytest.raises(StaleBudgetState):
+            await serve_while_paused()
+        assert cached.stats.refused == len(ids)
+        await _until(lambda: all((cached.age_ms(cid) or 1e9) <= MAX_AGE_MS for cid in ids), 5.0)
+        assert await cached.answer("u1", ids, NOW) == before
+    finally:
+        await cached.close()
+        await redis.aclose()
