@@ -1,4 +1,6 @@
-"""Serving: budget-state reads (HTTP and direct from Redis) under load, ROAS query latency.
+"""Serving: budget-state reads and one ad request's answer for 50 candidates (direct from Redis,
+cached in the ad server's memory with pushed changes, over HTTP) under load, the cache's staleness,
+ROAS query latency.
 
 Budget reads are timed one at a time from this process while a second process
 on loopback keeps the same server busy (HTTP requests, or Redis reads for the
@@ -23,6 +25,7 @@ import uuid
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pyarrow as pa
@@ -132,9 +135,127 @@ async def _direct_reads(url: str, catalog: Any, n: int) -> list[float]:
     return out
 
 
+N_CANDIDATES = 50
+N_FREQ_CAPPED = 10
+
+
+def _answer_catalog(catalog: Any) -> tuple[Any, Any, list[str]]:
+    """The synthetic catalog with a daily cap on every ad campaign and a frequency cap on
+    ``N_FREQ_CAPPED`` of the ``N_CANDIDATES`` candidates; the same catalog without frequency caps;
+    the candidates."""
+    from shared_logic import Campaign, Catalog
+
+    records = catalog.to_records()
+    ads = [r for r in records if r.get("lever") == "ad"][:N_CANDIDATES]
+    ids = [r["campaign_id"] for r in ads]
+    plain, capped = [], []
+    for r in records:
+        r = {**r, "budget": {**(r.get("budget") or {}), "daily_minor": 1_000_000, "lifetime_minor": None}}
+        r.pop("frequency_cap", None)
+        plain.append(Campaign.parse(r))
+        if r["campaign_id"] in ids[:N_FREQ_CAPPED]:
+            r["frequency_cap"] = {"impressions": 5, "window_ms": 3_600_000}
+        capped.append(Campaign.parse(r))
+    return Catalog(plain), Catalog(capped), ids
+
+
+def _fill_answer_state(url: str, catalog: Any, ids: list[str], now: int) -> None:
+    """Spend, a pacing state and a few impressions of user u1 for every candidate."""
+    import redis as sync_redis
+
+    from realtime.keys import Keys
+    from shared_logic import budget_day
+    from shared_logic.pacing import PacingState, encode_state
+    from shared_logic.settings import KeySettings
+
+    keys = Keys.of(KeySettings())
+    client = sync_redis.Redis.from_url(url)
+    rng = random.Random(5)
+    for cid in ids:
+        c = catalog.get(cid)
+        day = budget_day(now, c.budget.timezone).isoformat()
+        client.set(keys.spend_day(cid, day), rng.randint(0, 900_000))
+        client.set(keys.spend_lifetime(cid), 5_000_000)
+        state = PacingState(
+            day, now - 30_000, round(rng.uniform(0.2, 1.0), 3), 0.0, 0.5, liability_minor=12.0
+        )
+        client.hset(keys.pacing(cid), mapping=encode_state(state))
+        client.zadd(
+            keys.frequency(keys.bucket("u1"), "u1", cid), {f"e{k}": now - k * 60_000 for k in range(3)}
+        )
+    client.close()
+
+
+async def _answers(url: str, plain: Any, capped: Any, ids: list[str], n: int, changes: int) -> dict[str, Any]:
+    """Per-request latency of 50-candidate answers: direct (one round trip), cached with no
+    frequency-capped candidate (no round trip), cached with 10 (one round trip for the user's
+    part); then the staleness: from a spend change written to Redis to the cached client holding
+    it, ``changes`` times, one change at a time."""
+    from redis.asyncio import Redis
+
+    from realtime.keys import Keys
+    from serving import AnswerReader, CachedAnswerReader
+    from shared_logic import budget_day
+    from shared_logic.settings import KeySettings
+
+    keys = Keys.of(KeySettings())
+    redis = Redis.from_url(url)
+    writer = Redis.from_url(url)
+    seen: dict[str, tuple[bytes, asyncio.Event, list[float]]] = {}
+
+    def on_change(cid: str, values: Any) -> None:
+        want = seen.get(cid)
+        if want is not None and values[0] == want[0] and not want[1].is_set():
+            want[2].append(time.perf_counter())
+            want[1].set()
+
+    direct = AnswerReader(redis, capped, keys)
+    await direct.load()
+    cached_plain = CachedAnswerReader(AnswerReader(redis, plain, keys), max_age_ms=500, heartbeat_ms=50)
+    cached_capped = CachedAnswerReader(
+        AnswerReader(redis, capped, keys), max_age_ms=500, heartbeat_ms=50, on_change=on_change
+    )
+    await cached_plain.start()
+    await cached_capped.start()
+    out: dict[str, Any] = {}
+    for name, reader in (("direct", direct), ("cached", cached_plain), ("cached_freq", cached_capped)):
+        times = []
+        for _ in range(n):
+            now = int(time.time() * 1000)
+            t0 = time.perf_counter()
+            await reader.answer("u1", ids, now)
+            times.append(time.perf_counter() - t0)
+        out[name] = times
+    now = int(time.time() * 1000)
+    assert await cached_capped.answer("u1", ids, now) == await direct.answer("u1", ids, now)
+    staleness = []
+    rng = random.Random(9)
+    for k in range(changes):
+        cid = ids[k % len(ids)]
+        value = str(10_000_000 + k).encode()
+        day = budget_day(int(time.time() * 1000), capped.get(cid).budget.timezone).isoformat()
+        done = asyncio.Event()
+        stamps: list[float] = []
+        seen[cid] = (value, done, stamps)
+        t0 = time.perf_counter()
+        await writer.set(keys.spend_day(cid, day), value)
+        await asyncio.wait_for(done.wait(), 5)
+        staleness.append(stamps[0] - t0)
+        del seen[cid]
+        await asyncio.sleep(rng.uniform(0.001, 0.01))
+    out["staleness"] = staleness
+    out["stats"] = cached_capped.stats
+    await cached_plain.close()
+    await cached_capped.close()
+    await redis.aclose()
+    await writer.aclose()
+    return out
+
+
 def run() -> list[Row]:
     seconds = 4 if quick() else 15
     n_reads = 500 if quick() else 3_000
+    n_changes = 100 if quick() else 1_000
     days = 20 if quick() else 90
     catalog = make_catalog(SyntheticConfig(ad_campaigns=92, promo_campaigns=8, advertisers=10))
     rows: list[Row] = []
@@ -161,10 +282,19 @@ def run() -> list[Row]:
         time.sleep(0.5)
         direct = asyncio.run(_direct_reads(server.url, catalog, n_reads))
         load.wait()
+        # One ad request's answer for 50 candidates: direct, cached, while a second process reads.
+        plain, capped, candidates = _answer_catalog(catalog)
+        _fill_answer_state(server.url, capped, candidates, int(time.time() * 1000))
+        load = subprocess.Popen(
+            [sys.executable, "-c", LOAD_SCRIPT, "redis", server.url, "attr:x", str(seconds * 2)]
+        )
+        time.sleep(0.5)
+        answers = asyncio.run(_answers(server.url, plain, capped, candidates, n_reads, n_changes))
+        load.wait()
         # HTTP reads while a second process sends requests to the same API.
         lake = _metrics_lake(folder + "/lake", catalog, days)
         cat_path = Path(folder, "catalog.yaml")
-        cat_path.write_text(yaml.safe_dump({"campaigns": catalog.to_records()}))
+        cat_path.write_text(yaml.safe_dump({"campaigns": capped.to_records()}))
         key = add_key(Path(folder, "keys.yaml"), "bench", "admin")
         hammer_key = add_key(Path(folder, "keys.yaml"), "hammer", "admin")
         port = free_port()
@@ -199,6 +329,21 @@ def run() -> list[Row]:
                 http.append(time.perf_counter() - t0)
                 assert resp.status_code == 200
         load.wait()
+        # The 50-candidate answer over HTTP, while a second process asks the same.
+        answer_url = f"{base}/v1/answer?" + urlencode(
+            {"user_id": "u1", "campaign_id": candidates}, doseq=True
+        )
+        load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, "http", answer_url, key, str(seconds)])
+        time.sleep(0.5)
+        http_answer = []
+        with httpx.Client(headers={"X-API-Key": key}) as c:
+            for _ in range(n_reads):
+                t0 = time.perf_counter()
+                resp = c.get(answer_url)
+                http_answer.append(time.perf_counter() - t0)
+                assert resp.status_code == 200, resp.text
+                assert len(resp.json()) == N_CANDIDATES
+        load.wait()
         # The costliest ROAS request the API allows: every campaign, as many days as the bound lets.
         n_days = max(1, min(days, 5_000 // len(catalog)))
         idle_health, busy_health = _health_under_hammer(base, key, hammer_key, n_days, seconds)
@@ -226,6 +371,33 @@ def run() -> list[Row]:
     rows.append(Row("budget read p99, direct Redis", _pct(direct, 0.99) * 1e3, 1.0, "ms", "vs 1 ms target"))
     rows.append(Row("budget read p50, HTTP", _pct(http, 0.5) * 1e3, 5.0, "ms", "vs 5 ms target"))
     rows.append(Row("budget read p99, HTTP", _pct(http, 0.99) * 1e3, 5.0, "ms", "vs 5 ms target"))
+
+    f = f"{N_CANDIDATES} candidates"
+    for label, times, note in (
+        ("direct Redis", answers["direct"], f"one round trip; {N_FREQ_CAPPED} with a frequency cap"),
+        ("cached, no frequency cap", answers["cached"], "budget part from memory: no round trip"),
+        ("cached", answers["cached_freq"], f"{N_FREQ_CAPPED} with a frequency cap: one round trip for those"),
+        ("HTTP /v1/answer", http_answer, f"{N_FREQ_CAPPED} with a frequency cap"),
+    ):
+        target = 5.0 if label.startswith("HTTP") else 1.0
+        rows.append(Row(f"answer p50, {label}", _pct(times, 0.5) * 1e3, target, "ms", f"{f}; {note}"))
+        rows.append(
+            Row(f"answer p99, {label}", _pct(times, 0.99) * 1e3, target, "ms", f"vs {target:g} ms target")
+        )
+    stale = answers["staleness"]
+    stats = answers["stats"]
+    for q, name in ((0.5, "p50"), (0.99, "p99"), (1.0, "max")):
+        rows.append(
+            Row(
+                f"cache staleness {name}: spend SET to cache holding it",
+                _pct(stale, q) * 1e3,
+                500.0,
+                "ms",
+                f"vs max_age_ms bound; {len(stale)} changes, {stats.fallbacks} fallbacks"
+                if q == 0.5
+                else "vs max_age_ms bound",
+            )
+        )
 
     # ROAS queries: DuckDB over the lake vs PostgreSQL.
     q = RoasQuery(date(2026, 9, 1), date(2026, 9, 30), ("adv03",), None, None)

@@ -6,5 +6,6 @@ speed layer's Redis directly with the same key layout (``keys`` settings section
 """
 
 from serving.answer import AdAnswer, AnswerReader, Reason
+from serving.cached import CachedAnswerReader, CacheStats, StaleBudgetState
 
-__all__ = ["AdAnswer", "AnswerReader", "Reason"]
+__all__ = ["AdAnswer", "AnswerReader", "CacheStats", "CachedAnswerReader", "Reason", "StaleBudgetState"]

@@ -80,6 +80,17 @@ def _int(raw: Any) -> int:
     return int(raw) if raw is not None else 0
 
 
+class Parsed(tuple[int, int, PacingState | None]):
+    """A campaign's budget values parsed: budget-day spend, lifetime spend, pacing state."""
+
+    __slots__ = ()
+
+
+def parse(values: Sequence[Any]) -> Parsed:
+    """The budget values ``AnswerReader.read`` returns for one campaign, parsed."""
+    return Parsed((_int(values[0]), _int(values[1]), decode_state(values[2:])))
+
+
 class AnswerReader:
     """Answers ad requests from the speed layer's Redis (``redis.asyncio`` ``Redis`` or
     ``RedisCluster``), the catalog and the key layout the worker writes with."""
@@ -103,20 +114,37 @@ class AnswerReader:
             raise InvalidInput("user_id", user_id, "must not be empty")
         if len(campaign_ids) > MAX_CANDIDATES:
             raise InvalidInput("campaign_id", len(campaign_ids), f"at most {MAX_CANDIDATES} candidates")
-        known = [c for cid in dict.fromkeys(campaign_ids) if (c := self.catalog.get(cid)) is not None]
-        days = {c.campaign_id: budget_day(now_ms, c.budget.timezone).isoformat() for c in known}
-        by_shard: dict[int, list[Campaign]] = {}
-        for c in known:
-            by_shard.setdefault(self.keys.shard(c.campaign_id), []).append(c)
+        known, days = self.days(campaign_ids, now_ms)
         capped = [c for c in known if c.frequency_cap is not None]
-        raw = await self._read(user_id, by_shard, days, capped, now_ms)
+        budget, seen = await self.read(user_id, known, days, capped, now_ms)
+        return [self.one(cid, budget.get(cid), seen.get(cid), days.get(cid), now_ms) for cid in campaign_ids]
 
+    async def read(
+        self,
+        user_id: str,
+        campaigns: Sequence[Campaign],
+        days: dict[str, str],
+        capped: Sequence[Campaign],
+        now_ms: int,
+    ) -> tuple[dict[str, Sequence[Any]], dict[str, int]]:
+        """One round trip: the budget part of ``campaigns`` (per campaign, the values ``answer``
+        reads: the two spends then ``PACING_FIELDS``) and the user's impressions of ``capped``
+        inside their windows. Either list may be empty; both empty reads nothing."""
+        by_shard: dict[int, list[Campaign]] = {}
+        for c in campaigns:
+            by_shard.setdefault(self.keys.shard(c.campaign_id), []).append(c)
+        raw = await self._read(user_id, by_shard, days, list(capped), now_ms)
         budget: dict[str, Sequence[Any]] = {}
-        for (_, campaigns), values in zip(by_shard.items(), raw, strict=False):
-            for i, c in enumerate(campaigns):
+        for (_, shard_campaigns), values in zip(by_shard.items(), raw, strict=False):
+            for i, c in enumerate(shard_campaigns):
                 budget[c.campaign_id] = values[i * _PER_CAMPAIGN : (i + 1) * _PER_CAMPAIGN]
         seen = dict(zip((c.campaign_id for c in capped), raw[-1], strict=True)) if capped else {}
-        return [self._one(cid, budget.get(cid), seen.get(cid), days.get(cid), now_ms) for cid in campaign_ids]
+        return budget, seen
+
+    def days(self, campaign_ids: Sequence[str], now_ms: int) -> tuple[list[Campaign], dict[str, str]]:
+        """The known campaigns among ``campaign_ids`` (once each) and each one's budget day."""
+        known = [c for cid in dict.fromkeys(campaign_ids) if (c := self.catalog.get(cid)) is not None]
+        return known, {c.campaign_id: budget_day(now_ms, c.budget.timezone).isoformat() for c in known}
 
     async def _read(
         self,
@@ -146,7 +174,7 @@ class AnswerReader:
                     [now_ms, *(c.frequency_cap.window_ms for c in capped if c.frequency_cap)],
                 )
 
-        if not by_shard:
+        if not by_shard and not capped:
             return []
         for attempt in (0, 1):
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -163,7 +191,7 @@ class AnswerReader:
             return results
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _one(
+    def one(
         self,
         campaign_id: str,
         values: Sequence[Any] | None,
@@ -171,12 +199,13 @@ class AnswerReader:
         day: str | None,
         now_ms: int,
     ) -> AdAnswer:
+        """The answer for one candidate from its budget values (as ``read`` returns them, or
+        ``parse``d already) and the user's impressions of it."""
         c = self.catalog.get(campaign_id)
         if c is None or values is None or day is None:
             return AdAnswer(campaign_id, False, Reason.UNKNOWN, 0.0, None, None, None, None, None, None)
         b = c.budget
-        spent_day, spent_life = _int(values[0]), _int(values[1])
-        state: PacingState | None = decode_state(values[2:])
+        spent_day, spent_life, state = values if isinstance(values, Parsed) else parse(values)
         left = [
             cap - spent
             for cap, spent in ((b.daily_minor, spent_day), (b.lifetime_minor, spent_life))

@@ -159,7 +159,7 @@ ANSWER_SCRIPT = """
 import asyncio, sys
 from realtime.client import connect
 from realtime.keys import Keys
-from serving import AnswerReader
+from serving import AnswerReader, CachedAnswerReader
 from shared_logic import Catalog
 from shared_logic.settings import load_settings
 
@@ -176,6 +176,17 @@ async def main():
     reader = AnswerReader(redis, catalog, keys, settings.pacing)
     (a,) = await reader.answer("u1", ["c1"], 1793500000000)
     print(a.servable, a.remaining_minor, a.serve_probability)
+    cached = CachedAnswerReader(reader, clock_ms=lambda: 1793500000000)
+    await cached.start()
+    (b,) = await cached.answer("u1", ["c1"], 1793500000000)
+    await redis.set(keys.spend_day("c1", "2026-11-01"), 450)
+    for _ in range(400):
+        (b,) = await cached.answer("u1", ["c1"], 1793500000000)
+        if b.remaining_minor == 550:
+            break
+        await asyncio.sleep(0.005)
+    print(b.remaining_minor, cached.stats.fallbacks, cached.stats.invalidations > 0)
+    await cached.close()
     await redis.aclose()
 
 asyncio.run(main())
@@ -183,8 +194,8 @@ asyncio.run(main())
 
 
 def test_the_ad_servers_client_answers_with_only_its_extra(tmp_path: Path, redis_url: str) -> None:
-    """``.[adserver]`` alone: the answer reads Redis, and neither Faust, Spark, FastAPI nor the
-    API's libraries are installed."""
+    """``.[adserver]`` alone: the answer reads Redis (directly and cached), and neither Faust,
+    Spark, FastAPI nor the API's libraries are installed."""
     python = _venv(tmp_path / "venv-adserver", "adserver")
     heavy = ["faust", "pyspark", "fastapi", "uvicorn", "duckdb", "pyarrow", "aiokafka", "orjson"]
     assert _importable(python, ["serving", "redis", *heavy]) == ["serving", "redis"]
@@ -197,4 +208,5 @@ def test_the_ad_servers_client_answers_with_only_its_extra(tmp_path: Path, redis
         env=_clean_env(ATTRIBUTION_REDIS_URL=redis_url, ATTRIBUTION_PACING_START_PROBABILITY="0.25"),
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "600", "0.25"]
+    # The cached mode too: the spend change pushed, no campaign read past the bound.
+    assert out.stdout.split() == ["True", "600", "0.25", "550", "0", "True"]
