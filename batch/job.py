@@ -134,6 +134,8 @@ from shared_logic.contract import (
     REFUSED,
     SETTLEMENT_STATE,
     SETTLEMENT_STATE_ROW,
+    ivt_measures,
+    summarize_ivt,
 )
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
@@ -563,7 +565,19 @@ def _count(
         .fillna(dict.fromkeys((*COUNTERS, "spend_minor", "capped_orders", "charges"), 0))
     )
     metric_rows = metric_rows.astype(object).where(metric_rows.notna(), None)  # no credit: no model
-    night.metrics = metrics_frame(metric_rows, catalog, bounds.dt, night.model_names)
+    verdict = F.from_json("ivt", spark_schema(IVT_ROW))
+    ivt = decisions.filter(F.col("kind") == "ivt").select(verdict.alias("v")).select("v.*").cache()
+    grouped = (
+        ivt.groupBy("campaign_id", "reason", "scope", "outcome")
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum("avoided_minor").alias("avoided_minor"),
+            F.first("currency", ignorenulls=True).alias("currency"),
+        )
+        .collect()
+    )
+    measures = ivt_measures(summarize_ivt(bounds.dt, (r.asDict() for r in grouped)))
+    night.metrics = metrics_frame(metric_rows, catalog, bounds.dt, night.model_names, measures)
     metrics_df = spark.createDataFrame(night.metrics, spark_schema(METRIC_ROW))
     metrics_df.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(METRICS.path))
     letter = F.from_json("refusal", spark_schema(DEAD_LETTER_ROW))
@@ -580,12 +594,10 @@ def _count(
         lake.uri(REFUSED.path)
     )
     refused.unpersist()
-    verdict = F.from_json("ivt", spark_schema(IVT_ROW))
-    ivt = decisions.filter(F.col("kind") == "ivt").select(verdict.alias("v")).select("v.*").cache()
-    night.ivt = {
-        f"{r['reason']}:{r['outcome']}": int(r["count"])
-        for r in ivt.groupBy("reason", "outcome").count().collect()
-    }
+    night.ivt = {}
+    for r in grouped:
+        name = f"{r['reason']}:{r['outcome']}"
+        night.ivt[name] = night.ivt.get(name, 0) + int(r["n"])
     ivt.withColumn("dt", F.lit(bounds.dt)).write.mode("overwrite").partitionBy("dt").parquet(
         lake.uri(IVT.path)
     )
