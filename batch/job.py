@@ -88,9 +88,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
+
+import pyarrow as pa
 
 from attribution_models import paths_from_columns
 from batch.checkpoints import (
@@ -125,6 +127,8 @@ from shared_logic.contract import (
     FACT_ROW,
     IVT,
     IVT_ROW,
+    IVT_SHAPE,
+    IVT_SHAPE_ROW,
     JOURNEY_ROW,
     LEDGER_ROW,
     METRIC_ROW,
@@ -134,10 +138,14 @@ from shared_logic.contract import (
     REFUSED,
     SETTLEMENT_STATE,
     SETTLEMENT_STATE_ROW,
+    IvtShapeRow,
     ivt_measures,
+    ivt_shape_rows,
     summarize_ivt,
 )
 from shared_logic.events import EVENT_TYPES
+from shared_logic.ivt import SHAPE_BUCKETS, delay_bucket
+from shared_logic.rules import TouchKind
 from shared_logic.settings import Settings
 from shared_logic.timeutil import MS_PER_DAY, utc_day_bounds_ms
 from storage.arrow import arrow_schema
@@ -300,6 +308,7 @@ class _Night:
     orders: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     ivt: dict[str, int] = field(default_factory=dict)
+    shape: list[IvtShapeRow] | None = None
 
 
 def run_day(
@@ -329,6 +338,7 @@ def run_day(
     _settle(spark, lake, catalog, bounds, night)
     _credit(spark, lake, bounds, config, night)
     _count(spark, lake, catalog, bounds, config, night)
+    _shape(config, night)
     _commit(lake, bounds, night)
     assert night.checkpoint is not None
     spend = night.spend
@@ -604,6 +614,35 @@ def _count(
     ivt.unpersist()
 
 
+def _shape(config: Settings, night: _Night) -> None:
+    """Shape: the whole day's click-to-order delays of each campaign's orders won by a click, per
+    bucket (``ivt.delay_bucket``), and the report's flag (``ivt.shape_flag``); a report only, it
+    changes no charge. Skipped when ``rules.ivt_shape`` is off."""
+    from pyspark.sql import functions as F  # noqa: N812
+    from pyspark.sql.types import IntegerType
+
+    rules = config.rules.shape_rules()
+    if rules is None:
+        return
+    bucket = F.udf(delay_bucket, IntegerType())
+    won = night.decisions.filter(
+        (F.col("kind") == "order")
+        & F.col("in_day")
+        & F.col("campaign_id").isNotNull()
+        & (F.col("touch_kind") == int(TouchKind.CLICK))
+    )
+    counted = (
+        won.select("campaign_id", bucket(F.col("order_time_ms") - F.col("touch_time_ms")).alias("b"))
+        .groupBy("campaign_id", "b")
+        .count()
+        .collect()
+    )
+    counts: dict[str, list[int]] = {}
+    for r in counted:
+        counts.setdefault(str(r["campaign_id"]), [0] * len(SHAPE_BUCKETS))[int(r["b"])] += int(r["count"])
+    night.shape = ivt_shape_rows(counts, rules)
+
+
 def _commit(lake: Lake, bounds: DayBounds, night: _Night) -> None:
     """Commit: a manifest on each written partition, listing its files; the checkpoint last."""
     assert night.checkpoint is not None
@@ -619,6 +658,10 @@ def _commit(lake: Lake, bounds: DayBounds, night: _Night) -> None:
         lake.commit_written(partition(IVT, dt=dt), {**meta, "ivt": night.ivt})
     else:
         lake.write_partition(partition(IVT, dt=dt), arrow_schema(IVT_ROW).empty_table(), meta)
+    if night.shape is not None:
+        flagged = {r.campaign_id: r.flag for r in night.shape if r.flag}
+        table = pa.Table.from_pylist([asdict(r) for r in night.shape], schema=arrow_schema(IVT_SHAPE_ROW))
+        lake.write_partition(partition(IVT_SHAPE, dt=dt), table, {**meta, "flagged": flagged})
     for model_name in night.model_names:
         lake.commit_written(partition(ATTRIBUTION, model=model_name, dt=dt), meta)
     state_ref = partition(SETTLEMENT_STATE, dt=dt)

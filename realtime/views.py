@@ -27,8 +27,11 @@ from shared_logic.contract import (
     BILLING_MODEL,
     COUNTERS,
     IVT,
+    IVT_SHAPE,
+    IVT_SHAPE_ROW,
     RAW,
     REALTIME_LEDGER,
+    IvtShapeRow,
     IvtSummary,
     ivt_columns,
     ivt_measures,
@@ -223,6 +226,19 @@ def lake_ivt(lake: Lake, days: Sequence[str]) -> dict[str, list[IvtSummary]]:
         if lake.is_complete(ref):
             table = lake.read([ref])
             out[day] = summarize_ivt(day, table.to_pylist() if table.num_rows else [])
+    return out
+
+
+def lake_ivt_shape(lake: Lake, days: Sequence[str]) -> dict[str, list[IvtShapeRow]]:
+    """The nightly job's delay report (``ivt_shape/dt=``, ``IvtShapeRow``) of the days among
+    ``days`` it wrote (the report on); the others are absent."""
+    out: dict[str, list[IvtShapeRow]] = {}
+    for day in days:
+        ref = partition(IVT_SHAPE, dt=day)
+        if lake.is_complete(ref):
+            table = lake.read([ref])
+            names = IVT_SHAPE_ROW.names  # a reader may add the partition's dt
+            out[day] = [IvtShapeRow(**{n: r[n] for n in names}) for r in table.to_pylist()]
     return out
 
 

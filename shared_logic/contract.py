@@ -23,14 +23,14 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, IntEnum, StrEnum
 from typing import Any, Final, Literal
 
 from shared_logic.campaigns import Lever
 from shared_logic.events import EVENT_TYPES, Click, Impression, Order, OrderCancel, PromoView
-from shared_logic.ivt import Flag, Outcome
+from shared_logic.ivt import SHAPE_BUCKETS, Flag, Outcome, ShapeRules, shape_flag
 from shared_logic.rules import Decision, OrderVerdict, TouchKind
 from shared_logic.settlement import KIND_RANK, BookState, ChargeRecord, LedgerEntry
 
@@ -311,6 +311,38 @@ def summarize_ivt(dt: str, rows: Iterable[Mapping[str, Any]]) -> list[IvtSummary
     return [IvtSummary(dt, cid, reason, **slot) for (cid, reason), slot in sorted(acc.items())]
 
 
+@dataclass(frozen=True, slots=True)
+class IvtShapeRow:
+    """``ivt_shape/``: the nightly job's whole-day report of one campaign's click-to-order delays
+    (``shared_logic.ivt.shape_flag``): its orders won by a click (as decided) per delay bucket
+    (``SHAPE_BUCKETS``) and the ``flag`` (``injection_spike``, ``flat_spread``) or null. A report
+    only: it never changes a charge."""
+
+    campaign_id: str
+    orders: int
+    under_10s: int
+    s10_to_1h: int
+    h1_to_2h: int
+    h2_to_24h: int
+    over_24h: int
+    flag: str | None = None
+
+
+IVT_SHAPE_ROW: Final = schema_of(IvtShapeRow, "ivt_shape")
+
+
+def ivt_shape_rows(counts: Mapping[str, Sequence[int]], rules: ShapeRules) -> list[IvtShapeRow]:
+    """One ``IvtShapeRow`` per campaign of ``counts`` (orders per ``SHAPE_BUCKETS``), sorted."""
+    out = []
+    for cid, c in sorted(counts.items()):
+        flag = shape_flag(c, rules)
+        if len(c) != len(SHAPE_BUCKETS):
+            raise ValueError(f"counts of {cid} = {list(c)!r}: one per bucket of {SHAPE_BUCKETS}")
+        buckets = dict(zip(SHAPE_BUCKETS, (int(n) for n in c), strict=True))
+        out.append(IvtShapeRow(cid, sum(buckets.values()), **buckets, flag=flag.value if flag else None))
+    return out
+
+
 #: The invalid-traffic columns of a metric row, from a day's ``IvtSummary`` rows (``ivt_measures``).
 IVT_MEASURES: Final = ("ivt_touches", "ivt_orders_changed", "ivt_orders_unattributed", "ivt_avoided_minor")
 
@@ -507,6 +539,8 @@ METRICS: Final = Dataset("metrics/campaign_daily", ("dt",), METRIC_ROW)
 RECONCILIATION: Final = Dataset("reconciliation", ("dt",))
 #: Invalid-traffic verdicts of the nightly job, by the day of the touch or order they judge.
 IVT: Final = Dataset("ivt", ("dt",), IVT_ROW)
+#: The nightly job's report of each campaign's click-to-order delays (``IvtShapeRow``).
+IVT_SHAPE: Final = Dataset("ivt_shape", ("dt",), IVT_SHAPE_ROW)
 #: The nightly job's settlement checkpoints: the state after day D, for the job of a later day.
 SETTLEMENT_STATE: Final = Dataset("settlement_state", ("dt",), SETTLEMENT_STATE_ROW)
 

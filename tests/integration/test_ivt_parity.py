@@ -238,3 +238,39 @@ def test_the_scenes_ranges_file_is_what_the_layers_read(loop: dict[str, Any]) ->
     path = Path(loop["settings"].rules.ivt_datacenter_ranges)
     assert load_givt_lists(loop["settings"].rules).datacenter_ranges == DATACENTER_RANGES
     assert path.exists()
+
+
+def test_the_delay_report_counts_the_click_won_orders_the_speed_layer_charged(loop: dict[str, Any]) -> None:
+    """``ivt_shape/`` (the nightly job's whole-day report) holds, per campaign and day, the orders
+    won by a click per click-to-order delay bucket: the same orders and delays as the speed layer's
+    ledger (its charges and stopped charges, written without the nightly job), bucketed by an
+    oracle of the README's bounds (10 s, 1 h, 2 h, 24 h), and the flag the rule gives them."""
+    from shared_logic.contract import IVT_SHAPE, REALTIME_LEDGER
+    from shared_logic.ivt import SHAPE_BUCKETS, ShapeRules, shape_flag
+    from shared_logic.rules import TouchKind
+    from shared_logic.timeutil import utc_day
+
+    lake: Lake = loop["lake"]
+    bounds = (10_000, 3_600_000, 7_200_000, 86_400_000)
+    seen: dict[str, tuple[str, str, int]] = {}
+    for p in lake.partitions(REALTIME_LEDGER.path):
+        for r in lake.read([partition(REALTIME_LEDGER, **p)]).to_pylist():
+            if r["kind"] in ("charge", "stopped") and r["touch_kind"] == int(TouchKind.CLICK):
+                delay = r["order_time_ms"] - r["touch_time_ms"]
+                seen[r["order_id"]] = (utc_day(r["order_time_ms"]), r["campaign_id"], delay)
+    expected: dict[tuple[str, str], list[int]] = {}
+    for day, cid, delay in seen.values():
+        slot = expected.setdefault((day, cid), [0] * 5)
+        slot[sum(delay >= b for b in bounds)] += 1
+    got: dict[tuple[str, str], list[int]] = {}
+    for day in loop["days"]:
+        ref = partition(IVT_SHAPE, dt=day)
+        assert lake.is_complete(ref), day
+        for r in lake.read([ref]).to_pylist():
+            counts = [r[b] for b in SHAPE_BUCKETS]
+            assert r["orders"] == sum(counts)
+            flag = shape_flag(counts, ShapeRules())
+            assert r["flag"] == (flag.value if flag else None)
+            got[(day, r["campaign_id"])] = counts
+    assert got
+    assert got == {k: v for k, v in expected.items() if k[0] in loop["days"]}
