@@ -624,7 +624,7 @@ def _shape(config: Settings, night: _Night) -> None:
     rules = config.rules.shape_rules()
     if rules is None:
         return
-    bucket = F.udf(delay_bucket, IntegerType())
+    bucket = F.udf(lambda ms: delay_bucket(ms), IntegerType())  # a lambda: no type hints for Spark to read
     won = night.decisions.filter(
         (F.col("kind") == "order")
         & F.col("in_day")
