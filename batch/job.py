@@ -88,9 +88,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
+
+import pyarrow as pa
 
 from attribution_models import paths_from_columns
 from batch.checkpoints import (
@@ -125,6 +127,8 @@ from shared_logic.contract import (
     FACT_ROW,
     IVT,
     IVT_ROW,
+    IVT_SHAPE,
+    IVT_SHAPE_ROW,
     JOURNEY_ROW,
     LEDGER_ROW,
     METRIC_ROW,
@@ -134,8 +138,14 @@ from shared_logic.contract import (
     REFUSED,
     SETTLEMENT_STATE,
     SETTLEMENT_STATE_ROW,
+    IvtShapeRow,
+    ivt_measures,
+    ivt_shape_rows,
+    summarize_ivt,
 )
 from shared_logic.events import EVENT_TYPES
+from shared_logic.ivt import SHAPE_BUCKETS, delay_bucket
+from shared_logic.rules import TouchKind
 from shared_logic.settings import Settings
 from shared_logic.timeutil import MS_PER_DAY, utc_day_bounds_ms
 from storage.arrow import arrow_schema
@@ -298,6 +308,7 @@ class _Night:
     orders: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     ivt: dict[str, int] = field(default_factory=dict)
+    shape: list[IvtShapeRow] | None = None
 
 
 def run_day(
@@ -327,6 +338,7 @@ def run_day(
     _settle(spark, lake, catalog, bounds, night)
     _credit(spark, lake, bounds, config, night)
     _count(spark, lake, catalog, bounds, config, night)
+    _shape(config, night)
     _commit(lake, bounds, night)
     assert night.checkpoint is not None
     spend = night.spend
@@ -563,7 +575,19 @@ def _count(
         .fillna(dict.fromkeys((*COUNTERS, "spend_minor", "capped_orders", "charges"), 0))
     )
     metric_rows = metric_rows.astype(object).where(metric_rows.notna(), None)  # no credit: no model
-    night.metrics = metrics_frame(metric_rows, catalog, bounds.dt, night.model_names)
+    verdict = F.from_json("ivt", spark_schema(IVT_ROW))
+    ivt = decisions.filter(F.col("kind") == "ivt").select(verdict.alias("v")).select("v.*").cache()
+    grouped = (
+        ivt.groupBy("campaign_id", "reason", "scope", "outcome")
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum("avoided_minor").alias("avoided_minor"),
+            F.first("currency", ignorenulls=True).alias("currency"),
+        )
+        .collect()
+    )
+    measures = ivt_measures(summarize_ivt(bounds.dt, (r.asDict() for r in grouped)))
+    night.metrics = metrics_frame(metric_rows, catalog, bounds.dt, night.model_names, measures)
     metrics_df = spark.createDataFrame(night.metrics, spark_schema(METRIC_ROW))
     metrics_df.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(METRICS.path))
     letter = F.from_json("refusal", spark_schema(DEAD_LETTER_ROW))
@@ -580,16 +604,43 @@ def _count(
         lake.uri(REFUSED.path)
     )
     refused.unpersist()
-    verdict = F.from_json("ivt", spark_schema(IVT_ROW))
-    ivt = decisions.filter(F.col("kind") == "ivt").select(verdict.alias("v")).select("v.*").cache()
-    night.ivt = {
-        f"{r['reason']}:{r['outcome']}": int(r["count"])
-        for r in ivt.groupBy("reason", "outcome").count().collect()
-    }
+    night.ivt = {}
+    for r in grouped:
+        name = f"{r['reason']}:{r['outcome']}"
+        night.ivt[name] = night.ivt.get(name, 0) + int(r["n"])
     ivt.withColumn("dt", F.lit(bounds.dt)).write.mode("overwrite").partitionBy("dt").parquet(
         lake.uri(IVT.path)
     )
     ivt.unpersist()
+
+
+def _shape(config: Settings, night: _Night) -> None:
+    """Shape: the whole day's click-to-order delays of each campaign's orders won by a click, per
+    bucket (``ivt.delay_bucket``), and the report's flag (``ivt.shape_flag``); a report only, it
+    changes no charge. Skipped when ``rules.ivt_shape`` is off."""
+    from pyspark.sql import functions as F  # noqa: N812
+    from pyspark.sql.types import IntegerType
+
+    rules = config.rules.shape_rules()
+    if rules is None:
+        return
+    bucket = F.udf(lambda ms: delay_bucket(ms), IntegerType())  # a lambda: no type hints for Spark to read
+    won = night.decisions.filter(
+        (F.col("kind") == "order")
+        & F.col("in_day")
+        & F.col("campaign_id").isNotNull()
+        & (F.col("touch_kind") == int(TouchKind.CLICK))
+    )
+    counted = (
+        won.select("campaign_id", bucket(F.col("order_time_ms") - F.col("touch_time_ms")).alias("b"))
+        .groupBy("campaign_id", "b")
+        .count()
+        .collect()
+    )
+    counts: dict[str, list[int]] = {}
+    for r in counted:
+        counts.setdefault(str(r["campaign_id"]), [0] * len(SHAPE_BUCKETS))[int(r["b"])] += int(r["count"])
+    night.shape = ivt_shape_rows(counts, rules)
 
 
 def _commit(lake: Lake, bounds: DayBounds, night: _Night) -> None:
@@ -607,6 +658,10 @@ def _commit(lake: Lake, bounds: DayBounds, night: _Night) -> None:
         lake.commit_written(partition(IVT, dt=dt), {**meta, "ivt": night.ivt})
     else:
         lake.write_partition(partition(IVT, dt=dt), arrow_schema(IVT_ROW).empty_table(), meta)
+    if night.shape is not None:
+        flagged = {r.campaign_id: r.flag for r in night.shape if r.flag}
+        table = pa.Table.from_pylist([asdict(r) for r in night.shape], schema=arrow_schema(IVT_SHAPE_ROW))
+        lake.write_partition(partition(IVT_SHAPE, dt=dt), table, {**meta, "flagged": flagged})
     for model_name in night.model_names:
         lake.commit_written(partition(ATTRIBUTION, model=model_name, dt=dt), meta)
     state_ref = partition(SETTLEMENT_STATE, dt=dt)

@@ -7,14 +7,14 @@ directly. The rows they build are the contract's ``FactRow`` and ``MetricRow``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
 
 from attribution_models import AttributionModel, Journey, TouchPoint, get_model
 from shared_logic import Catalog
-from shared_logic.contract import BILLING_MODEL, COUNTERS, FACT_ROW, METRIC_ROW, metric_row, roas
+from shared_logic.contract import BILLING_MODEL, COUNTERS, FACT_ROW, METRIC_ROW, ivt_columns, metric_row, roas
 from shared_logic.settings import BatchSettings
 
 FACT_COLUMNS = list(FACT_ROW.names)
@@ -85,10 +85,23 @@ def credit_partitions(
     return run
 
 
-def metrics_frame(rows: pd.DataFrame, catalog: Catalog, dt: str, models: list[str]) -> pd.DataFrame:
+def metrics_frame(
+    rows: pd.DataFrame,
+    catalog: Catalog,
+    dt: str,
+    models: list[str],
+    ivt: Mapping[str, Mapping[str, int]] | None = None,
+) -> pd.DataFrame:
     """One metric row per campaign and model from per-campaign aggregates (counts, spend, credit per
-    model); campaigns with no credit still get their counts and spend."""
-    by_campaign: dict[str, dict[str, Any]] = {}
+    model); campaigns with no credit still get their counts and spend. ``ivt``: the day's
+    invalid-traffic measures per campaign (``contract.ivt_measures``), on every model's row as
+    spend is; a campaign with verdicts only still gets its rows."""
+    ivt = ivt or {}
+    by_campaign: dict[str, dict[str, Any]] = {
+        cid: {**dict.fromkeys([*COUNTERS, "spend_minor", "capped_orders"], 0), "models": {}}
+        for cid in ivt
+        if cid in catalog
+    }
     for r in rows.to_dict("records"):
         cid = r["campaign_id"]
         if not cid or cid not in catalog:
@@ -122,6 +135,7 @@ def metrics_frame(rows: pd.DataFrame, catalog: Catalog, dt: str, models: list[st
                     spend_minor=spend,
                     capped_orders=counted["capped_orders"],
                     roas=roas(revenue, spend),
+                    **ivt_columns(ivt, c.campaign_id),
                 )
             )
     return pd.DataFrame(out, columns=list(METRIC_ROW.names))

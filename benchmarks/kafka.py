@@ -10,6 +10,10 @@ redis-server, the producer (this process) and the workers (``attribution worker`
   (``benchmarks.naive_faust``), on the same broker and Redis, measured the same way;
 - one worker draining a backlog of 1M events produced beforehand (its group join included,
   and without it);
+- the invalid-traffic rules: one worker end to end with every rule enforced against every rule
+  off, side by side in the same run, on traffic whose touches carry agents and addresses (1% of
+  users in each fraud scene, ``devtools.fraud``), alternate runs, best of each (target: at least
+  90% of the speed without rules);
 - the release rule (``realtime.release``): two workers under ``group`` (the default, correct
   whatever partitioner or key each producer uses) against ``partition`` (the worker's own
   watermark, correct only with co-partitioned producers), side by side: events/s end to end,
@@ -142,12 +146,14 @@ def _run_ours(
     folder: str,
     db: int,
     release: str = "group",
+    extra: dict[str, str] | None = None,
 ) -> tuple[float, float]:
-    """(events/s end to end, seconds to join) for ``workers`` worker processes."""
+    """(events/s end to end, seconds to join) for ``workers`` worker processes (``extra``: more
+    settings for them, as environment variables)."""
     settings = _settings(broker, server, db).replace(realtime_release=release)
     asyncio.run(ensure_topics(settings.realtime))
     ends = _ends(values, settings)
-    procs = Workers(workers, settings, catalog_path, folder)
+    procs = Workers(workers, settings, catalog_path, folder, extra)
     client = redis.Redis.from_url(settings.redis.url)
     try:
         joined = procs.wait_joined(5 * settings.realtime.topic_partitions)
@@ -161,6 +167,45 @@ def _run_ours(
     finally:
         procs.stop()
         client.close()
+
+
+IVT_RULES = ("BOT_USER_AGENT", "DATACENTER_IP", "CLICK_INJECTION", "CLICK_FLOODING", "HYPER_ENGAGEMENT")
+
+
+def _rules_cost(n: int, broker: LocalBroker, server: LocalRedis, folder: str) -> tuple[Row, float]:
+    """(the row, the ratio) of one worker's events/s end to end with every invalid-traffic rule
+    enforced against every rule off, on the same fraud-labelled traffic: alternate runs, each on
+    its own Redis database and topics, best of ``runs`` each."""
+    from devtools.fraud import DATACENTER_RANGES
+
+    users = max(50, int(n / (3 * EVENTS_PER_USER_DAY)))
+    traffic = generate(SyntheticConfig(users=users, days=3, seed=19, fraud_rate=0.01))
+    values = [e.payload for e in traffic.events]
+    catalog_path = str(Path(folder, "catalog-ivt.yaml"))
+    Path(catalog_path).write_text(yaml.safe_dump({"campaigns": traffic.catalog.to_records()}))
+    ranges = Path(folder, "datacenter.txt")
+    ranges.write_text("\n".join(DATACENTER_RANGES) + "\n")
+    runs = 1 if quick() else 3
+    best = {"enforce": 0.0, "off": 0.0}
+    db = 10
+    for _ in range(runs):
+        for mode in ("off", "enforce"):
+            console.print(f"[dim]kafka bench: one worker, rules {mode}, {len(values):,} events[/dim]")
+            extra = {f"ATTRIBUTION_RULES_IVT_{r}": mode for r in IVT_RULES}
+            extra["ATTRIBUTION_RULES_IVT_DATACENTER_RANGES"] = str(ranges)
+            rate, _ = _run_ours(1, values, catalog_path, broker, server, folder, db=db, extra=extra)
+            db += 1
+            best[mode] = max(best[mode], rate)
+    ratio = best["enforce"] / best["off"]
+    row = Row(
+        "1 worker, invalid-traffic rules enforced vs off",
+        best["enforce"],
+        best["off"],
+        "events/s",
+        f"{len(values):,} events, fraud_rate 0.01, best of {runs}; the baseline here is rules off",
+        True,
+    )
+    return row, ratio
 
 
 def _run_live_latency(
@@ -351,6 +396,8 @@ def run() -> list[Row]:
                 True,
             )
         )
+        rules_row, rules_ratio = _rules_cost(n, broker, server, folder)
+        rows.append(rules_row)
         console.print(f"[dim]kafka bench: two workers, release=partition, {len(values):,} events[/dim]")
         two_partition, _ = _run_ours(
             2, values, catalog_path, broker, server, folder, db=6, release="partition"
@@ -416,6 +463,11 @@ def run() -> list[Row]:
     console.print(
         f"targets: >= 25,000 events/s per worker (one worker: {one:,.0f}; two: {two / 2:,.0f} each) "
         f"and >= 20x the naive agent ({one / naive:.1f}x)"
+    )
+    console.print(
+        f"throughput with every invalid-traffic rule enforced: {rules_row.ours:,.0f} events/s, "
+        f"without: {rules_row.baseline:,.0f} events/s ([bold]{rules_ratio:.1%}[/bold] of the speed "
+        "without rules; target >= 90%)"
     )
     return rows
 

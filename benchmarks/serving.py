@@ -36,7 +36,7 @@ from devtools.servers import LocalRedis, free_port
 from devtools.synthetic import SyntheticConfig, make_catalog
 from reporting.auth import add_key
 from reporting.stores import RoasQuery, open_store
-from shared_logic.contract import METRIC_ROW, METRICS, REPORT_MODELS
+from shared_logic.contract import IVT_MEASURES, METRIC_ROW, METRICS, REPORT_MODELS
 from storage import Lake, open_lake, partition
 
 LOAD_SCRIPT = """
@@ -108,6 +108,7 @@ def _metrics_lake(root: str, catalog: Any, days: int) -> Lake:
                         "spend_minor": spend,
                         "capped_orders": 0,
                         "roas": revenue / spend if spend else None,
+                        **dict.fromkeys(IVT_MEASURES, 0),
                     }
                 )
         table = pa.Table.from_pylist(rows).select(list(METRIC_ROW.names[1:]))

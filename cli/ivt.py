@@ -3,7 +3,7 @@ verdicts in the lake (``ivt/dt=``)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -52,3 +52,27 @@ def ivt_report(
     console.print(table)
     if missing:
         console.print(f"no verdicts for {', '.join(missing)}: the nightly job has not run those days")
+    _shape_report(lake, days)
+
+
+def _shape_report(lake: Any, days: list[str]) -> None:
+    """The nightly job's whole-day delay report: the campaigns it flagged, their click-won orders
+    per click-to-order delay bucket. A report only: no charge changed."""
+    from realtime.views import lake_ivt_shape
+    from shared_logic.ivt import SHAPE_BUCKETS
+
+    shapes = lake_ivt_shape(lake, days)
+    flagged = [(dt, r) for dt, rows in shapes.items() for r in rows if r.flag]
+    judged = sum(len(rows) for rows in shapes.values())
+    if not shapes:
+        console.print("no delay report for these days (rules.ivt_shape off, or the nightly job has not run)")
+        return
+    table = Table(title="click-to-order delays, whole day (a report: no charge changed)")
+    for col in ("day", "campaign", "flag", "orders", *SHAPE_BUCKETS, "within 1 h"):
+        table.add_column(col, justify="left" if col in ("day", "campaign", "flag") else "right")
+    for dt, r in flagged:
+        within = (r.under_10s + r.s10_to_1h) / r.orders if r.orders else 0.0
+        buckets = [str(getattr(r, b)) for b in SHAPE_BUCKETS]
+        table.add_row(dt, r.campaign_id, str(r.flag), str(r.orders), *buckets, f"{within:.0%}")
+    console.print(table)
+    console.print(f"{len(flagged)} of {judged} campaign-days flagged by their delays")

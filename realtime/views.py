@@ -27,9 +27,14 @@ from shared_logic.contract import (
     BILLING_MODEL,
     COUNTERS,
     IVT,
+    IVT_SHAPE,
+    IVT_SHAPE_ROW,
     RAW,
     REALTIME_LEDGER,
+    IvtShapeRow,
     IvtSummary,
+    ivt_columns,
+    ivt_measures,
     metric_row,
     parse_count_field,
     roas,
@@ -79,8 +84,10 @@ async def speed_view(
     """One ``MetricRow`` per (day, campaign) with any activity, model ``billing``; days are UTC.
 
     ``counted_days`` (default: all of ``days``) are the days whose user-bucket counters
-    (impressions, clicks, promo views) may still exist; the others read campaign stats only,
-    which saves ``keys.user_buckets`` reads per day (``Retention.days`` says which are which).
+    (impressions, clicks, promo views) and invalid-traffic verdicts (``Keys.ivt``, kept as long)
+    may still exist; the others read campaign stats only, which saves ``keys.user_buckets`` reads
+    per day (``Retention.days`` says which are which). The ``ivt_*`` columns sum the day's
+    verdicts per campaign as ``speed_ivt`` reads them (``contract.ivt_measures``).
     """
     if not days or not campaign_ids:
         return []
@@ -90,6 +97,7 @@ async def speed_view(
             if day in counted:
                 for bucket in range(keys.user_buckets):
                     pipe.hgetall(keys.counts(bucket, day))
+                pipe.hgetall(keys.ivt(day))
             for cid in campaign_ids:
                 pipe.hgetall(keys.stats(cid, day))
         results = await pipe.execute()
@@ -98,6 +106,7 @@ async def speed_view(
     wanted = set(campaign_ids)
     for day in days:
         counts: dict[str, dict[str, int]] = {}
+        verdicts: dict[str, dict[str, int]] = {}
         for _ in range(keys.user_buckets if day in counted else 0):
             for field, n in results[i].items():
                 cid, name = parse_count_field(field.decode())
@@ -105,13 +114,16 @@ async def speed_view(
                     slot = counts.setdefault(cid, {})
                     slot[name] = slot.get(name, 0) + int(n)
             i += 1
+        if day in counted:
+            verdicts = ivt_measures(summarize_ivt(day, (orjson.loads(v) for v in results[i].values())))
+            i += 1
         for cid in campaign_ids:
             stats = {k.decode(): int(v) for k, v in results[i].items()}
             i += 1
             c = counts.get(cid, {})
-            if not stats and not c:
+            if not stats and not c and cid not in verdicts:
                 continue
-            rows.append(_billing_row(catalog, day, cid, stats, c))
+            rows.append(_billing_row(catalog, day, cid, stats, c, verdicts))
     return rows
 
 
@@ -133,6 +145,7 @@ def lake_view(
     campaign_ids: Sequence[str],
     ivt: IvtPolicy | None = None,
     givt: GivtLists | None = None,
+    verdicts: Mapping[str, Iterable[IvtSummary]] | None = None,
 ) -> list[dict[str, Any]]:
     """``speed_view`` of closed days from the lake: orders, revenue, spend and capped orders from
     the speed layer's ledger (``realtime_ledger/dt=``: a charge adds the order, a refund takes it
@@ -141,9 +154,17 @@ def lake_view(
     layer's counters and the nightly job count them; copies of one event dated on two UTC days are
     the one case where it may differ, since it reads one day). Redis may have expired those days;
     the lake keeps them, and rows do not change with Redis's retention. ``ivt`` and ``givt``: the
-    invalid-traffic rules and lists the layers run with (a touch they enforce on is not counted)."""
+    invalid-traffic rules and lists the layers run with (a touch they enforce on is not counted).
+    The ``ivt_*`` columns sum ``verdicts`` (per day, ``IvtSummary`` rows; default: the nightly
+    job's ``ivt/`` of the days it judged, ``lake_ivt``; the API hands ``ivt_summaries``' answer,
+    Redis's verdicts for a day not judged yet), per campaign by ``contract.ivt_measures``: the
+    speed layer keeps its verdicts in Redis only, and the nightly job's are the same ones
+    (``tests/integration/test_ivt_parity.py``)."""
     if not days or not campaign_ids:
         return []
+    if verdicts is None:
+        verdicts = lake_ivt(lake, days)
+    judged = {d: ivt_measures(verdicts.get(d, ())) for d in days}
     wanted = pa.array(sorted(set(campaign_ids)))
     wanted_ids = set(campaign_ids)
     money: dict[tuple[str, str], dict[str, int]] = {}
@@ -180,9 +201,9 @@ def lake_view(
     for day in days:
         for cid in campaign_ids:
             stats, c = money.get((day, cid), {}), touches.get((day, cid), {})
-            if not stats and not c:
+            if not stats and not c and cid not in judged[day]:
                 continue
-            rows.append(_billing_row(catalog, day, cid, stats, c))
+            rows.append(_billing_row(catalog, day, cid, stats, c, judged[day]))
     return rows
 
 
@@ -205,6 +226,19 @@ def lake_ivt(lake: Lake, days: Sequence[str]) -> dict[str, list[IvtSummary]]:
         if lake.is_complete(ref):
             table = lake.read([ref])
             out[day] = summarize_ivt(day, table.to_pylist() if table.num_rows else [])
+    return out
+
+
+def lake_ivt_shape(lake: Lake, days: Sequence[str]) -> dict[str, list[IvtShapeRow]]:
+    """The nightly job's delay report (``ivt_shape/dt=``, ``IvtShapeRow``) of the days among
+    ``days`` it wrote (the report on); the others are absent."""
+    out: dict[str, list[IvtShapeRow]] = {}
+    for day in days:
+        ref = partition(IVT_SHAPE, dt=day)
+        if lake.is_complete(ref):
+            table = lake.read([ref])
+            names = IVT_SHAPE_ROW.names  # a reader may add the partition's dt
+            out[day] = [IvtShapeRow(**{n: r[n] for n in names}) for r in table.to_pylist()]
     return out
 
 
@@ -255,10 +289,16 @@ def count_touches(
 
 
 def _billing_row(
-    catalog: Catalog, day: str, cid: str, stats: dict[str, int], touches: dict[str, int]
+    catalog: Catalog,
+    day: str,
+    cid: str,
+    stats: dict[str, int],
+    touches: dict[str, int],
+    verdicts: Mapping[str, Mapping[str, int]],
 ) -> dict[str, Any]:
     """One metric row of the billing model: the speed layer's stats of a campaign and day (orders,
-    revenue, spend, capped orders) and its touch counts, wherever both were read from."""
+    revenue, spend, capped orders), its touch counts and its invalid-traffic measures
+    (``contract.ivt_measures``), wherever they were read from."""
     campaign = catalog.get(cid)
     assert campaign is not None
     spend, revenue = stats.get("spend", 0), stats.get("revenue", 0)
@@ -277,4 +317,5 @@ def _billing_row(
         spend_minor=spend,
         capped_orders=stats.get("capped_orders", 0),
         roas=roas(revenue, spend),
+        **ivt_columns(verdicts, cid),
     )

@@ -10,11 +10,12 @@ from typing import Any
 
 from realtime.client import connect
 from realtime.keys import Keys
-from realtime.views import Retention, closed_days, lake_view
+from realtime.views import Retention, closed_days, ivt_summaries, lake_view
 from reporting.auth import KeyRing
 from reporting.ratelimit import RateLimiter
 from reporting.stores import open_store
 from shared_logic import Catalog
+from shared_logic.contract import IvtSummary
 from shared_logic.settings import Settings
 from storage import open_lake
 from storage.catalog import open_catalog
@@ -82,8 +83,13 @@ class State:
         stale = [d for d in closed if d not in self.lake_cache or self.lake_cache[d][0] <= now]
         if stale:
             ids = [c.campaign_id for c in self.catalog]
+            # Invalid traffic as /v1/ivt shows it: the nightly job's verdicts of the days it
+            # judged, the speed layer's (Redis) for the others.
+            verdicts: dict[str, list[IvtSummary]] = {d: [] for d in stale}
+            for summary, _ in await ivt_summaries(self.lake, self.redis, self.keys, stale):
+                verdicts[summary.dt].append(summary)
             rows = await asyncio.to_thread(
-                lake_view, self.lake, self.catalog, stale, ids, self.policy.ivt, self.givt
+                lake_view, self.lake, self.catalog, stale, ids, self.policy.ivt, self.givt, verdicts
             )
             for d in stale:
                 self.lake_cache[d] = (now + self.lake_ttl_s, [r for r in rows if r["dt"] == d])

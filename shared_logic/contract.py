@@ -23,14 +23,14 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, IntEnum, StrEnum
 from typing import Any, Final, Literal
 
 from shared_logic.campaigns import Lever
 from shared_logic.events import EVENT_TYPES, Click, Impression, Order, OrderCancel, PromoView
-from shared_logic.ivt import Flag, Outcome
+from shared_logic.ivt import SHAPE_BUCKETS, Flag, Outcome, ShapeRules, shape_flag
 from shared_logic.rules import Decision, OrderVerdict, TouchKind
 from shared_logic.settlement import KIND_RANK, BookState, ChargeRecord, LedgerEntry
 
@@ -290,11 +290,14 @@ class IvtSummary:
 
 def summarize_ivt(dt: str, rows: Iterable[Mapping[str, Any]]) -> list[IvtSummary]:
     """One ``IvtSummary`` per (campaign, reason) of a day's ``IVT_ROW`` records, sorted. A touch
-    counts once per verdict: the touch-scope verdicts and the would-be winners of orders."""
+    counts once per verdict: the touch-scope verdicts and the would-be winners of orders. A record
+    may stand for ``n`` verdicts of one scope and outcome (``avoided_minor`` their sum), as the
+    nightly job's grouped verdicts do."""
     acc: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
+        n = int(r.get("n", 1))
         slot = acc.setdefault((str(r["campaign_id"]), str(r["reason"])), {"currency": None})
-        slot["touches"] = slot.get("touches", 0) + 1
+        slot["touches"] = slot.get("touches", 0) + n
         outcome = str(r["outcome"])
         name = {
             "refused": "touches_refused",
@@ -302,10 +305,67 @@ def summarize_ivt(dt: str, rows: Iterable[Mapping[str, Any]]) -> list[IvtSummary
             "unattributed": "orders_unattributed",
         }.get(outcome, "orders_flagged" if r["scope"] == "order" else None)
         if name is not None:
-            slot[name] = slot.get(name, 0) + 1
+            slot[name] = slot.get(name, 0) + n
         slot["avoided_minor"] = slot.get("avoided_minor", 0) + int(r.get("avoided_minor") or 0)
         slot["currency"] = slot["currency"] or r.get("currency")
     return [IvtSummary(dt, cid, reason, **slot) for (cid, reason), slot in sorted(acc.items())]
+
+
+@dataclass(frozen=True, slots=True)
+class IvtShapeRow:
+    """``ivt_shape/``: the nightly job's whole-day report of one campaign's click-to-order delays
+    (``shared_logic.ivt.shape_flag``): its orders won by a click (as decided) per delay bucket
+    (``SHAPE_BUCKETS``) and the ``flag`` (``injection_spike``, ``flat_spread``) or null. A report
+    only: it never changes a charge."""
+
+    campaign_id: str
+    orders: int
+    under_10s: int
+    s10_to_1h: int
+    h1_to_2h: int
+    h2_to_24h: int
+    over_24h: int
+    flag: str | None = None
+
+
+IVT_SHAPE_ROW: Final = schema_of(IvtShapeRow, "ivt_shape")
+
+
+def ivt_shape_rows(counts: Mapping[str, Sequence[int]], rules: ShapeRules) -> list[IvtShapeRow]:
+    """One ``IvtShapeRow`` per campaign of ``counts`` (orders per ``SHAPE_BUCKETS``), sorted."""
+    out = []
+    for cid, c in sorted(counts.items()):
+        flag = shape_flag(c, rules)
+        if len(c) != len(SHAPE_BUCKETS):
+            raise ValueError(f"counts of {cid} = {list(c)!r}: one per bucket of {SHAPE_BUCKETS}")
+        buckets = dict(zip(SHAPE_BUCKETS, (int(n) for n in c), strict=True))
+        out.append(IvtShapeRow(cid, sum(buckets.values()), **buckets, flag=flag.value if flag else None))
+    return out
+
+
+#: The invalid-traffic columns of a metric row, from a day's ``IvtSummary`` rows (``ivt_measures``).
+IVT_MEASURES: Final = ("ivt_touches", "ivt_orders_changed", "ivt_orders_unattributed", "ivt_avoided_minor")
+
+
+def ivt_measures(summaries: Iterable[IvtSummary]) -> dict[str, dict[str, int]]:
+    """The ``IVT_MEASURES`` of each campaign of one day's ``IvtSummary`` rows (``summarize_ivt``),
+    every reason summed: what the batch metrics, the speed view and the lake view put on a
+    campaign's metric rows, one rule for all three. A campaign without a verdict is absent (its
+    columns are 0, ``ivt_columns``)."""
+    out: dict[str, dict[str, int]] = {}
+    for s in summaries:
+        slot = out.setdefault(s.campaign_id, dict.fromkeys(IVT_MEASURES, 0))
+        slot["ivt_touches"] += s.touches
+        slot["ivt_orders_changed"] += s.orders_changed
+        slot["ivt_orders_unattributed"] += s.orders_unattributed
+        slot["ivt_avoided_minor"] += s.avoided_minor
+    return out
+
+
+def ivt_columns(measures: Mapping[str, Mapping[str, int]], campaign_id: str) -> dict[str, int]:
+    """A campaign's ``IVT_MEASURES`` from ``ivt_measures``' answer, 0 when it had no verdict."""
+    found = measures.get(campaign_id, {})
+    return {name: int(found.get(name, 0)) for name in IVT_MEASURES}
 
 
 def ivt_field(row: IvtRow) -> str:
@@ -358,6 +418,14 @@ class MetricRow:
     spend_minor: int = field(metadata={"doc": "what billing charged, minor units"})
     capped_orders: int = field(metadata={"doc": "orders charged less than their price by a cap"})
     roas: float | None = field(metadata={"doc": "revenue / spend; null when nothing was spent"})
+    ivt_touches: int = field(
+        metadata={"doc": "invalid-traffic verdicts on the campaign's touches, every reason (ivt_measures)"}
+    )
+    ivt_orders_changed: int = field(metadata={"doc": "orders whose winner an enforced verdict changed"})
+    ivt_orders_unattributed: int = field(metadata={"doc": "orders an enforced verdict left without a winner"})
+    ivt_avoided_minor: int = field(
+        metadata={"doc": "charges kept from the campaign's invalid touches, minor units, before caps"}
+    )
 
 
 METRIC_ROW: Final = schema_of(MetricRow, "campaign_daily")
@@ -471,6 +539,8 @@ METRICS: Final = Dataset("metrics/campaign_daily", ("dt",), METRIC_ROW)
 RECONCILIATION: Final = Dataset("reconciliation", ("dt",))
 #: Invalid-traffic verdicts of the nightly job, by the day of the touch or order they judge.
 IVT: Final = Dataset("ivt", ("dt",), IVT_ROW)
+#: The nightly job's report of each campaign's click-to-order delays (``IvtShapeRow``).
+IVT_SHAPE: Final = Dataset("ivt_shape", ("dt",), IVT_SHAPE_ROW)
 #: The nightly job's settlement checkpoints: the state after day D, for the job of a later day.
 SETTLEMENT_STATE: Final = Dataset("settlement_state", ("dt",), SETTLEMENT_STATE_ROW)
 

@@ -324,3 +324,66 @@ class ClickEvidence:
             if engaged.get((event_id, campaign_id)):
                 return Flag(Reason.HYPER_ENGAGEMENT, rules.hyper_engagement)
         return None
+
+
+# The whole day's shape of a campaign's click-to-order delays (a report, never a charge) ----------
+
+#: Where the delay buckets of ``DelayShape`` end (ms), from AppsFlyer's click-to-install anchors:
+#: injection is a spike in the first 3-10 s, legitimate traffic converts mostly within an hour,
+#: flooding spreads flat over 2-24 h. The last bucket holds everything from 24 h on.
+SHAPE_BOUNDS_MS: Final = (10_000, MS_PER_HOUR, 2 * MS_PER_HOUR, 24 * MS_PER_HOUR)
+SHAPE_BUCKETS: Final = ("under_10s", "s10_to_1h", "h1_to_2h", "h2_to_24h", "over_24h")
+
+DEFAULT_SHAPE_MIN_ORDERS: Final = 30
+DEFAULT_SPIKE_SHARE: Final = 0.05
+DEFAULT_FLAT_SHARE: Final = 0.6
+DEFAULT_FLAT_HOUR_SHARE: Final = 0.25
+
+
+class Shape(StrEnum):
+    """What a campaign's day of click-to-order delays looks like, when it looks like fraud."""
+
+    INJECTION_SPIKE = "injection_spike"  # many orders within 10 s of their click
+    FLAT_SPREAD = "flat_spread"  # few within an hour, most spread over 2-24 h
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRules:
+    """When the nightly job's delay report flags a campaign (``ATTRIBUTION_RULES_IVT_SHAPE_*``):
+    at least ``min_orders`` orders won by a click; ``spike_share`` or more of them under 10 s
+    (legitimate shoppers need longer to land, choose and pay); or under ``flat_hour_share``
+    within an hour and ``flat_share`` or more in 2-24 h (AppsFlyer: legitimate traffic converts
+    about 75% within an hour)."""
+
+    min_orders: int = DEFAULT_SHAPE_MIN_ORDERS
+    spike_share: float = DEFAULT_SPIKE_SHARE
+    flat_share: float = DEFAULT_FLAT_SHARE
+    flat_hour_share: float = DEFAULT_FLAT_HOUR_SHARE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_orders, int) or self.min_orders < 1:
+            raise ValueError(f"min_orders = {self.min_orders!r}: must be a whole number above 0")
+        for name in ("spike_share", "flat_share", "flat_hour_share"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} = {value!r}: must be a share between 0 and 1")
+
+
+def delay_bucket(delay_ms: int) -> int:
+    """The index in ``SHAPE_BUCKETS`` of a click-to-order delay (ms, not negative)."""
+    return bisect.bisect_right(SHAPE_BOUNDS_MS, delay_ms)
+
+
+def shape_flag(counts: Sequence[int], rules: ShapeRules) -> Shape | None:
+    """The flag of a campaign's day from its orders per ``SHAPE_BUCKETS``, or None (too few
+    orders, or nothing odd). A spike is tried first: injected clicks also thin the first hour."""
+    if len(counts) != len(SHAPE_BUCKETS):
+        raise ValueError(f"counts = {list(counts)!r}: one per bucket of {SHAPE_BUCKETS}")
+    n = sum(counts)
+    if n < rules.min_orders:
+        return None
+    if counts[0] / n >= rules.spike_share:  # shares as divided (3 / 30 >= 0.1; 0.1 * 30 > 3)
+        return Shape.INJECTION_SPIKE
+    if (counts[0] + counts[1]) / n < rules.flat_hour_share and counts[3] / n >= rules.flat_share:
+        return Shape.FLAT_SPREAD
+    return None

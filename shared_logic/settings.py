@@ -36,12 +36,17 @@ from shared_logic.errors import InvalidSetting
 from shared_logic.ivt import (
     DEFAULT_ENGAGEMENT_CLICKS,
     DEFAULT_ENGAGEMENT_WINDOW_MS,
+    DEFAULT_FLAT_HOUR_SHARE,
+    DEFAULT_FLAT_SHARE,
     DEFAULT_FLOOD_CLICKS,
     DEFAULT_FLOOD_WINDOW_MS,
     DEFAULT_INJECTION_MS,
+    DEFAULT_SHAPE_MIN_ORDERS,
+    DEFAULT_SPIKE_SHARE,
     IvtPolicy,
     IvtRules,
     Mode,
+    ShapeRules,
 )
 from shared_logic.pacing import PacingConfig
 from shared_logic.policy import (
@@ -173,6 +178,27 @@ class RulesSettings(_Section):
     ivt_overrides: dict[str, IvtOverride] = Field(
         default_factory=dict, description="per campaign id, rules that differ from the defaults (JSON)"
     )
+
+    ivt_shape: Literal["off", "report"] = Field(
+        "report",
+        description="the nightly job's whole-day report of each campaign's click-to-order delays "
+        "(ivt_shape/): a report only, never enforced",
+    )
+    ivt_shape_min_orders: int = Field(DEFAULT_SHAPE_MIN_ORDERS, ge=1)
+    ivt_shape_spike_share: float = Field(DEFAULT_SPIKE_SHARE, ge=0, le=1)
+    ivt_shape_flat_share: float = Field(DEFAULT_FLAT_SHARE, ge=0, le=1)
+    ivt_shape_flat_hour_share: float = Field(DEFAULT_FLAT_HOUR_SHARE, ge=0, le=1)
+
+    def shape_rules(self) -> ShapeRules | None:
+        """The delay report's thresholds, or None when the report is off."""
+        if self.ivt_shape == "off":
+            return None
+        return ShapeRules(
+            self.ivt_shape_min_orders,
+            self.ivt_shape_spike_share,
+            self.ivt_shape_flat_share,
+            self.ivt_shape_flat_hour_share,
+        )
 
     def ivt_policy(self) -> IvtPolicy:
         """The invalid-traffic rules these settings describe."""

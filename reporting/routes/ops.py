@@ -4,18 +4,27 @@ the analytics store answer too)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from dataclasses import replace
+from datetime import date, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import PlainTextResponse, Response
 
+from realtime.views import speed_ivt
 from reporting.errors import UNAVAILABLE, Problem
-from reporting.metrics import ApiMetrics
+from reporting.metrics import ApiMetrics, ivt_exposition
 from reporting.problems import openapi_responses, problem_response
 from reporting.routes.deps import KEYED, Caller, Core, KeyHeader, caller, core
 from reporting.schemas import Health
+from reporting.state import State
+from shared_logic.contract import IvtSummary
+from shared_logic.timeutil import MS_PER_DAY, utc_day
 
 router = APIRouter(tags=["ops"])
+log = logging.getLogger(__name__)
 
 
 def metrics_access(request: Request, key: KeyHeader) -> None:
@@ -29,11 +38,35 @@ def metrics_access(request: Request, key: KeyHeader) -> None:
     dependencies=[Depends(metrics_access)],
     responses=openapi_responses(403),
 )
-async def metrics(request: Request) -> Response:
-    """Prometheus text format: requests and latency by route and status, 429s by role, limiter errors."""
+async def metrics(request: Request, state: Core) -> Response:
+    """Prometheus text format: requests and latency by route and status, 429s by role, limiter
+    errors; invalid traffic per day, campaign and reason of the speed layer's open days."""
     counters: ApiMetrics = request.app.metrics  # the app's, which its middlewares count in
     body, content_type = counters.render()
-    return Response(body, media_type=content_type)
+    try:  # the API's own counters answer even when Redis or the store does not
+        ivt = await asyncio.wait_for(open_day_ivt(state), 5)
+    except Exception as exc:
+        log.warning("/metrics without invalid traffic: %s: %s", type(exc).__name__, exc)
+        ivt = []
+    return Response(body + ivt_exposition(ivt), media_type=content_type)
+
+
+async def open_day_ivt(state: State) -> list[IvtSummary]:
+    """The speed layer's verdicts (``realtime.views.speed_ivt``) of the days ``/v1/roas`` reads
+    from it: after the batch view's last, up to today (UTC), whose keys can still exist."""
+    now_ms = int(time.time() * 1000)
+    async with state.lock:
+        batch_through = await state.batch_through()
+    today = date.fromisoformat(utc_day(now_ms))
+    back = state.retention.counts_ms // MS_PER_DAY + 1
+    days = [(today - timedelta(days=i)).isoformat() for i in range(back, -1, -1)]
+    days = [d for d in days if batch_through is None or d > batch_through.isoformat()]
+    found = await speed_ivt(state.redis, state.keys, state.retention.days(days, now_ms, "counts"))
+    out = []
+    for s in found:  # a reason with touch verdicts only has no currency: the campaign's
+        campaign = state.catalog.get(s.campaign_id)
+        out.append(replace(s, currency=s.currency or (campaign.currency if campaign else None)))
+    return out
 
 
 @router.get("/health", response_model=Health, responses=KEYED)

@@ -435,3 +435,65 @@ def test_invalid_traffic_page_and_csv_show_the_verdicts_of_the_advertisers_campa
     assert {(r["day"], r["campaign_id"], r["reason"]) for r in admin} == set(
         _expected_ivt(ivt_written, theirs)
     )
+
+
+def test_roas_rows_and_prometheus_carry_the_invalid_traffic_of_the_open_day(
+    app_client: TestClient, world: World, ivt_written: list[Any]
+) -> None:
+    """``/v1/roas``'s ``ivt_*`` fields and ``/metrics``' ``attribution_ivt_day_*`` gauges, over
+    HTTP: the open day's (the speed layer's) are the verdicts the test wrote to Redis summed per
+    campaign (and per reason for the gauges); the batch days' come from the nightly job's metrics
+    (no fraud in this world: 0), and the speed layer's decoy on a batch day is in neither."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from shared_logic.contract import IVT_MEASURES
+
+    open_day = [r for day, r in ivt_written if day == DAYS[2]]
+    per_campaign: dict[str, dict[str, int]] = {}
+    per_reason: dict[tuple[str, str, str], dict[str, int]] = {}
+    for r in open_day:
+        for slot in (
+            per_campaign.setdefault(r.campaign_id, dict.fromkeys(IVT_MEASURES, 0)),
+            per_reason.setdefault((DAYS[2], r.campaign_id, r.reason), dict.fromkeys(IVT_MEASURES, 0)),
+        ):
+            slot["ivt_touches"] += 1
+            slot["ivt_orders_changed"] += r.outcome == "changed"
+            slot["ivt_orders_unattributed"] += r.outcome == "unattributed"
+            slot["ivt_avoided_minor"] += r.avoided_minor
+    assert any(v["ivt_orders_changed"] for v in per_campaign.values())
+    assert any(v["ivt_orders_unattributed"] for v in per_campaign.values())
+    body = _json(app_client, world, "admin", "/v1/roas", start=DAYS[0], end=DAYS[2])
+    rows = body["rows"]
+    assert body["batch_through"] == DAYS[1]
+    for r in rows:
+        if r["day"] == DAYS[2]:
+            assert r["source"] == "speed"
+            want = per_campaign.get(r["campaign_id"], dict.fromkeys(IVT_MEASURES, 0))
+            assert {f: r[f] for f in IVT_MEASURES} == want, r["campaign_id"]
+        else:
+            assert {f: r[f] for f in IVT_MEASURES} == dict.fromkeys(IVT_MEASURES, 0), r
+    speed_cids = {r["campaign_id"] for r in rows if r["day"] == DAYS[2]}
+    assert set(per_campaign) <= speed_cids
+    # An advertiser sees the fields on its own campaigns' rows only.
+    mine = world.campaigns_of("adv00")
+    adv = _json(app_client, world, "adv00", "/v1/roas", start=DAYS[2], end=DAYS[2])["rows"]
+    assert {r["campaign_id"] for r in adv} <= set(mine)
+    assert all(r["ivt_touches"] == per_campaign.get(r["campaign_id"], {}).get("ivt_touches", 0) for r in adv)
+
+    assert app_client.get("/metrics").status_code in (401, 403)
+    resp = app_client.get("/metrics", headers={"X-API-Key": world.keys["admin"]})
+    assert resp.status_code == 200
+    got: dict[tuple[str, str, str], dict[str, int]] = {}
+    currencies: dict[str, str] = {}
+    for family in text_string_to_metric_families(resp.text):
+        if not family.name.startswith("attribution_ivt_day_"):
+            continue
+        field = "ivt_" + family.name.removeprefix("attribution_ivt_day_")
+        for sample in family.samples:
+            k = (sample.labels["dt"], sample.labels["campaign_id"], sample.labels["reason"])
+            got.setdefault(k, dict.fromkeys(IVT_MEASURES, 0))[field] = int(sample.value)
+            if "currency" in sample.labels:
+                currencies[sample.labels["campaign_id"]] = sample.labels["currency"]
+    assert got == per_reason  # the decoy (a batch day's hash) is not there
+    for cid, currency in currencies.items():
+        assert currency == world.traffic.catalog.get(cid).currency  # type: ignore[union-attr]

@@ -63,6 +63,10 @@ def _metric_rows(version: int = 0) -> list[dict[str, Any]]:
                         "spend_minor": spend,
                         "capped_orders": n % 3,
                         "roas": revenue / spend if spend else None,
+                        "ivt_touches": n % 4,
+                        "ivt_orders_changed": n % 2,
+                        "ivt_orders_unattributed": n % 3,
+                        "ivt_avoided_minor": 125 * (n % 2),
                     }
                 )
     return rows

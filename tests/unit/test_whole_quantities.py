@@ -27,6 +27,10 @@ BASE = {
     "spend_minor": 100,
     "capped_orders": 0,
     "roas": 131.27,
+    "ivt_touches": 0,
+    "ivt_orders_changed": 0,
+    "ivt_orders_unattributed": 0,
+    "ivt_avoided_minor": 0,
 }
 
 
