@@ -2,7 +2,8 @@
 shell without the virtualenv on ``PATH`` (a fresh clone after ``make setup``): the commands are
 taken from their output and run with ``bash -c``; each must exit 0.
 
-``attribution demo`` and ``attribution live`` are what the make targets run; small inputs here."""
+``attribution demo`` and ``attribution live`` are what the make targets run; small inputs here. The
+demo's printed commands are run in ``test_demo.py``, on the one demo that module runs."""
 
 from __future__ import annotations
 
@@ -87,29 +88,6 @@ def _console_answers(lines: list[str]) -> None:
     (said,) = [line for line in lines if "/console" in line]
     url = re.search(r"http://\S+/console", said).group(0)  # type: ignore[union-attr]
     assert 'name="api_key"' in _ok(f"curl -fsSL '{url}'", 60), said
-
-
-def test_the_commands_make_demo_prints_run_as_printed(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [EXE, "demo", "--folder", str(tmp_path / "demo"), "--users", "300", "--days", "2"],
-        cwd=ROOT,
-        env=_shell_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    served = out.stdout.split("6. serve it", 1)[1]
-    lines = _lines(served)
-    (api,) = [line for line in lines if " api --port " in line]
-    assert not api.split()[-4].startswith("attribution"), api  # the path to it, not a bare name
-    curls = [line for line in lines if line.startswith("curl ")]
-    assert len(curls) >= 2, served
-    port = int(re.search(r"--port (\d+)", api).group(1))  # type: ignore[union-attr]
-    with _background(api, port):
-        for curl in curls:
-            assert '"rows"' in _ok(curl, 60), curl
-        _console_answers(lines)
 
 
 def test_the_commands_make_live_prints_run_as_printed(tmp_path: Path) -> None:
