@@ -124,6 +124,9 @@ class LakeSink:
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.complete_days: set[str] = set()  # days whose 24 hours are marked: not looked at again
+        self.rolling: asyncio.Task[None] | None = None  # the roll in flight (one at a time)
+        self.taken: dict[TopicPartition, int] = {}  # offset after the last record given to a roll
+        self.broken = False  # a roll failed: no other may follow it in this process
 
     # lake paths of the sink's own state -------------------------------------------------
 
@@ -168,13 +171,13 @@ class LakeSink:
             while not self.stopping.is_set():
                 fetched = await fetcher.getmany(timeout_ms=200, max_records=self.config.roll_records)
                 async with self.lock:
+                    if self.rolling is not None and self.rolling.done():
+                        await self._settle()  # its failure raised here
                     held = consumer.assignment()
                     now = time.monotonic()
                     for tp, rows in fetched.records.items():
                         expected = self._next_offset(tp)
-                        if (
-                            expected is not None
-                        ):  # what a re-landed intent holds already (fetched before its seek)
+                        if expected is not None:  # not what is landed already (fetched before a seek)
                             rows = [r for r in rows if r.offset >= expected]
                         if tp in held and rows:
                             buf = self.buffers.setdefault(tp, _Buffer())
@@ -189,8 +192,8 @@ class LakeSink:
                     for bad in fetched.skipped:
                         if bad.tp in held:
                             await self._land_undecodable(bad)
-                    if self._due(held, now):
-                        await self._roll_all(held)
+                    if self._due(held, now):  # landed while the next records are fetched
+                        await self._roll_all(held, wait=False)
                     self._refresh(held)
                     if now - last_markers >= self.config.marker_interval_s:
                         self._write_progress()
@@ -205,10 +208,13 @@ class LakeSink:
                     await self.consumer.stop()
 
     def _next_offset(self, tp: TopicPartition) -> int | None:
-        """The offset the sink expects next from ``tp``: after its buffer, or its landed offset."""
+        """The offset the sink expects next from ``tp``: after its buffer, its roll in flight, or its
+        landed offset."""
         buf = self.buffers.get(tp)
         if buf is not None and buf.records:
             return buf.records[-1][0] + 1
+        if tp in self.taken:
+            return self.taken[tp]
         clock = self.clocks.parts.get((tp.topic, tp.partition))
         return None if clock is None else clock.next_offset
 
@@ -257,12 +263,34 @@ class LakeSink:
                 break
         return not behind or age >= cfg.backlog_age_s
 
-    async def _roll_all(self, held: Any) -> None:
-        """Land every buffered record of the held partitions as one roll: intent, files, commit."""
+    async def _settle(self) -> None:
+        """Wait for the roll in flight, its commit included (its failure is raised here)."""
+        task, self.rolling = self.rolling, None
+        if task is not None:
+            try:
+                await task
+            except BaseException:
+                self.broken = True
+                raise
+
+    async def _roll_all(self, held: Any, wait: bool = True) -> None:
+        """Land every buffered record of the held partitions as one roll (intent, files, commit), after
+        the roll in flight; ``wait=False``: in a task of its own, the buffers already empty for more."""
+        await self._settle()
+        if self.broken:  # a roll failed: its intent must be redone (by a restart) before any other
+            raise RuntimeError("the lake sink's last roll failed; restart it to land that roll again")
         parts = {tp: b.records for tp, b in sorted(self.buffers.items()) if tp in held and b.records}
         if not parts:
             return
         ranges = {tp: (rows[0][0], rows[-1][0]) for tp, rows in parts.items()}
+        for tp, (_, last) in ranges.items():
+            self.buffers[tp] = _Buffer()
+            self.taken[tp] = last + 1
+        self.rolling = asyncio.create_task(self._roll(ranges, parts))
+        if wait:
+            await self._settle()
+
+    async def _roll(self, ranges: Ranges, parts: dict[TopicPartition, list[tuple[int, bytes, int]]]) -> None:
         name = roll_name(ranges)
         self._write(self._intent_path(name), _intent(ranges))
         landed = await self._land(name, parts)
@@ -270,8 +298,8 @@ class LakeSink:
         await self.consumer.commit({tp: last + 1 for tp, (_, last) in ranges.items()})
         self.lake._delete(self._intent_path(name))
         for tp, (_, last) in ranges.items():
-            self.buffers[tp] = _Buffer()
             self._landed_to(tp, last, landed.max_event_ms)
+        self.metrics.records.inc(sum(len(rows) for rows in parts.values()))
         self.metrics.rolls.inc()
         log.debug("landed %s: %d ranges, %d events", name, len(ranges), landed.accepted)
 
@@ -281,7 +309,6 @@ class LakeSink:
         max_future_ms = self.settings.rules.max_future_ms  # the bound both layers apply
         landed = await asyncio.to_thread(land, self.lake, deliveries, name, max_future_ms)
         m = self.metrics
-        m.records.inc(len(deliveries))
         m.dead_letters.inc(landed.rejected)
         m.files.inc(len(landed.files))
         return landed
@@ -326,6 +353,7 @@ class LakeSink:
                 parts = await _read_ranges(self.settings, ranges)
                 landed = await self._land(name, parts)
                 await self.consumer.commit({tp: ranges[tp][1] + 1 for tp in mine})
+                self.metrics.records.inc(sum(len(parts[tp]) for tp in mine))
                 for tp in mine:
                     committed[tp] = ranges[tp][1] + 1
                     self.consumer.seek(tp, committed[tp])
@@ -404,6 +432,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka sh
                     await s._roll_all(revoked)
             for tp in revoked:
                 s.buffers.pop(tp, None)
+                s.taken.pop(tp, None)
             s.clocks.revoke([(tp.topic, tp.partition) for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -416,6 +445,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka sh
                 progress = s._read(s._progress_path(tp.topic, tp.partition)) or {}
                 s.clocks.assign((tp.topic, tp.partition), committed[tp], int(progress.get("watermark", 0)))
                 s.buffers[tp] = _Buffer()
+                s.taken.pop(tp, None)
             await s._recover(tps, committed)
             log.info("lake sink assigned %d partitions", len(assigned))
 
