@@ -35,6 +35,7 @@ from realtime.routing import partition_for, route
 from shared_logic.contract import DEAD_LETTERS, RAW
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
+from shared_logic.timeutil import utc_hour
 from storage import Lake, open_lake, partition
 from storage.raw import HOURS, landed_hours
 
@@ -359,3 +360,85 @@ def _rows(data: bytes) -> Any:
     import pyarrow.parquet as pq
 
     return pq.read_table(pa.BufferReader(data)).sort_by("event_id")
+
+
+def test_a_backlog_lands_in_one_file_per_event_hour_per_roll_each_event_once(
+    broker: Any, tmp_path: Path
+) -> None:
+    """A sink started on a backlog (two days, five topics of four partitions) whose rolls are larger
+    than it: it lands it as one roll, one file per event type and hour (not one per partition per
+    hour, over twice as many), every partition committed to its end, every event in the lake
+    once, no intent left. A second sink group on the same topics with ``roll_records`` a third of the
+    backlog: three or four rolls, at most one file per event type and hour each, every event once."""
+    from realtime.lakesink import LakeSink
+
+    traffic = generate(SyntheticConfig(users=400, days=2, start=FIRST, seed=7, duplicate_rate=0.0))
+    values = [e.payload for e in traffic.events]
+    valid = {e.payload["event_id"] for e in traffic.events if not e.malformed}  # type: ignore[index]
+    assert len(valid) == sum(not e.malformed for e in traffic.events)
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings().replace(
+        lake_url=f"file://{tmp_path}/lake",
+        realtime_broker_url=broker.url,
+        realtime_topic_prefix=f"t{tag}",
+        realtime_app_id=f"g{tag}",
+        realtime_topic_partitions=4,
+        sink_roll_age_s=1.0,  # caught up, the tail lands within a second
+        sink_marker_interval_s=0.5,
+    )
+    cfg = settings.realtime
+    lake = open_lake(settings.lake.url)
+    group = f"{cfg.app_id}-{settings.sink.group_suffix}"
+    ends = Counter((cfg.topic(route(v)[0]), partition_for(route(v)[1], 4)) for v in values)
+
+    async def drain(config: Settings, total: int) -> Any:
+        sink = LakeSink(config, lake)
+        await sink.start()
+        task = asyncio.create_task(sink.run())
+        deadline = time.monotonic() + 120
+        while sum(_sink_offsets(lake, group).values()) < total:
+            assert time.monotonic() < deadline, _sink_offsets(lake, group)
+            assert not task.done(), task
+            await asyncio.sleep(0.2)
+        sink.stop()
+        await task
+        return sink.metrics.registry
+
+    def cells() -> tuple[set[tuple[str, str, str]], set[tuple[str, int, str, str]]]:
+        """(event type, day, hour) and (topic, partition, day, hour) of the valid events."""
+        by_type: set[tuple[str, str, str]] = set()
+        by_part: set[tuple[str, int, str, str]] = set()
+        for e in traffic.events:
+            if not e.malformed:
+                dt, hour = utc_hour(e.payload["event_time"])  # type: ignore[index]
+                etype = e.payload["event_type"]  # type: ignore[index]
+                by_type.add((etype, dt, hour))
+                by_part.add((cfg.topic(etype), partition_for(route(e.payload)[1], 4), dt, hour))
+        return by_type, by_part
+
+    asyncio.run(produce(values, cfg))
+    registry = asyncio.run(drain(settings, len(values)))
+    raw = list(Path(lake.path("raw")).rglob("*.parquet"))
+    by_type, by_part = cells()
+    assert registry.get_sample_value("lake_sink_rolls_total") == 1
+    assert len(raw) == len(by_type) < len(by_part) / 2
+    assert asyncio.run(_committed(settings, group)) == dict(ends)
+    ids = Counter(i for c in _event_ids(lake).values() for i in c.elements())
+    assert set(ids) == valid
+    assert [i for i, n in ids.items() if n != 1] == []
+    assert not list(Path(lake.path(f"raw/_sink/{group}/rolls")).glob("*.json"))
+
+    # Rolls of a third of the backlog: each at most one file per event type and hour.
+    settings = settings.replace(
+        lake_url=f"file://{tmp_path}/lake3", realtime_app_id=f"h{tag}", sink_roll_records=len(values) // 3
+    )
+    lake, group = open_lake(settings.lake.url), f"h{tag}-{settings.sink.group_suffix}"
+    registry = asyncio.run(drain(settings, len(values)))
+    rolls = registry.get_sample_value("lake_sink_rolls_total")
+    raw = list(Path(lake.path("raw")).rglob("*.parquet"))
+    assert 3 <= rolls <= 4
+    assert len(by_type) < len(raw) <= rolls * len(by_type)
+    assert asyncio.run(_committed(settings, group)) == dict(ends)
+    ids = Counter(i for c in _event_ids(lake).values() for i in c.elements())
+    assert set(ids) == valid
+    assert [i for i, n in ids.items() if n != 1] == []
