@@ -256,9 +256,9 @@ class LakeSink:
         if age < cfg.roll_age_s:
             return False
         behind = False
-        for tp in held:
+        for tp in held:  # a partition not fetched yet (no end offset known) may hold a backlog too
             end, expected = self.consumer.highwater(tp), self._next_offset(tp)
-            if end is not None and expected is not None and end > expected:
+            if end is None or expected is None or end > expected:
                 behind = True
                 break
         return not behind or age >= cfg.backlog_age_s

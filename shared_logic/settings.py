@@ -469,11 +469,11 @@ class SinkSettings(_Section):
 
     group_suffix: str = Field("lake-sink", description="its group is <realtime.app_id>-<group_suffix>")
     roll_records: int = Field(
-        50_000,
+        200_000,
         ge=1,
         description="the sink's buffers (every partition it holds) are written at this many records",
     )
-    roll_mib: int = Field(64, ge=1, description="... or at this many MiB")
+    roll_mib: int = Field(64, ge=1, description="... or at this many MiB (what bounds its memory)")
     roll_age_s: float = Field(
         300.0, gt=0, description="... or when its oldest record waited this long (so a quiet hour lands)"
     )
