@@ -495,11 +495,19 @@ class SinkSettings(_Section):
 
     group_suffix: str = Field("lake-sink", description="its group is <realtime.app_id>-<group_suffix>")
     roll_records: int = Field(
-        50_000, ge=1, description="a partition's buffer is written at this many records"
+        200_000,
+        ge=1,
+        description="the sink's buffers (every partition it holds) are written at this many records",
     )
-    roll_mib: int = Field(64, ge=1, description="... or at this many MiB")
+    roll_mib: int = Field(64, ge=1, description="... or at this many MiB (what bounds its memory)")
     roll_age_s: float = Field(
         300.0, gt=0, description="... or when its oldest record waited this long (so a quiet hour lands)"
+    )
+    backlog_age_s: float = Field(
+        60.0,
+        gt=0,
+        description="on a backlog (records on the broker past the buffer) the age that rolls instead of "
+        "roll_age_s, if larger: a backlog lands in few large files, at the size limits",
     )
     marker_interval_s: float = Field(5.0, gt=0, description="how often hourly landing markers are checked")
     metrics_host: str = Field("127.0.0.1", description="the sink's /metrics listens here")

@@ -1,7 +1,8 @@
 """Compaction: an append-only partition's many small files rewritten into few, atomically.
 
-The lake sink lands one file per topic-partition offset range per event hour, so a busy lake
-holds millions of small files and every listing and read pays per file. ``compact_partition``
+The lake sink lands one file per roll per event hour (a roll every ``sink.roll_age_s`` when it is
+caught up), so a lake of many hours holds millions of small files and every listing and read
+pays per file. ``compact_partition``
 rewrites the files a reader sees now into ``compact-<run>-NNNNN.parquet`` files of about
 ``target_mib`` each, then commits them in one atomic step: a ``_SUCCESS`` manifest naming the
 new files (``compacted``) and the files they replace (``replaced``, with the commit time).

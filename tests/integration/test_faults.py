@@ -30,7 +30,8 @@ import yaml
 from devtools.servers import InnerBroker, free_port
 from devtools.synthetic import SyntheticConfig, generate
 from devtools.traffic import produce
-from shared_logic.contract import DEAD_LETTERS, RAW
+from realtime.routing import partition_for, route
+from shared_logic.contract import RAW
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
 from storage import Lake, open_lake, partition
@@ -38,7 +39,6 @@ from tests.helpers import CommitHold, freeze_when, ledger_entries, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXE = str(Path(sys.executable).with_name("attribution"))
-ROLL = re.compile(r"^(?P<topic>.+)-p(?P<p>\d+)-(?P<first>\d{12})-(?P<last>\d{12})\.parquet$")
 
 
 @contextmanager
@@ -64,23 +64,10 @@ def _base_env() -> dict[str, str]:
 # The lake sink SIGKILLed between its files and its commit --------------------------------------
 
 
-def _rolls(lake: Lake) -> dict[tuple[str, int], set[tuple[int, int]]]:
-    """Offset ranges the sink landed, per topic-partition, from the file names (raw and dead letters)."""
-    out: dict[tuple[str, int], set[tuple[int, int]]] = {}
-    for root in [RAW.at(event_type=t) for t in EVENT_TYPES] + [DEAD_LETTERS.at()]:
-        base = Path(lake.path(root))
-        for f in base.rglob("*.parquet") if base.exists() else []:
-            m = ROLL.match(f.name)
-            if m:
-                out.setdefault((m["topic"], int(m["p"])), set()).add((int(m["first"]), int(m["last"])))
-    return out
-
-
-def _files_of(lake: Lake, topic: str, p: int, first: int, last: int) -> dict[str, bytes]:
+def _files_of(lake: Lake, name: str) -> dict[str, bytes]:
     """The files of one roll (raw hours and dead letters), by path under the lake."""
-    name = f"{topic}-p{p}-{first:012d}-{last:012d}.parquet"
     root = Path(lake.path(""))
-    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob(name)}
+    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob(f"{name}.parquet")}
 
 
 def _event_ids(lake: Lake) -> Counter[str]:
@@ -122,12 +109,12 @@ async def _committed(settings: Settings, group: str) -> dict[tuple[str, int], in
 
 def test_a_lake_sink_sigkilled_between_its_files_and_its_commit_lands_the_range_once(tmp_path: Path) -> None:
     """``attribution lake-sink`` runs behind a front that lets its first two commits through and holds
-    the third: the sink has written the range's intent and files and sent the commit, which never
-    reaches the broker. Seen so (the held request, the files on disk, the broker's committed offset
-    still at the range's first offset), the sink is SIGKILLed. A new sink process restarts at the
-    committed offset, finds the intent, lands exactly that range again under the same names: every
-    partition's ranges tile its log, the dead sink's files hold the same rows, every event is in
-    the lake once and none is missing."""
+    the third: the sink has written the roll's intent and files and sent the commit, which never
+    reaches the broker. Seen so (the held request, the files on disk, the broker's committed offsets
+    still at the roll's first offsets), the sink is SIGKILLed. A new sink process restarts at the
+    committed offsets, finds the intent, lands exactly those ranges again under the same name: the
+    dead sink's files hold the same rows, every partition is committed to its end, no intent is
+    left, every event is in the lake once and none is missing."""
     first_day = datetime.now(UTC).date() - timedelta(days=2)
     # No producer duplicates: an event id then sits at one offset, so an id counted twice is a double.
     traffic = generate(SyntheticConfig(users=300, days=1, start=first_day, seed=5, duplicate_rate=0.0))
@@ -163,24 +150,23 @@ def test_a_lake_sink_sigkilled_between_its_files_and_its_commit_lands_the_range_
             "ATTRIBUTION_SINK_MARKER_INTERVAL_S": "0.5",
         }
         log = tmp_path / "sink.log"
-        intents = Path(lake.path(f"raw/_sink/{group}"))
+        intents = Path(lake.path(f"raw/_sink/{group}/rolls"))
 
-        def between_files_and_commit() -> tuple[tuple[str, int], int, int, dict[str, bytes]] | None:
-            """The range whose files are written and whose commit is held, the broker still at its start."""
+        def between_files_and_commit() -> tuple[str, dict[tuple[str, int], int], dict[str, bytes]] | None:
+            """The roll whose files are written and whose commit is held, the broker still at its start."""
             if not front.held.is_set():
                 return None
             committed = asyncio.run(_committed(settings, group))
-            for path in intents.glob(f"{cfg.topic_prefix}.*/*.json"):  # not progress/
-                tp = (path.parent.name, int(path.stem))
-                intent = json.loads(path.read_text())
-                files = _files_of(lake, *tp, intent["first"], intent["last"])
-                if committed[tp] < intent["last"] + 1 and files:
-                    return tp, intent["first"], intent["last"], files
+            for path in intents.glob("*.json"):
+                ranges = {(t, p): last for t, p, _, last in json.loads(path.read_text())["ranges"]}
+                files = _files_of(lake, path.stem)
+                if files and any(committed[tp] < last + 1 for tp, last in ranges.items()):
+                    return path.stem, ranges, files
             return None
 
         front.hold_after = 2
         with _process(["lake-sink"], env, log) as sink:
-            tp, first, last, written = wait_for(
+            name, ranges, written = wait_for(
                 "the sink's third commit is held after its files",
                 between_files_and_commit,
                 60,
@@ -190,7 +176,8 @@ def test_a_lake_sink_sigkilled_between_its_files_and_its_commit_lands_the_range_
             sink.send_signal(signal.SIGKILL)
             sink.wait(10)
         front.release()
-        assert asyncio.run(_committed(settings, group))[tp] < last + 1  # the commit never landed
+        held = asyncio.run(_committed(settings, group))
+        assert any(held[tp] < last + 1 for tp, last in ranges.items())  # the commit never landed
 
         total = len(values)
 
@@ -205,19 +192,17 @@ def test_a_lake_sink_sigkilled_between_its_files_and_its_commit_lands_the_range_
             sink.send_signal(signal.SIGTERM)
             assert sink.wait(30) == 0, log.read_text()[-3000:]
 
-    # The interrupted range was landed again whole, under the same names, with the same rows.
-    now = _files_of(lake, *tp, first, last)
+        ends = Counter((cfg.topic(route(v)[0]), partition_for(route(v)[1], 2)) for v in values)
+        committed = asyncio.run(_committed(settings, group))
+
+    # The interrupted roll was landed again whole, under the same name, with the same rows.
+    now = _files_of(lake, name)
     assert set(now) == set(written)
     for rel, data in written.items():
         assert _rows(now[rel]).equals(_rows(data)), rel
-    # Each partition's ranges tile its log: no range landed twice under two names, no gap.
-    rolls = _rolls(lake)
-    assert sum(max(b for _, b in r) + 1 for r in rolls.values()) == total
-    for tp_, ranges in rolls.items():
-        expected_next = 0
-        for a, b in sorted(ranges):
-            assert a == expected_next, (tp_, sorted(ranges))
-            expected_next = b + 1
+    assert not list(intents.glob("*.json")), "an intent left behind"
+    # Every partition committed to its end, and every event in the lake once.
+    assert {tp: n for tp, n in committed.items() if n >= 0} == dict(ends)
     ids = _event_ids(lake)
     assert set(ids) == valid
     assert [i for i, n in ids.items() if n != 1] == []

@@ -35,6 +35,7 @@ from realtime.routing import partition_for, route
 from shared_logic.contract import DEAD_LETTERS, RAW
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
+from shared_logic.timeutil import utc_hour
 from storage import Lake, open_lake, partition
 from storage.raw import HOURS, landed_hours
 
@@ -45,7 +46,6 @@ DAYS = [FIRST, FIRST + timedelta(days=1)]
 TRAFFIC = SyntheticConfig(
     users=3_000, days=2, start=FIRST, duplicate_rate=0.02, cancel_rate=0.15, malformed_rate=0.003, seed=41
 )
-ROLL = re.compile(r"^(?P<topic>.+)-p(?P<p>\d+)-(?P<first>\d{12})-(?P<last>\d{12})\.parquet$")
 EXE = str(Path(sys.executable).with_name("attribution"))
 
 
@@ -61,18 +61,6 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
             proc.kill()
             proc.wait(10)
         fh.close()
-
-
-def _rolls(lake: Lake) -> dict[tuple[str, int], set[tuple[int, int]]]:
-    """Offset ranges the sink landed, per topic-partition, from the file names (raw and dead letters)."""
-    out: dict[tuple[str, int], set[tuple[int, int]]] = {}
-    for root in [RAW.at(event_type=t) for t in EVENT_TYPES] + [DEAD_LETTERS.at()]:
-        base = Path(lake.path(root))
-        for f in base.rglob("*.parquet") if base.exists() else []:
-            m = ROLL.match(f.name)
-            if m:
-                out.setdefault((m["topic"], int(m["p"])), set()).add((int(m["first"]), int(m["last"])))
-    return out
 
 
 def _event_ids(lake: Lake) -> dict[tuple[str, str, str], Counter[str]]:
@@ -97,6 +85,27 @@ def _sink_offsets(lake: Lake, group: str) -> dict[str, int]:
         if folder.exists()
         else {}
     )
+
+
+async def _committed(settings: Settings, group: str) -> dict[tuple[str, int], int]:
+    """The offsets the broker holds committed for ``group``, of the partitions it committed."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from realtime.broker import client_options, input_topics
+
+    cfg = settings.realtime
+    consumer = AIOKafkaConsumer(**client_options(cfg), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out = {}
+        for topic in input_topics(cfg):
+            for p in range(cfg.topic_partitions):
+                got = await consumer.committed(TopicPartition(topic, p))
+                if got is not None and got > 0:
+                    out[(topic, p)] = got
+        return out
+    finally:
+        await consumer.stop()
 
 
 def _wait(what: str, check: Any, timeout_s: float, *alive: subprocess.Popen[bytes], logs: list[Path]) -> None:
@@ -179,10 +188,16 @@ def test_worker_and_lake_sink_feed_the_nightly_job_which_reconciles_at_zero(
 
     with _process(["worker"], env, logs[0]) as worker:
         with _process(["lake-sink"], env, logs[1]) as sink:
-            _wait("the sink lands a fifth", lambda: len(_rolls(lake)) >= 12, 120, sink, logs=logs)
+            _wait(
+                "the sink lands a fifth",
+                lambda: sum(_sink_offsets(lake, group).values()) >= total // 5,
+                120,
+                sink,
+                logs=logs,
+            )
             sink.send_signal(signal.SIGKILL)
             sink.wait(10)
-        killed_at = sum(len(r) for r in _rolls(lake).values())
+        killed_at = sum(_sink_offsets(lake, group).values())
         with _process(["lake-sink"], env, logs[1]) as sink:
             _wait("the restarted sink lands everything", landed, 240, sink, worker, logs=logs)
             _wait("the worker settles everything", settled, 240, worker, logs=logs)
@@ -200,7 +215,7 @@ def test_worker_and_lake_sink_feed_the_nightly_job_which_reconciles_at_zero(
             assert sink.wait(30) == 0
             assert worker.wait(30) == 0
     client.close()
-    assert killed_at < sum(len(r) for r in _rolls(lake).values()), "the sink was done before the kill"
+    assert killed_at < total, "the sink was done before the kill"
 
     # Metrics people scrape: the sink's landed records and lag, the worker's decisions and lag.
     assert re.search(r"^lake_sink_records_total [1-9]", sink_page, re.M)
@@ -209,16 +224,13 @@ def test_worker_and_lake_sink_feed_the_nightly_job_which_reconciles_at_zero(
     assert "attribution_consumer_lag{" in worker_page
     assert re.search(r"^attribution_ledger_flushed_total [1-9]", worker_page, re.M)
 
-    # Exactly once per offset range: each partition's ranges tile [0, end) with no gap and no overlap
-    # (the range the kill interrupted was landed again under the same name, not as another range).
-    rolls = _rolls(lake)
-    assert set(rolls) == set(ends)
-    for tp, ranges in rolls.items():
-        expected_next = 0
-        for first, last in sorted(ranges):
-            assert first == expected_next, (tp, sorted(ranges))
-            expected_next = last + 1
-        assert expected_next == ends[tp], tp
+    # Every partition landed to its end (the sink's progress and the broker's committed offsets), and
+    # exactly once: the lake equals the backfill below, no id in more rows than it was delivered.
+    progress = {
+        (k.rsplit("-", 1)[0], int(k.rsplit("-", 1)[1])): v for k, v in _sink_offsets(lake, group).items()
+    }
+    assert {tp: n for tp, n in progress.items() if n} == dict(ends)
+    assert asyncio.run(_committed(settings, group)) == dict(ends)
 
     # The lake equals a backfill of the same file through `attribution land` (as sets of event ids
     # per raw hour), nothing doubled (no id in more rows than it was delivered), dead letters alike.
@@ -257,9 +269,9 @@ class _Killed(BaseException):
 def test_a_sink_killed_between_its_files_and_its_commit_lands_the_same_range_again(
     broker: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The third roll's files are written, then the sink dies before committing the offset: the next
-    sink finds the intent at its committed offset and rolls exactly that range again, into the same
-    files (same name, same rows), and the partition's ranges still tile its log."""
+    """The third roll's files are written, then the sink dies before committing its offsets: the next
+    sink finds the intent at its committed offsets and lands exactly those ranges again, into the
+    same files (same name, same rows); every partition is committed to its end, every event once."""
     from realtime.lakesink import LakeSink
 
     # No duplicates from the producer: every event id is then one record at one offset, and a row
@@ -297,6 +309,7 @@ def test_a_sink_killed_between_its_files_and_its_commit_lands_the_same_range_aga
             calls["n"] += 1
             if calls["n"] == 3:
                 written.extend(_files(lake))
+            if calls["n"] >= 3:  # dead: no commit goes out after this, not even on the way out
                 raise _Killed
             await commit(offsets)
 
@@ -319,15 +332,12 @@ def test_a_sink_killed_between_its_files_and_its_commit_lands_the_same_range_aga
         await task
 
     asyncio.run(first_sink())
-    intents = list(Path(lake.path(f"raw/_sink/{group}")).glob("*/*.json"))
-    assert intents, "no intent left by the dead sink"
+    intents = list(Path(lake.path(f"raw/_sink/{group}/rolls")).glob("*.json"))
+    assert len(intents) == 1, "no intent left by the dead sink"
     asyncio.run(second_sink())
-    rolls = _rolls(lake)
-    for tp, ranges in rolls.items():
-        expected_next = 0
-        for first, last in sorted(ranges):
-            assert first == expected_next, (tp, sorted(ranges))
-            expected_next = last + 1
+    assert not list(Path(lake.path(f"raw/_sink/{group}/rolls")).glob("*.json")), "an intent left behind"
+    ends = Counter((settings.realtime.topic(route(v)[0]), partition_for(route(v)[1], 2)) for v in values)
+    assert asyncio.run(_committed(settings, group)) == dict(ends)
     # The files the dead sink wrote are still there, rewritten with the same rows.
     now = dict(_files(lake))
     assert len(written) > 2
@@ -350,3 +360,85 @@ def _rows(data: bytes) -> Any:
     import pyarrow.parquet as pq
 
     return pq.read_table(pa.BufferReader(data)).sort_by("event_id")
+
+
+def test_a_backlog_lands_in_one_file_per_event_hour_per_roll_each_event_once(
+    broker: Any, tmp_path: Path
+) -> None:
+    """A sink started on a backlog (two days, five topics of four partitions) whose rolls are larger
+    than it: it lands it as one roll, one file per event type and hour (not one per partition per
+    hour, over twice as many), every partition committed to its end, every event in the lake
+    once, no intent left. A second sink group on the same topics with ``roll_records`` a third of the
+    backlog: three or four rolls, at most one file per event type and hour each, every event once."""
+    from realtime.lakesink import LakeSink
+
+    traffic = generate(SyntheticConfig(users=400, days=2, start=FIRST, seed=7, duplicate_rate=0.0))
+    values = [e.payload for e in traffic.events]
+    valid = {e.payload["event_id"] for e in traffic.events if not e.malformed}  # type: ignore[index]
+    assert len(valid) == sum(not e.malformed for e in traffic.events)
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings().replace(
+        lake_url=f"file://{tmp_path}/lake",
+        realtime_broker_url=broker.url,
+        realtime_topic_prefix=f"t{tag}",
+        realtime_app_id=f"g{tag}",
+        realtime_topic_partitions=4,
+        sink_roll_age_s=1.0,  # caught up, the tail lands within a second
+        sink_marker_interval_s=0.5,
+    )
+    cfg = settings.realtime
+    lake = open_lake(settings.lake.url)
+    group = f"{cfg.app_id}-{settings.sink.group_suffix}"
+    ends = Counter((cfg.topic(route(v)[0]), partition_for(route(v)[1], 4)) for v in values)
+
+    async def drain(config: Settings, total: int) -> Any:
+        sink = LakeSink(config, lake)
+        await sink.start()
+        task = asyncio.create_task(sink.run())
+        deadline = time.monotonic() + 120
+        while sum(_sink_offsets(lake, group).values()) < total:
+            assert time.monotonic() < deadline, _sink_offsets(lake, group)
+            assert not task.done(), task
+            await asyncio.sleep(0.2)
+        sink.stop()
+        await task
+        return sink.metrics.registry
+
+    def cells() -> tuple[set[tuple[str, str, str]], set[tuple[str, int, str, str]]]:
+        """(event type, day, hour) and (topic, partition, day, hour) of the valid events."""
+        by_type: set[tuple[str, str, str]] = set()
+        by_part: set[tuple[str, int, str, str]] = set()
+        for e in traffic.events:
+            if not e.malformed:
+                dt, hour = utc_hour(e.payload["event_time"])  # type: ignore[index]
+                etype = e.payload["event_type"]  # type: ignore[index]
+                by_type.add((etype, dt, hour))
+                by_part.add((cfg.topic(etype), partition_for(route(e.payload)[1], 4), dt, hour))
+        return by_type, by_part
+
+    asyncio.run(produce(values, cfg))
+    registry = asyncio.run(drain(settings, len(values)))
+    raw = list(Path(lake.path("raw")).rglob("*.parquet"))
+    by_type, by_part = cells()
+    assert registry.get_sample_value("lake_sink_rolls_total") == 1
+    assert len(raw) == len(by_type) < len(by_part) / 2
+    assert asyncio.run(_committed(settings, group)) == dict(ends)
+    ids = Counter(i for c in _event_ids(lake).values() for i in c.elements())
+    assert set(ids) == valid
+    assert [i for i, n in ids.items() if n != 1] == []
+    assert not list(Path(lake.path(f"raw/_sink/{group}/rolls")).glob("*.json"))
+
+    # Rolls of a third of the backlog: each at most one file per event type and hour.
+    settings = settings.replace(
+        lake_url=f"file://{tmp_path}/lake3", realtime_app_id=f"h{tag}", sink_roll_records=len(values) // 3
+    )
+    lake, group = open_lake(settings.lake.url), f"h{tag}-{settings.sink.group_suffix}"
+    registry = asyncio.run(drain(settings, len(values)))
+    rolls = registry.get_sample_value("lake_sink_rolls_total")
+    raw = list(Path(lake.path("raw")).rglob("*.parquet"))
+    assert 3 <= rolls <= 4
+    assert len(by_type) < len(raw) <= rolls * len(by_type)
+    assert asyncio.run(_committed(settings, group)) == dict(ends)
+    ids = Counter(i for c in _event_ids(lake).values() for i in c.elements())
+    assert set(ids) == valid
+    assert [i for i, n in ids.items() if n != 1] == []
