@@ -14,16 +14,28 @@ of the budget day so far and the caps, what is left to commit is
 The **target curve** ``W(t)`` is the share of the day's traffic seen by ``t`` (from the campaign's
 traffic by local hour, ``TrafficShape``; flat without history), rescaled to reach 1 at the
 spend-out point ``day end − margin``. The controller keeps an estimate ``F`` of the committed
-spend (charges plus liability) the campaign would make over a whole day served at probability 1:
-a ratio of exponentially decayed sums, each step adding the committed spend it saw
-(``ΔC = ΔS + ΔL``) over the exposure it served (``p · ΔW``):
+spend (charges landing inside the budget day) the campaign would make over a whole day served at
+probability 1: a ratio of exponentially decayed sums, each step adding what it committed over
+the exposure it served (``p · ΔW``):
 
     F = Σ λᵏ ΔCₖ / Σ λᵏ pₖ ΔWₖ          (λ from ``estimate_half_life_ms``)
 
-Served at ``p`` for the rest of the day the campaign commits ``p · F · (1 − W(t))``, so the
-probability that spends ``R`` exactly by the spend-out point is
+``ΔC = ΔN · v``: the touches served since the previous step times ``v``, the expected charge
+inside the budget day of one touch served now (``touch_value_minor``, from the learned
+conversion rate, the charge and the delay distribution). Not the realised ``ΔS + ΔL``: with a
+few dozen orders a day each landing order is several % of the cap, and an estimate fed by when
+orders happen to land swings by 10x. (Without a touch value, the realised ``ΔC`` is the fallback.)
 
-    p* = R / (F · (1 − W(t)))
+Served at ``p`` the campaign commits ``p · F · ΔW`` over a stretch of the curve. The controller
+aims the **spend itself** at the curve a horizon ``H`` ahead (``track_horizon_ms``, 2 h; ``τ =
+t + H``): the liability is assumed to run down linearly to the day's end ``T`` (what lands
+meanwhile is spend, ``L · (τ − t) / (T − t)``), so the probability that brings the spend to
+``cap · W(τ)`` at ``τ``, never committing more than ``R``, is
+
+    p* = clamp(min(cap · W(τ) − S − L · (τ − t)/(T − t), R) / (F · (W(τ) − W(t))), 0, 1)
+
+Near the end (``τ`` past the spend-out point) this is ``R / (F · (1 − W(t)))``, the terminal
+rule: spend what is left by the spend-out point (also used with ``H = 0`` or no daily cap).
 
 and the new probability moves towards it by at most a bounded step (``max_step``, ±10% in
 LinkedIn's controller, KDD 2014), ``p ← clamp(p*, p(1 − s), p(1 + s))`` within
