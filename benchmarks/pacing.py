@@ -17,9 +17,12 @@ days) goes through the real speed layer (``SpeedLayer``: Redis, Lua, the product
 private redis-server. Reported for day 2 per mode: utilisation (% of the daily cap charged),
 the local time each campaign spent out, pacing error (RMSE of cumulative spend against the
 target curve every 5 min, % of the cap, median and p95 over campaigns), free conversions
-(orders the cap cut, % of charged orders), overspend; then a text chart of cumulative spend
-against the target for three campaigns per mode, and the direct read latency of one answer for
-50 candidates against the existing budget read of the same 50.
+(orders the cap cut, % of charged orders), overspend, and for scale the pacing error the
+timing of the orders alone gives an open-loop plan (a campaign of ``n`` charged orders whose
+expected spend is on the curve still counts ``binomial(n, W(t))`` orders by ``t``: RMSE
+``sqrt(mean W(1 − W) / n)``); then a text
+chart of cumulative spend against the target for three campaigns per mode, and the direct read
+latency of one answer for 50 candidates against the existing budget read of the same 50.
 """
 
 from __future__ import annotations
@@ -448,10 +451,18 @@ def _loop() -> None:
         free = sum(r.free[c][0] for c in capped)
         charged = sum(r.free[c][1] for c in capped)
         util = statistics.fmean(r.utilisation[c] for c in capped) * 100
+        # The error order timing alone gives a campaign of n charged orders whose expected spend
+        # is on the curve: its count at t is binomial(n, W(t)), so the RMSE is sqrt(mean W(1-W) / n).
+        # A reference for the scale, not a bound: feedback on the spend seen does better.
+        floor = statistics.median(
+            math.sqrt(statistics.fmean(w * (1 - w) for _, w in r.curves[c]) / max(r.free[c][1], 1)) * 100
+            for c in capped
+        )
         console.print(
             f"{m:>10}: utilisation (capped campaigns) {util:.1f}%, pacing error median "
             f"{statistics.median(errs):.1f}% p95 {p95:.1f}%, free conversions {free}/{charged} "
-            f"({free / max(charged, 1) * 100:.1f}%), overspend {r.overspend}"
+            f"({free / max(charged, 1) * 100:.1f}%), overspend {r.overspend}; open-loop order-timing "
+            f"error (median) {floor:.1f}%"
         )
     for m in ("no pacing", "ratio"):
         base, ours = results[m], results["controller"]

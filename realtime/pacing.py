@@ -43,11 +43,13 @@ from realtime.keys import Keys
 from shared_logic import AttributionPolicy, Campaign, Catalog, budget_day, day_bounds_ms
 from shared_logic.contract import IngestStatus, parse_touch_member
 from shared_logic.pacing import (
+    HOUR_MS,
     PACING_FIELDS,
     PacingInput,
     TrafficShape,
     conversion_rate,
     decode_state,
+    due_touches,
     encode_state,
     in_flight_liability,
     step,
@@ -181,6 +183,7 @@ class Pacer:
         i = 0
         writes: list[tuple[str, list[Any]]] = []
         stale: list[tuple[str, list[bytes]]] = []
+        exposures: list[tuple[str, str, float]] = []
         for c, day, days in reads:
             spend_day, spend_life, state_raw, groups_raw = raw[i : i + 4]
             stats = raw[i + 4 : i + 4 + len(days)]
@@ -191,6 +194,16 @@ class Pacer:
             state = step(prev, inp, self.config, max(gap, 1))
             fields = [x for kv in encode_state(state).items() for x in kv]
             writes.append((self.keys.pacing(c.campaign_id), [at_ms, STATE_TTL_MS, *fields]))
+            if prev is not None and prev.day == day and at_ms > prev.at_ms and prev.probability > 0:
+                # The exposure served since the previous step (p · Δt), for tomorrow's traffic shape.
+                group = prev.at_ms // self.section.touch_group_ms * self.section.touch_group_ms
+                exposures.append(
+                    (
+                        self.keys.pacing_touches(c.campaign_id),
+                        f"x:{group}",
+                        prev.probability * (at_ms - prev.at_ms),
+                    )
+                )
             if old:
                 stale.append((self.keys.pacing_touches(c.campaign_id), old))
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -198,6 +211,8 @@ class Pacer:
                 pipe.execute_command("EVAL", _WRITE_STATE, 1, key, *args)
             for key, names in stale:
                 pipe.hdel(key, *names)
+            for key, fld, amount in exposures:  # the guarded write above decides nothing here: an
+                pipe.hincrbyfloat(key, fld, amount)  # estimate, like the touch counts
             await pipe.execute()
         self.steps += 1
 
@@ -221,7 +236,10 @@ class Pacer:
         open_groups: dict[str, list[tuple[int, int]]] = {"c": [], "v": []}
         old: list[bytes] = []
         by_hour = [0.0] * 24
-        touches = 0
+        exposed_h = [0.0] * 24
+        today = {"c": 0, "v": 0}
+        kept: dict[str, list[tuple[int, int]]] = {"c": [], "v": []}
+        zone = ZoneInfo(c.budget.timezone)
         for fld, n in groups_raw.items():
             code, _, group = fld.decode().partition(":")
             age = at_ms - int(group) - self.section.touch_group_ms // 2
@@ -229,19 +247,36 @@ class Pacer:
             if at_ms - int(group) >= max(windows.longest_ms, MS_PER_DAY) + self.section.touch_group_ms:
                 old.append(fld)
                 continue
+            hour = datetime.fromtimestamp(int(group) / 1000, tz=zone).hour
+            if code == "x":  # exposure served (p · ms), not touches
+                if int(group) < start:
+                    exposed_h[hour] += float(n) / HOUR_MS
+                continue
             count = int(n)
             if int(group) < start:  # previous days shape the target curve by local hour
-                by_hour[datetime.fromtimestamp(int(group) / 1000, tz=ZoneInfo(c.budget.timezone)).hour] += (
-                    count
-                )
+                by_hour[hour] += count
+            else:
+                today[code] += count
+            kept[code].append((max(age, 0), count))
             if age < window:
                 open_groups[code].append((max(age, 0), count))
-                touches += count
         orders = sum(int(s[0] or 0) for s in stats)
         revenue = sum(int(s[1] or 0) for s in stats)
-        rate = conversion_rate(
-            touches, orders, self.section.prior_conversion_rate, self.section.prior_touches
+        # The orders count from the oldest stats day's UTC midnight: the touches' conversions due
+        # since then are what they are compared with.
+        since = at_ms - (at_ms - (len(stats) - 1) * MS_PER_DAY) // MS_PER_DAY * MS_PER_DAY
+        due = sum(
+            due_touches(
+                groups,
+                since,
+                windows.click_ms if code == "c" else windows.view_ms,
+                self.section.mean_delay_ms,
+                self.section.long_delay_share,
+                self.section.long_delay_ms,
+            )
+            for code, groups in kept.items()
         )
+        rate = conversion_rate(due, orders, self.section.prior_conversion_rate, self.section.prior_touches)
         p = c.pricing
         charge = (
             float(p.fee_minor)
@@ -251,6 +286,29 @@ class Pacer:
             else 0.0
         )
         horizon = max(end - at_ms, 0)
+
+        def _liability(groups: list[tuple[int, int]], code: str) -> float:
+            return in_flight_liability(
+                groups,
+                rate,
+                charge,
+                windows.click_ms if code == "c" else windows.view_ms,
+                self.section.mean_delay_ms,
+                horizon,
+                self.section.long_delay_share,
+                self.section.long_delay_ms,
+            )
+
+        served = sum(today.values())
+        # The expected charge inside the budget day of one touch served now, of today's mix of kinds.
+        value = sum(_liability([(0, n)], code) for code, n in today.items() if n) / served if served else 0.0
+        # Requests by hour from previous days: touches over the exposure that served them; before
+        # any exposure was recorded, the touches themselves.
+        shape = (
+            TrafficShape.from_exposure(by_hour, exposed_h)
+            if sum(exposed_h) > 0
+            else TrafficShape.from_counts(by_hour)
+        )
         liability = sum(
             in_flight_liability(
                 groups,
@@ -275,6 +333,8 @@ class Pacer:
             spend_lifetime_minor=int(spend_life or 0),
             liability_minor=liability,
             mode=c.budget.delivery_mode,
-            shape=TrafficShape.from_counts(by_hour),
+            shape=shape,
+            served_touches=served,
+            touch_value_minor=value,
         )
         return inp, old

@@ -14,16 +14,28 @@ of the budget day so far and the caps, what is left to commit is
 The **target curve** ``W(t)`` is the share of the day's traffic seen by ``t`` (from the campaign's
 traffic by local hour, ``TrafficShape``; flat without history), rescaled to reach 1 at the
 spend-out point ``day end − margin``. The controller keeps an estimate ``F`` of the committed
-spend (charges plus liability) the campaign would make over a whole day served at probability 1:
-a ratio of exponentially decayed sums, each step adding the committed spend it saw
-(``ΔC = ΔS + ΔL``) over the exposure it served (``p · ΔW``):
+spend (charges landing inside the budget day) the campaign would make over a whole day served at
+probability 1: a ratio of exponentially decayed sums, each step adding what it committed over
+the exposure it served (``p · ΔW``):
 
     F = Σ λᵏ ΔCₖ / Σ λᵏ pₖ ΔWₖ          (λ from ``estimate_half_life_ms``)
 
-Served at ``p`` for the rest of the day the campaign commits ``p · F · (1 − W(t))``, so the
-probability that spends ``R`` exactly by the spend-out point is
+``ΔC = ΔN · v``: the touches served since the previous step times ``v``, the expected charge
+inside the budget day of one touch served now (``touch_value_minor``, from the learned
+conversion rate, the charge and the delay distribution). Not the realised ``ΔS + ΔL``: with a
+few dozen orders a day each landing order is several % of the cap, and an estimate fed by when
+orders happen to land swings by 10x. (Without a touch value, the realised ``ΔC`` is the fallback.)
 
-    p* = R / (F · (1 − W(t)))
+Served at ``p`` the campaign commits ``p · F · ΔW`` over a stretch of the curve. The controller
+aims the **spend itself** at the curve a horizon ``H`` ahead (``track_horizon_ms``, 2 h; ``τ =
+t + H``): the liability is assumed to run down linearly to the day's end ``T`` (what lands
+meanwhile is spend, ``L · (τ − t) / (T − t)``), so the probability that brings the spend to
+``cap · W(τ)`` at ``τ``, never committing more than ``R``, is
+
+    p* = clamp(min(cap · W(τ) − S − L · (τ − t)/(T − t), R) / (F · (W(τ) − W(t))), 0, 1)
+
+Near the end (``τ`` past the spend-out point) this is ``R / (F · (1 − W(t)))``, the terminal
+rule: spend what is left by the spend-out point (also used with ``H = 0`` or no daily cap).
 
 and the new probability moves towards it by at most a bounded step (``max_step``, ±10% in
 LinkedIn's controller, KDD 2014), ``p ← clamp(p*, p(1 − s), p(1 + s))`` within
@@ -77,6 +89,7 @@ class PacingConfig:
     min_probability: float = 0.001
     estimate_half_life_ms: int = 30 * 60_000
     spend_out_margin_ms: int = HOUR_MS
+    track_horizon_ms: int = 2 * HOUR_MS
 
     def __post_init__(self) -> None:
         if not 0 < self.max_step < 1:
@@ -90,6 +103,8 @@ class PacingConfig:
             raise ValueError(f"estimate_half_life_ms = {self.estimate_half_life_ms}: must be positive")
         if self.spend_out_margin_ms < 0:
             raise ValueError(f"spend_out_margin_ms = {self.spend_out_margin_ms}: must not be negative")
+        if self.track_horizon_ms < 0:
+            raise ValueError(f"track_horizon_ms = {self.track_horizon_ms}: must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +138,29 @@ class TrafficShape:
         if sum(counts) <= 0:
             return cls.flat()
         return cls(tuple(float(c) + prior for c in counts))
+
+    @classmethod
+    def from_exposure(
+        cls, touches: Sequence[float], exposure_h: Sequence[float], prior_h: float = 1 / 60
+    ) -> TrafficShape:
+        """The shape of the requests themselves, not of what the controller let through: per local
+        hour, touches served over the exposure that served them (``exposure_h``: hours of serving
+        at ``p = 1``, i.e. ``Σ p · Δt``), each hour shrunk towards the day's mean rate by
+        ``prior_h`` hours of exposure, so an hour served little (or not at all, the cap spent)
+        keeps the mean (flat when nothing was exposed)."""
+        if len(touches) != 24 or len(exposure_h) != 24:
+            raise ValueError(f"touches, exposure_h = {len(touches)}, {len(exposure_h)} values: need 24 each")
+        if any(t < 0 for t in touches) or any(e < 0 for e in exposure_h) or prior_h <= 0:
+            raise ValueError(
+                f"touches = {list(touches)!r}, exposure_h = {list(exposure_h)!r}: must not be negative"
+            )
+        seen, exposed = sum(touches), sum(exposure_h)
+        if seen <= 0 or exposed <= 0:
+            return cls.flat()
+        mean = seen / exposed
+        return cls(
+            tuple((t + prior_h * mean) / (e + prior_h) for t, e in zip(touches, exposure_h, strict=True))
+        )
 
     def share(self, elapsed_ms: int, day_ms: int) -> float:
         """Share of the day's traffic seen ``elapsed_ms`` after local midnight, in [0, 1].
@@ -162,6 +200,8 @@ class PacingInput:
     liability_minor: float = 0.0
     mode: DeliveryMode = DeliveryMode.EVEN
     shape: TrafficShape | None = None
+    served_touches: int = 0
+    touch_value_minor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.day_end_ms <= self.day_start_ms:
@@ -171,6 +211,10 @@ class PacingInput:
                 raise ValueError(f"{name} = {getattr(self, name)}: must not be negative")
         if not math.isfinite(self.liability_minor) or self.liability_minor < 0:
             raise ValueError(f"liability_minor = {self.liability_minor}: must be finite, not negative")
+        if self.served_touches < 0:
+            raise ValueError(f"served_touches = {self.served_touches}: must not be negative")
+        if not math.isfinite(self.touch_value_minor) or self.touch_value_minor < 0:
+            raise ValueError(f"touch_value_minor = {self.touch_value_minor}: must be finite, not negative")
 
     @property
     def capped(self) -> bool:
@@ -207,6 +251,7 @@ class PacingState:
     num: float = 0.0
     den: float = 0.0
     liability_minor: float = 0.0
+    touches: int = 0
 
     @property
     def full_day_estimate(self) -> float | None:
@@ -246,12 +291,16 @@ def _learn(
     dt = max(inp.now_ms - prev.at_ms, 0)
     if dt > 0:
         decay = 0.5 ** (dt / config.estimate_half_life_ms)
-        num = decay * num + max(committed - prev.committed_minor, 0.0)
+        if inp.touch_value_minor > 0:  # the expected charge of what was served: no order noise
+            seen = max(inp.served_touches - prev.touches, 0) * inp.touch_value_minor
+        else:  # no model of a touch's value: the committed spend as it was realised
+            seen = max(committed - prev.committed_minor, 0.0)
+        num = decay * num + seen
         den = decay * den + prev.probability * max(target - prev.target, 0.0)
     return prev.probability, num, den
 
 
-def _aim(inp: PacingInput, target: float, num: float, den: float) -> float:
+def _aim(inp: PacingInput, target: float, num: float, den: float, config: PacingConfig) -> float:
     left = inp.left_minor
     if left is None:
         return 1.0
@@ -261,7 +310,22 @@ def _aim(inp: PacingInput, target: float, num: float, den: float) -> float:
     rest = 1.0 - target
     if inp.mode is DeliveryMode.ASAP or rest <= 1e-9 or den <= 0 or num <= 0:
         return 1.0
-    return min(remaining / (num / den * rest), 1.0)
+    full = num / den
+    terminal = remaining / (full * rest)
+    if config.track_horizon_ms <= 0 or inp.daily_cap_minor is None:
+        return min(terminal, 1.0)
+    # Track the spend itself ``H`` ahead: commit over (t, t + H] what brings the spend to the
+    # curve at t + H, the liability assumed to run down linearly to the day's end (what lands
+    # meanwhile is spend), and never more than ``R`` over that stretch.
+    ahead = min(inp.now_ms + config.track_horizon_ms, inp.day_end_ms)
+    w_ahead = target_share(inp, config, ahead)
+    span = w_ahead - target
+    if span <= 1e-9:
+        return min(terminal, 1.0)
+    lands = inp.liability_minor * (ahead - inp.now_ms) / max(inp.day_end_ms - inp.now_ms, 1)
+    gap = inp.daily_cap_minor * w_ahead - inp.spend_day_minor - lands
+    track = min(gap, remaining) / (full * span)
+    return min(max(track, 0.0), 1.0)
 
 
 def aim(prev: PacingState | None, inp: PacingInput, config: PacingConfig = PacingConfig()) -> float:
@@ -271,7 +335,7 @@ def aim(prev: PacingState | None, inp: PacingInput, config: PacingConfig = Pacin
     committed = inp.spend_day_minor + inp.liability_minor
     target = target_share(inp, config)
     _, num, den = _learn(prev, inp, committed, target, config)
-    return _aim(inp, target, num, den)
+    return _aim(inp, target, num, den, config)
 
 
 def step(
@@ -285,20 +349,34 @@ def step(
     committed = inp.spend_day_minor + inp.liability_minor
     target = target_share(inp, config)
     if not inp.capped:
-        return PacingState(inp.day, inp.now_ms, 1.0, committed, target, liability_minor=inp.liability_minor)
+        return PacingState(
+            inp.day,
+            inp.now_ms,
+            1.0,
+            committed,
+            target,
+            liability_minor=inp.liability_minor,
+            touches=inp.served_touches,
+        )
     if inp.left_minor == 0:  # a spent cap stops serving at once: capping, not pacing
         num, den = (prev.num, prev.den) if prev is not None else (0.0, 0.0)
-        return PacingState(inp.day, inp.now_ms, 0.0, committed, target, num, den, inp.liability_minor)
+        return PacingState(
+            inp.day, inp.now_ms, 0.0, committed, target, num, den, inp.liability_minor, inp.served_touches
+        )
     p_prev, num, den = _learn(prev, inp, committed, target, config)
     same_day = prev is not None and prev.day == inp.day
-    p = _bounded(_aim(inp, target, num, den), p_prev, config, intervals if same_day else 1)
-    return PacingState(inp.day, inp.now_ms, p, committed, target, num, den, inp.liability_minor)
+    p = _bounded(_aim(inp, target, num, den, config), p_prev, config, intervals if same_day else 1)
+    return PacingState(
+        inp.day, inp.now_ms, p, committed, target, num, den, inp.liability_minor, inp.served_touches
+    )
 
 
-def conversion_rate(touches: int, orders: int, prior_rate: float, prior_touches: float) -> float:
+def conversion_rate(touches: float, orders: int, prior_rate: float, prior_touches: float) -> float:
     """The campaign's orders per touch from its own recent history, shrunk towards ``prior_rate``
     as if ``prior_touches`` touches had converted at it (a beta prior): a new campaign starts at
-    the prior and moves to its own rate as touches accrue."""
+    the prior and moves to its own rate as touches accrue. ``touches`` may be a touch count
+    weighted by the share of each touch's conversions due by now (``due_touches``), so that
+    touches too recent to have converted yet do not read as a low rate."""
     if touches < 0 or orders < 0:
         raise ValueError(f"touches = {touches}, orders = {orders}: must not be negative")
     if not 0 <= prior_rate <= 1 or prior_touches < 0:
@@ -325,6 +403,30 @@ def delay_cdf(
         return fast
     span = min(long_delay_ms, window_ms)
     return (1.0 - long_share) * fast + long_share * min(age_ms / span, 1.0)
+
+
+def due_touches(
+    groups: Sequence[tuple[int, int]],
+    since_ms: int,
+    window_ms: int,
+    mean_delay_ms: float,
+    long_share: float = 0.0,
+    long_delay_ms: int = 0,
+) -> float:
+    """How many of ``(age, count)`` touch groups' conversions were due in the last ``since_ms``
+    (the span the orders are counted over): ``Σ n · (G(a) − G(a − since))``, ``G`` the delay CDF.
+    Orders over that span divided by it is the conversion rate without the bias of touches too
+    recent to have converted (the censoring a plain orders / touches has) or too old to count."""
+    if since_ms < 0:
+        raise ValueError(f"since_ms = {since_ms}: must not be negative")
+    total = 0.0
+    for age, count in groups:
+        if count <= 0 or age <= 0:
+            continue
+        g1 = delay_cdf(age, window_ms, mean_delay_ms, long_share, long_delay_ms)
+        g0 = delay_cdf(age - since_ms, window_ms, mean_delay_ms, long_share, long_delay_ms)
+        total += count * (g1 - g0)
+    return total
 
 
 def in_flight_liability(
@@ -389,7 +491,7 @@ def published_probability(
 
 #: The fields of a campaign's pacing hash in Redis (``Keys.pacing``): what the speed layer writes
 #: and the ad server's answer reads, in this order.
-PACING_FIELDS = ("day", "at", "p", "committed", "target", "num", "den", "liability")
+PACING_FIELDS = ("day", "at", "p", "committed", "target", "num", "den", "liability", "touches")
 
 
 def encode_state(state: PacingState) -> dict[str, str]:
@@ -403,15 +505,27 @@ def encode_state(state: PacingState) -> dict[str, str]:
         "num": repr(state.num),
         "den": repr(state.den),
         "liability": repr(state.liability_minor),
+        "touches": str(state.touches),
     }
 
 
 def decode_state(values: Sequence[bytes | str | None]) -> PacingState | None:
-    """The state from its hash's values in ``PACING_FIELDS`` order (None when there is none)."""
-    if len(values) != len(PACING_FIELDS) or any(v is None for v in values):
+    """The state from its hash's values in ``PACING_FIELDS`` order (None when there is none; a
+    state written before ``touches`` was kept reads 0 touches)."""
+    if len(values) != len(PACING_FIELDS) or any(v is None for v in values[:-1]):
         return None
-    text = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    text = [v.decode() if isinstance(v, bytes) else str(v) for v in values[:-1]]
     day, at, p, committed, target, num, den, liability = text
+    last = values[-1]
+    touches = int(last.decode() if isinstance(last, bytes) else last) if last is not None else 0
     return PacingState(
-        day, int(at), float(p), float(committed), float(target), float(num), float(den), float(liability)
+        day,
+        int(at),
+        float(p),
+        float(committed),
+        float(target),
+        float(num),
+        float(den),
+        float(liability),
+        touches,
     )

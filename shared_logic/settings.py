@@ -532,6 +532,11 @@ class PacingSettings(_Section):
     spend_out_margin_ms: int = Field(
         3_600_000, ge=0, description="the target curve reaches the cap this long before the day ends"
     )
+    track_horizon_ms: int = Field(
+        2 * 3_600_000,
+        ge=0,
+        description="the controller aims the spend at the target curve this far ahead (0: only at spend-out)",
+    )
     prior_conversion_rate: float = Field(
         0.01, ge=0, le=1, description="orders per touch assumed for a campaign with little history"
     )
@@ -567,6 +572,7 @@ class PacingSettings(_Section):
             self.min_probability,
             self.estimate_half_life_ms,
             self.spend_out_margin_ms,
+            self.track_horizon_ms,
         )
 
 

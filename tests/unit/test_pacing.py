@@ -21,7 +21,10 @@ from shared_logic.pacing import (
     TrafficShape,
     aim,
     conversion_rate,
+    decode_state,
     delay_cdf,
+    due_touches,
+    encode_state,
     in_flight_liability,
     step,
     target_share,
@@ -80,9 +83,10 @@ def test_asap_aims_at_full_serving_until_the_liability_fills_what_is_left() -> N
 
 def test_liability_is_counted_as_spent() -> None:
     """Kills the mutant ``remaining = left + inp.liability_minor`` (liability as extra budget)."""
-    prev = PacingState("2026-12-06", 6 * HOUR_MS - MIN_MS, 0.5, 1000.0, 0.2, num=20_000.0, den=1.0)
-    without = step(prev, _inp(spend=1000)).probability
-    with_liability = step(prev, _inp(spend=1000, liability_minor=3000.0)).probability
+    prev = PacingState("2026-12-06", 6 * HOUR_MS - MIN_MS, 0.5, 2500.0, 0.2, num=20_000.0, den=1.0)
+    assert aim(prev, _inp(spend=2500, liability_minor=3000.0)) < aim(prev, _inp(spend=2500)) < 1.0
+    without = step(prev, _inp(spend=2500)).probability
+    with_liability = step(prev, _inp(spend=2500, liability_minor=3000.0)).probability
     assert with_liability < without
 
 
@@ -253,6 +257,11 @@ def test_delivery_mode_and_frequency_caps_in_the_catalog() -> None:
     assert (zero.value.field, zero.value.value) == ("c1.frequency_cap.impressions", 0)
 
 
+def _cap(cap_share: float) -> int:
+    weights = [0.3] * 6 + [1.0] * 6 + [1.5] * 6 + [2.0] * 4 + [0.8] * 2
+    return int(sum(40 * weights[m // 60] / 1.1 for m in range(1440)) * 0.02 * 500 * cap_share)
+
+
 def _closed_loop(
     cap_share: float, mode: DeliveryMode, seed: int = 7
 ) -> tuple[float, float | None, int, list[float]]:
@@ -284,7 +293,7 @@ def _closed_loop(
         opened[bucket] = opened.get(bucket, 0) + served
         pending += [now + rng.expovariate(1 / mean) for _ in range(served) if rng.random() < rate]
         if m % 5 == 0:
-            errors.append((spend + liability) / cap - state.target)
+            errors.append(spend / cap - state.target)
     return spend / cap, out_at, max(spend - cap, 0), errors
 
 
@@ -293,10 +302,11 @@ def test_in_a_closed_loop_even_delivery_spends_the_cap_out_in_the_last_two_hours
     utilisation, out_at, over, errors = _closed_loop(cap_share, DeliveryMode.EVEN)
     assert over == 0
     assert utilisation >= 0.98
-    assert out_at is not None
-    assert 22 <= out_at <= 24
+    # Spent out late, or short of the cap by less than one charge: the controller commits the
+    # expected charge, and the last order may not come (a cap of a few dozen orders).
+    assert (out_at is not None and 22 <= out_at <= 24) or (1 - utilisation) * _cap(cap_share) < 500
     rmse = math.sqrt(sum(e * e for e in errors) / len(errors))
-    assert rmse < 0.05  # committed spend follows the target curve within 5% of the cap
+    assert rmse < 0.05  # the spend itself follows the target curve within 5% of the cap
 
 
 def test_in_a_closed_loop_asap_spends_a_tight_cap_out_early() -> None:
@@ -333,3 +343,57 @@ def test_a_gap_of_k_intervals_moves_p_by_up_to_k_bounded_steps_but_a_new_day_by_
     assert new_day.probability == pytest.approx(CONFIG.start_probability * (1 + CONFIG.max_step))
     with pytest.raises(ValueError, match="intervals = 0"):
         step(prev, _inp(), intervals=0)
+
+
+def test_the_rate_counts_only_the_conversions_due_so_touches_too_recent_do_not_read_as_a_low_rate() -> None:
+    """A day of touches at a true rate of 0.4%, their orders counted so far: orders over the
+    touches' due conversions recovers the rate; orders over plain touches reads it low."""
+    window, mean = 7 * DAY_MS, 40 * MIN_MS
+    groups = [(age, 100) for age in range(10 * MIN_MS, DAY_MS, 10 * MIN_MS)]  # one per 10 min
+    args = (window, mean, 0.3, 2 * DAY_MS)
+    due = due_touches(groups, 3 * DAY_MS, *args)
+    expected_orders = 0.004 * sum(n * delay_cdf(a, window, mean, 0.3, 2 * DAY_MS) for a, n in groups)
+    assert conversion_rate(due, round(expected_orders), 0.01, 0) == pytest.approx(0.004, rel=0.01)
+    assert conversion_rate(sum(n for _, n in groups), round(expected_orders), 0.01, 0) < 0.0035
+    # Orders counted only over the last hour: only what fell due in it is compared with them.
+    assert due_touches([(5 * HOUR_MS, 100)], HOUR_MS, *args) == pytest.approx(
+        100 * (delay_cdf(5 * HOUR_MS, *args) - delay_cdf(4 * HOUR_MS, *args))
+    )
+    with pytest.raises(ValueError, match="since_ms"):
+        due_touches(groups, -1, *args)
+
+
+def test_the_traffic_shape_divides_out_the_throttle_that_served_it() -> None:
+    """Requests peak in the evening; yesterday the controller served the evening at p = 0.1 and
+    the morning at 1, so touches alone read the evening as quiet, touches over exposure do not;
+    an hour never served (a spent cap) keeps the day's mean."""
+    requests = [10.0] * 18 + [40.0] * 6
+    exposure = [1.0] * 18 + [0.1] * 5 + [0.0]
+    touches = [r * e for r, e in zip(requests, exposure, strict=True)]
+    shape = TrafficShape.from_exposure(touches, exposure)
+    assert shape.weights[20] / shape.weights[3] == pytest.approx(4.0, rel=0.2)
+    assert TrafficShape.from_counts(touches).weights[20] < TrafficShape.from_counts(touches).weights[3]
+    mean = sum(touches) / sum(exposure)
+    assert shape.weights[23] == pytest.approx(mean)
+    assert TrafficShape.from_exposure([0.0] * 24, [0.0] * 24) == TrafficShape.flat()
+
+
+def test_the_estimate_learns_from_touches_served_not_from_when_orders_happen_to_land() -> None:
+    """With a touch value the full-serving estimate reads the touches served (their expected
+    charge), so a burst of orders landing does not move it; without one, it does."""
+    prev = PacingState(
+        "2026-12-06", 6 * HOUR_MS - MIN_MS, 0.5, 1000.0, 0.25, num=8_000.0, den=1.0, touches=400
+    )
+    quiet = _inp(spend=1000, served_touches=420, touch_value_minor=2.0)
+    burst = replace(quiet, spend_day_minor=3000, spend_lifetime_minor=3000)
+    assert step(prev, burst).full_day_estimate == pytest.approx(step(prev, quiet).full_day_estimate)
+    realised = replace(burst, touch_value_minor=0.0)
+    assert step(prev, realised).full_day_estimate > step(prev, quiet).full_day_estimate  # type: ignore[operator]
+
+
+def test_a_state_round_trips_and_one_written_before_touches_were_kept_reads_0() -> None:
+    state = PacingState("2026-12-06", 5, 0.25, 12.5, 0.1, 3.0, 0.5, 7.25, touches=42)
+    fields = encode_state(state)
+    assert decode_state(list(fields.values())) == state
+    old = [*list(fields.values())[:-1], None]
+    assert decode_state(old) == replace(state, touches=0)
