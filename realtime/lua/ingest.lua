@@ -59,15 +59,15 @@ local function digest_of(member)
   return string.match(member, '^[^|]*|[^|]*|[^|]*|([^|]*)|')
 end
 -- a touch's member, found from its event id: its ids hash holds its score, and the member of
--- that score ending with the event id is it (one member per event id: the identity rule)
+-- that score naming the event id is it (one member per event id: the identity rule)
 local function standing_touch(zkey, hkey, event_id)
   local score = redis.call('HGET', hkey, event_id)
   if not score then
     return nil
   end
-  local tail = '|' .. event_id
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', zkey, score, score)) do
-    if string.sub(member, -#tail) == tail then
+    -- the event id is all after the fourth '|' (it may hold '|' itself: compare it whole)
+    if string.match(member, '^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$') == event_id then
       return {member, tonumber(score)}
     end
   end
