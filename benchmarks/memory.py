@@ -33,24 +33,32 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import redis as redis_sync
 
 from benchmarks._harness import Row, console, print_table, quick
 from devtools.servers import LocalRedis, LocalRedisCluster
 from devtools.synthetic import SyntheticConfig, generate
+from realtime import codec
 from realtime.engine import SpeedLayer
 from realtime.footprint import CAMPAIGN_KINDS, ORDER_KINDS, USER_KINDS, Classifier
 from realtime.footprint import KINDS as FOOTPRINT_KINDS
+from realtime.pacing import STATE_TTL_MS
 from realtime.replay import replay
-from shared_logic.contract import parse_touch_member
+from shared_logic.contract import (
+    decision_from_record,
+    decision_record,
+    parse_touch_member,
+)
 from shared_logic.rules import TouchKind, touch_retention_ms
 from shared_logic.settings import KeySettings, Settings
 from shared_logic.timeutil import MS_PER_DAY
@@ -76,6 +84,8 @@ class Layout:
     settings: Settings
     touch_retention: Callable[[TouchKind], int]  # ms a touch of each kind is kept after its arrival
     ttls: dict[str, int]  # kind -> TTL (ms) its keys are written with
+    frequency_ttl: Callable[[str], int | None]  # a frequency-cap key's TTL (its campaign's window)
+    records_v1: bool = False  # the records' encoding before issue 21 (``OldRecords``)
 
 
 @dataclass
@@ -98,18 +108,53 @@ async def _replay(
     points: list[tuple[int, int]] = []
     step = SpeedLayer._step
 
-    async def recorded(self: SpeedLayer, now: int, published: Any) -> Any:
-        out = await step(self, now, published)
+    async def recorded(self: SpeedLayer, now: int, published: Any, *args: Any) -> Any:
+        out = await step(self, now, published, *args)
         points.append((int(time.time() * 1000), self.watermark))
         return out
 
     SpeedLayer._step = recorded  # type: ignore[method-assign]
     start = time.perf_counter()
     try:
-        await replay(values, traffic.catalog, settings, flush_ledger=True, show_progress=False)
+        with OldRecords.decisions(layout.records_v1):
+            await replay(values, traffic.catalog, settings, flush_ledger=True, show_progress=False)
     finally:
         SpeedLayer._step = step  # type: ignore[method-assign]
     return points, time.perf_counter() - start
+
+
+class OldRecords:
+    """The records' encoding before issue 21 (layout record version 1), kept here to measure it:
+    a decision as a JSON object (names and values) in claims, queued settlements and the ledger
+    stream, and a user's touch ids holding each whole member (not its score)."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def decisions(active: bool) -> Iterator[None]:
+        """While active, the speed layer writes and reads decisions as the earlier layout did."""
+        if not active:
+            yield
+            return
+        encode, decode = codec.encode_decision, codec.decode_decision
+        codec.encode_decision = lambda d: orjson.dumps(decision_record(d))
+        codec.decode_decision = lambda raw: decision_from_record(orjson.loads(raw))
+        try:
+            yield
+        finally:
+            codec.encode_decision, codec.decode_decision = encode, decode
+
+    @staticmethod
+    def touch_ids(r: redis_sync.Redis) -> None:
+        """Rewrite every user's touch ids as the earlier layout held them (each field's value the
+        whole member, not its score); their TTLs stay."""
+        for key in r.scan_iter(count=2_000):
+            name = key.decode()
+            if kind_of(name) != "touch ids":
+                continue
+            members = r.zrange(name.replace(":ti:", ":t:", 1), 0, -1)
+            by_id = {parse_touch_member(m.decode()).event_id: m for m in members}
+            ids = r.hkeys(key)
+            r.hset(key, mapping={f: by_id[f.decode()] for f in ids})
 
 
 def _event_time(points: list[tuple[int, int]], walls: list[int], wall_ms: int) -> int:
@@ -154,6 +199,10 @@ def _expire_in_event_time(
         if at is None or at < 0:
             continue
         ttl = layout.ttls.get(kind)
+        if kind == "frequency caps":  # each campaign's cap window plus the lateness
+            ttl = layout.frequency_ttl(name)
+        elif kind == "pacing" and ":pace-t:" in name:
+            ttl = layout.ttls["pacing groups"]
         if ttl is None:
             raise RuntimeError(
                 f"key {name!r} of kind {kind!r} has a TTL the layout {layout.name!r} does not name"
@@ -210,11 +259,11 @@ def _run_layout(
 ) -> Measured:
     out = Measured()
     with LocalRedis() as server, tempfile.TemporaryDirectory() as lake:
-        layout = Layout(
-            layout.name, layout.settings.replace(redis_url=server.url), layout.touch_retention, layout.ttls
-        )
+        layout = replace(layout, settings=layout.settings.replace(redis_url=server.url))
         points, out.replay_s = asyncio.run(_replay(values, traffic, layout, lake))
         r = redis_sync.Redis.from_url(server.url)
+        if layout.records_v1:
+            OldRecords.touch_ids(r)
         out.expired = _expire_in_event_time(r, layout, points, end)
         out.keys, out.bytes = _measure(r)
         out.node_keys, out.node_bytes = _on_cluster(r, cluster)
@@ -229,19 +278,38 @@ def _layout(name: str, s: Settings, traffic: Any) -> Layout:
     ttl = s.decision_ttl_ms
     ttls = {"counters": s.realtime.counts_ttl_ms, "trim floors": max(retention.values())}
     ttls |= dict.fromkeys(("claims", "cancel markers", "charges", "spend", "stats"), ttl)
-    return Layout(name, s, retention.__getitem__, ttls)
+    # pacing: the controller's state (``STATE_TTL_MS``) and its touch groups (a day past the
+    # longest window: ``Pacer._flush``) share a kind; both are measured apart below
+    policy = s.rules.policy()
+    windows = [policy.windows_for(c).longest_ms for c in traffic.catalog]
+    ttls["invalid traffic"] = s.realtime.counts_ttl_ms
+    ttls["pacing"] = STATE_TTL_MS
+    ttls["pacing groups"] = MS_PER_DAY + max(windows, default=MS_PER_DAY)
+    lateness = policy.allowed_lateness_ms
+    caps = {
+        c.campaign_id: c.frequency_cap.window_ms + lateness
+        for c in traffic.catalog
+        if c.frequency_cap is not None
+    }
+
+    def frequency_ttl(key: str) -> int | None:
+        return caps.get(key.rsplit(":", 1)[-1])
+
+    return Layout(name, s, retention.__getitem__, ttls, frequency_ttl)
 
 
 def baseline_layout(settings: Settings, traffic: Any) -> Layout:
     """The layout before issue 21: every touch kept for the longest window plus lateness,
-    claims, charges, spend and stats kept 35 days, one budget shard."""
-    return _layout(
+    claims, charges, spend and stats kept 35 days, one budget shard, decisions as JSON objects and
+    touch ids holding whole members (``OldRecords``)."""
+    before = _layout(
         "before",
         settings.replace(
             realtime_touch_retention="longest", realtime_decision_ttl_ms=35 * MS_PER_DAY, keys_budget_shards=1
         ),
         traffic,
     )
+    return replace(before, records_v1=True)
 
 
 def current_layout(settings: Settings, traffic: Any) -> Layout:

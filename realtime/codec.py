@@ -30,8 +30,8 @@ from shared_logic.contract import (
     INGEST_OPS,
     IvtRow,
     count_field,
-    decision_from_record,
-    decision_record,
+    decision_from_values,
+    decision_values,
     ivt_touch_row,
     order_from_payload,
     order_payload,
@@ -364,11 +364,12 @@ def touches_of(
 
 
 def encode_decision(d: Decision) -> bytes:
-    return orjson.dumps(decision_record(d))
+    """A decision as Redis holds it (``contract.decision_values``: a JSON array, no names)."""
+    return orjson.dumps(decision_values(d))
 
 
 def decode_decision(raw: bytes) -> Decision:
-    return decision_from_record(orjson.loads(raw))
+    return decision_from_values(orjson.loads(raw))
 
 
 def ledger_entry(fields: dict[bytes, bytes]) -> LedgerEntry:

@@ -19,6 +19,14 @@ from typing import Any
 from shared_logic.errors import InvalidSetting
 from shared_logic.settings import KeySettings
 
+#: The version of the records' encoding (``ensure_layout`` refuses a Redis of another): 1 before
+#: it was recorded, 2 since decisions are JSON arrays (``contract.decision_values``) and touch ids
+#: hold their touch's score, not its member (``contract.LUA_CONTRACT["touch_ids"]``).
+RECORDS_VERSION = 2
+#: Keys that hold a record whose encoding changed with version 2: a Redis without a layout record
+#: that holds one was filled by version 1 (touch ids, claims, queued settlements, ledger streams).
+_V1_RECORDS = re.compile(r"\{u\d+\}:(ti|d):|\{b\d+\}:(queue:p|ledger)$")
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -110,7 +118,9 @@ class Keys:
         return f"{self.prefix}:layout"
 
     def describe(self) -> str:
-        return f"user_buckets={self.user_buckets} budget_shards={self.budget_shards}"
+        return (
+            f"records={RECORDS_VERSION} user_buckets={self.user_buckets} budget_shards={self.budget_shards}"
+        )
 
     def clocks(self) -> str:
         """Each input partition's checkpoint: ``<next offset>|<watermark>``."""
@@ -149,6 +159,15 @@ async def ensure_layout(redis: Any, keys: Keys) -> None:
     must sit in the shard this layout gives its campaign; then the record is written."""
     recorded = await redis.get(keys.layout())
     if recorded is not None:
+        version = _records_version(recorded.decode())
+        if version != RECORDS_VERSION:
+            raise InvalidSetting(
+                "ATTRIBUTION_REDIS_URL",
+                recorded.decode(),
+                f"this Redis holds records of version {version}, this worker writes version "
+                f"{RECORDS_VERSION} (decisions as arrays, touch ids holding scores) and would "
+                "misread them: start on an empty Redis (README, Redis memory: moving to another layout)",
+            )
         if recorded.decode() != keys.describe():
             raise InvalidSetting(
                 "ATTRIBUTION_KEYS_BUDGET_SHARDS",
@@ -161,12 +180,25 @@ async def ensure_layout(redis: Any, keys: Keys) -> None:
     life = re.compile("^" + re.escape(keys.prefix) + r":\{b(\d+)\}:spend:(.*):life$")
     shards: set[int] = set()
     misplaced = 0
-    async for raw in redis.scan_iter(match=f"{keys.prefix}:{{b*}}:spend:*:life", count=10_000):
-        m = life.match(raw.decode())
+    old_records: str | None = None
+    start = len(keys.prefix) + 1
+    async for raw in redis.scan_iter(match=f"{keys.prefix}:{{*", count=10_000):
+        name = raw.decode(errors="replace")
+        if old_records is None and _V1_RECORDS.match(name, start):
+            old_records = name
+        m = life.match(name)
         if m is None:
             continue
         shards.add(int(m.group(1)))
         misplaced += keys.shard(m.group(2)) != int(m.group(1))
+    if old_records is not None:
+        raise InvalidSetting(
+            "ATTRIBUTION_REDIS_URL",
+            old_records,
+            f"this Redis holds records written before the layout was recorded (version 1), this worker "
+            f"writes version {RECORDS_VERSION} (decisions as arrays, touch ids holding scores) and "
+            "would misread them: start on an empty Redis (README, Redis memory: moving to another layout)",
+        )
     if misplaced:
         raise InvalidSetting(
             "ATTRIBUTION_KEYS_BUDGET_SHARDS",
@@ -177,3 +209,13 @@ async def ensure_layout(redis: Any, keys: Keys) -> None:
             "memory: moving to another layout)",
         )
     await redis.set(keys.layout(), keys.describe(), nx=True)
+
+
+def _records_version(recorded: str) -> int:
+    """The records version a layout record names (``describe``); 1 when it names none (written
+    before the version was)."""
+    for part in recorded.split():
+        name, _, value = part.partition("=")
+        if name == "records" and value.isdigit():
+            return int(value)
+    return 1

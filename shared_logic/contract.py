@@ -624,7 +624,7 @@ CLAIM_SUPERSEDED: Final = "-"
 #: What each Lua script may name in its ``-- contract:`` header, as the header spells it.
 LUA_CONTRACT: Final = {
     "touch_member": "kind|campaign_id|arrival_wm|digest|event_id",
-    "touch_ids": "event_id -> touch_member",
+    "touch_ids": "event_id -> score",
     "pending_record": "digest|payload",
     "queue_member": "kind|order_id",
     "count_field": "campaign_id|counter",
@@ -650,7 +650,8 @@ def touch_member(kind: TouchKind, campaign_id: str, event_id: str, arrival_wm: i
     """A touch in a user's sorted set (scored by its time), with the watermark of its partition
     when it arrived (an order released before that watermark passed it cannot use it) and the
     digest of its fields (``identity.digest``). The user's ``touch_ids`` hash maps each event id
-    to its member: the identity rule's lookup."""
+    to its score (its time): the identity rule's lookup finds the member of that score that ends
+    with the event id (one per event id), so the hash need not repeat the member."""
     return f"{TOUCH_CODES[kind]}{SEP}{campaign_id}{SEP}{arrival_wm}{SEP}{digest}{SEP}{event_id}"
 
 
@@ -799,6 +800,27 @@ def decision_from_record(rec: Mapping[str, Any]) -> Decision:
     for name in ("order_time_ms", "amount_minor", "touch_time_ms", "price_minor"):
         values[name] = int(values[name])
     return Decision(**values)
+
+
+def decision_values(d: Decision) -> list[Any]:
+    """A decision as Redis holds it (a claim, a queued settlement, the ledger stream): its values in
+    ``DECISION_ROW`` order, no names (``encode``d as a JSON array: about half the bytes of the
+    record). Declared here once; ``codec.encode_decision`` writes it, ``decision_from_values`` reads it."""
+    out: list[Any] = []
+    for name in _DECISION_NAMES:
+        v = getattr(d, name)
+        out.append(v.value if isinstance(v, Enum) else v)
+    return out
+
+
+def decision_from_values(values: Iterable[Any]) -> Decision:
+    """The inverse of ``decision_values``; refuses a list of another length (another layout's record)."""
+    items = list(values)
+    if len(items) != len(_DECISION_NAMES):
+        raise ValueError(
+            f"decision = {items!r}: must hold {len(_DECISION_NAMES)} values ({', '.join(_DECISION_NAMES)})"
+        )
+    return decision_from_record(dict(zip(_DECISION_NAMES, items, strict=True)))
 
 
 def state_records(state: BookState) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from devtools.synthetic import Traffic
 from realtime.client import connect
 from realtime.replay import replay
 from shared_logic import AttributionPolicy
-from shared_logic.contract import TOUCH_CODES
+from shared_logic.contract import TOUCH_CODES, parse_touch_member
 from shared_logic.rules import touch_retention_ms
 from shared_logic.settings import RedisSettings, Settings
 from storage import Lake, open_lake
@@ -106,7 +106,8 @@ def usable_touches(state: dict[str, Any], end_ms: int | None = None) -> dict[str
         out[key] = kept
         ids = state.get(key.replace(":t:", ":ti:", 1), {})
         names = {m for m, _ in kept}
-        out[key.replace(":t:", ":ti:", 1)] = {f: m for f, m in ids.items() if m in names}
+        kept_ids = {parse_touch_member(m.decode()).event_id.encode() for m in names}
+        out[key.replace(":t:", ":ti:", 1)] = {f: v for f, v in ids.items() if f in kept_ids}
     return out
 
 

@@ -1,5 +1,5 @@
 -- contract: touch_member = kind|campaign_id|arrival_wm|digest|event_id
--- contract: touch_ids = event_id -> touch_member
+-- contract: touch_ids = event_id -> score
 -- contract: count_field = campaign_id|counter
 -- contract: pending_field = o:order_id x:order_id|digest
 -- contract: pending_record = digest|payload
@@ -58,6 +58,22 @@ end
 local function digest_of(member)
   return string.match(member, '^[^|]*|[^|]*|[^|]*|([^|]*)|')
 end
+-- a touch's member, found from its event id: its ids hash holds its score, and the member of
+-- that score naming the event id is it (one member per event id: the identity rule)
+local function standing_touch(zkey, hkey, event_id)
+  local score = redis.call('HGET', hkey, event_id)
+  if not score then
+    return nil
+  end
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', zkey, score, score)) do
+    -- the event id is all after the fourth '|' (it may hold '|' itself: compare it whole)
+    if string.match(member, '^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$') == event_id then
+      return {member, tonumber(score)}
+    end
+  end
+  return nil
+end
+local function fmt(n) return string.format('%d', n) end
 for i, op in ipairs(ops) do
   local code = op[1]
   if code == 't' then
@@ -65,9 +81,7 @@ for i, op in ipairs(ops) do
     local id = hkey .. '\n' .. op[5]
     local standing = seen[id]
     if standing == nil then
-      local member = redis.call('HGET', hkey, op[5])
-      local score = member and redis.call('ZSCORE', zkey, member)
-      if score then standing = {member, tonumber(score)} end
+      standing = standing_touch(zkey, hkey, op[5])
     end
     if standing == nil and op[7] < trim_bound[code_of(op[6])] then
       out[i] = 6
@@ -105,7 +119,7 @@ for i, op in ipairs(ops) do
     end
   elseif code == 'r' then
     local hkey = KEYS[op[3]]
-    if redis.call('HGET', hkey, op[6]) == op[7] then
+    if redis.call('HEXISTS', hkey, op[6]) == 1 and redis.call('ZSCORE', KEYS[op[2]], op[7]) then
       out[i] = 4
       writes[#writes + 1] = {'r', KEYS[op[2]], hkey, op[6], op[7], op[8], op[9]}
       local keep = retention[code_of(op[8])]
@@ -137,11 +151,11 @@ end
 for _, w in ipairs(writes) do
   if w[1] == 't' then
     redis.call('ZADD', w[2], w[6], w[5])
-    redis.call('HSET', w[3], w[4], w[5])
+    redis.call('HSET', w[3], w[4], fmt(w[6]))
   elseif w[1] == 'r' then
     redis.call('ZREM', w[2], w[5])
     redis.call('ZADD', w[2], w[7], w[6])
-    redis.call('HSET', w[3], w[4], w[6])
+    redis.call('HSET', w[3], w[4], fmt(w[7]))
   else
     redis.call('HSET', w[2], w[3], w[4])
   end

@@ -7,10 +7,11 @@ import re
 from dataclasses import fields, replace
 from importlib import resources
 
+import orjson
 import pyarrow as pa
 import pytest
 
-from realtime import scripts
+from realtime import codec, scripts
 from reporting.schemas import RoasRow
 from reporting.stores.base import sql_ddl
 from shared_logic import Lever, TouchKind
@@ -39,7 +40,9 @@ from shared_logic.contract import (
     count_field,
     dead_letter,
     decision_from_record,
+    decision_from_values,
     decision_record,
+    decision_values,
     parse_count_field,
     parse_touch_member,
     schema_of,
@@ -114,6 +117,19 @@ def test_a_column_type_outside_the_contract_is_refused() -> None:
 
     with pytest.raises(TypeError, match=r"Bad\.when"):
         schema_of(Bad)
+
+
+def test_redis_holds_a_decision_as_its_values_in_row_order_and_refuses_another_length() -> None:
+    values = decision_values(DECISION)
+    assert values == list(decision_record(DECISION).values())
+    assert decision_from_values(values) == DECISION
+    raw = codec.encode_decision(DECISION)
+    assert raw.startswith(b'["')
+    assert b"order_id" not in raw  # no names: about half the record's bytes
+    assert len(raw) * 3 < len(orjson.dumps(decision_record(DECISION))) * 2
+    assert codec.decode_decision(raw) == DECISION
+    with pytest.raises(ValueError, match="must hold 14 values"):
+        decision_from_values(values[:-1])
 
 
 def test_decision_and_record_encodings_round_trip() -> None:
