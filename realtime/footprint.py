@@ -1,9 +1,12 @@
 """Redis memory and key counts of the speed layer by record kind, sampled cheaply.
 
 Each Redis node is asked how many keys it holds (``DBSIZE``) and for ``per_node`` random keys
-(``RANDOMKEY``), each measured with ``MEMORY USAGE``: a node's keys of a kind are estimated as
-its key count times the kind's share of the sample, their memory as that times the sample's mean
-size for the kind. About ``2 x per_node`` commands per node, pipelined, whatever the data's size;
+(``RANDOMKEY``, drawn with replacement), each measured with ``MEMORY USAGE``: a node's keys of a
+kind are estimated as its key count times the kind's share of the sample, their memory as that
+times the sample's mean size for the kind. A kind of share ``p`` is off by about
+``sqrt(p (1 - p) / per_node)`` of the node's keys (one standard deviation). A node holding no
+more keys than ``per_node`` is scanned whole instead, and its figures are exact. About
+``2 x per_node`` commands per node, pipelined, whatever the data's size;
 a kind rarer than one key in ``per_node`` may be missed (a few large keys: the streams, are
 measured whole, below). The worker runs it on a timer (``realtime.memory_sample_interval_s``) and
 exports ``attribution_redis_keys{kind}`` and ``attribution_redis_memory_bytes{kind}``.
@@ -92,14 +95,16 @@ async def sample(redis: Any, keys: Keys, per_node: int = 1_000) -> Footprint:
         total = int(await redis.execute_command("DBSIZE", **target))
         if total == 0:
             continue
-        n = min(per_node, total)
-        if node is None:
+        if total <= per_node:  # no more keys than the sample: measure each, the figures are exact
+            names = await _every_key(redis, target)
+            total = len(names)
+        elif node is None:
             async with redis.pipeline(transaction=False) as pipe:
-                for _ in range(n):
+                for _ in range(per_node):
                     pipe.execute_command("RANDOMKEY")
                 names = list(await pipe.execute())
         else:  # a cluster pipeline routes by key, and RANDOMKEY has none: one node at a time
-            names = [await redis.execute_command("RANDOMKEY", target_nodes=node) for _ in range(n)]
+            names = [await redis.execute_command("RANDOMKEY", target_nodes=node) for _ in range(per_node)]
         names = [k for k in names if k is not None]
         if not names:
             continue
@@ -115,6 +120,19 @@ async def sample(redis: Any, keys: Keys, per_node: int = 1_000) -> Footprint:
             out.keys[kind] += round(total * n / len(names))
             out.bytes[kind] += round(total * size[kind] / len(names))
     return out
+
+
+async def _every_key(redis: Any, target: dict[str, Any]) -> list[bytes]:
+    """Every key of one node (``SCAN`` to the end: the node holds no more than a sample)."""
+    names: list[bytes] = []
+    cursor: Any = 0
+    while True:
+        cursor, batch = await redis.scan(cursor=cursor, count=1000, **target)
+        if isinstance(cursor, dict):  # a cluster client answers {node name: cursor} (one node here)
+            (cursor,) = cursor.values()
+        names.extend(batch)
+        if int(cursor) == 0:
+            return list(dict.fromkeys(names))  # SCAN may return a key twice
 
 
 async def _memory(redis: Any, names: Iterable[bytes]) -> list[Any]:

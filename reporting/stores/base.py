@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from shared_logic.contract import METRIC_ROW, METRICS, ColumnType, RowSchema
+from shared_logic.contract import IVT_MEASURES, METRIC_ROW, METRICS, ColumnType, RowSchema
 from storage.arrow import arrow_schema
 from storage.lake import Lake, partition
 
@@ -72,11 +72,22 @@ def sql_ddl(
 
 
 def metric_table(lake: Lake, days: Sequence[str] | None = None) -> pa.Table:
-    """The committed metric partitions of ``days`` (default: all) as one table of ``METRIC_ROW``."""
+    """The committed metric partitions of ``days`` (default: all) as one table of ``METRIC_ROW``.
+
+    A partition written before the invalid-traffic rules existed has no ``IVT_MEASURES`` columns
+    (or, read beside newer ones, nulls in them): no rule flagged anything on its day, so they read
+    as 0. Any other column missing or null where the contract forbids it is still an error.
+    """
     wanted = days if days is not None else [p["dt"] for p in lake.partitions(METRICS.path)]
     refs = [partition(METRICS, dt=d) for d in wanted]
     table = lake.read([r for r in refs if lake.is_complete(r)])
     schema = arrow_schema(METRIC_ROW)
     if table.num_rows == 0:
         return schema.empty_table()
+    for name in IVT_MEASURES:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([0] * table.num_rows, pa.int64()))
+        elif table.column(name).null_count:
+            i = table.column_names.index(name)
+            table = table.set_column(i, name, table.column(name).cast(pa.int64()).fill_null(0))
     return table.select(list(METRIC_COLUMNS)).cast(schema)

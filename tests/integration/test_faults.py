@@ -30,6 +30,7 @@ import yaml
 from devtools.servers import InnerBroker, free_port
 from devtools.synthetic import SyntheticConfig, generate
 from devtools.traffic import produce
+from realtime.codec import decode_decision
 from realtime.routing import partition_for, route
 from shared_logic.contract import RAW
 from shared_logic.events import EVENT_TYPES
@@ -461,7 +462,7 @@ def test_redis_stopped_restarted_then_hung_under_a_running_worker_and_api(
             os.kill(server.process.pid, signal.SIGCONT)
         server.stop()
     charges = [e for e in ledger_entries(got) if e[b"kind"] in (b"charge", b"cancelled")]
-    orders = [json.loads(e[b"d"])["order_id"] for e in charges]
+    orders = [decode_decision(e[b"d"]).order_id for e in charges]
     assert len(orders) == len(set(orders)) > 50  # every order charged once
     assert got == expected
 
@@ -570,6 +571,6 @@ def test_a_worker_survives_a_broker_restart_and_resumes_at_its_checkpoints(
         inner.stop()
     got = asyncio.run(_outcome(url))
     charges = [e for e in ledger_entries(got) if e[b"kind"] in (b"charge", b"cancelled")]
-    orders = [json.loads(e[b"d"])["order_id"] for e in charges]
+    orders = [decode_decision(e[b"d"]).order_id for e in charges]
     assert len(orders) == len(set(orders)) > 30  # every order charged once
     assert got == expected

@@ -16,6 +16,7 @@ import pytest
 
 from devtools.synthetic import SyntheticConfig, Traffic, generate
 from devtools.traffic import produce
+from realtime.codec import decode_decision
 from realtime.kafka import KafkaWorker
 from realtime.replay import replay
 from realtime.routing import route
@@ -331,7 +332,6 @@ def test_two_workers_one_killed_its_partitions_move_to_the_other_and_equal_the_r
     import subprocess
     import sys
 
-    import orjson
     import yaml
 
     from tests.helpers import flush
@@ -425,7 +425,7 @@ def test_two_workers_one_killed_its_partitions_move_to_the_other_and_equal_the_r
     got = asyncio.run(_outcome(url))
     ledger = [e for key, stream in got.items() if key.endswith(":ledger") for e in stream]
     charges = [e for e in ledger if e[b"kind"] in (b"charge", b"cancelled")]
-    orders = [orjson.loads(e[b"d"])["order_id"] for e in charges]
+    orders = [decode_decision(e[b"d"]).order_id for e in charges]
     assert len(orders) == len(set(orders)) > 500  # every order charged once
     assert got == replayed
 

@@ -27,6 +27,7 @@ from typing import IO, Any
 import pytest
 import yaml
 
+from realtime.codec import decode_decision
 from shared_logic.contract import DEAD_LETTERS, RAW
 from shared_logic.policy import FUTURE_RULE
 from shared_logic.settings import Settings
@@ -615,6 +616,6 @@ def test_sigterm_finishes_the_batch_commits_and_leaves_and_the_partitions_move_o
         inner.stop()
     got = outcome(url)
     charges = [e for e in ledger_entries(got) if e[b"kind"] in (b"charge", b"cancelled")]
-    orders = [json.loads(e[b"d"])["order_id"] for e in charges]
+    orders = [decode_decision(e[b"d"]).order_id for e in charges]
     assert len(orders) == len(set(orders)) > 50  # every order charged once
     assert got == expected

@@ -16,11 +16,11 @@ import pyarrow as pa
 import pytest
 
 from devtools.servers import free_port
-from reporting.stores import RoasQuery, open_store, roas_sql
+from reporting.stores import RoasQuery, metric_table, open_store, roas_sql
 from reporting.stores.druid import DruidStore
 from reporting.stores.duck import DuckDBStore
 from reporting.stores.postgres import PostgresStore
-from shared_logic.contract import METRIC_ROW
+from shared_logic.contract import IVT_MEASURES, METRIC_ROW
 from shared_logic.errors import InvalidSetting
 from storage import Lake, open_lake, partition
 from storage.arrow import arrow_schema
@@ -196,6 +196,51 @@ def test_a_reload_replaces_the_day(tmp_path: Path, store_url: str) -> None:
         assert store.days() == list(DAYS)
     finally:
         store.close()
+
+
+def test_a_day_written_before_the_ivt_columns_reads_them_as_zero(tmp_path: Path, store_url: str) -> None:
+    """A metric partition from before the invalid-traffic rules (no ``IVT_MEASURES`` columns, or
+    columns of nulls), read alone or beside a newer day, serves its rows with those measures 0
+    (nothing was flagged then) and the newer day's as written; a null in any other measure the
+    contract requires is still an error (mutants killed: every day required to hold the columns;
+    every null filled)."""
+    rows = _metric_rows()
+    lake = _metrics_lake(tmp_path, rows)
+    old_day = DAYS[0]
+    schema = arrow_schema(METRIC_ROW.without("dt"))
+    before = [n for n in schema.names if n not in IVT_MEASURES]
+    lake.write_partition(
+        partition("metrics/campaign_daily", dt=old_day),
+        pa.Table.from_pylist([{k: r[k] for k in before} for r in rows if r["dt"] == old_day]),
+    )
+    nulls_day = DAYS[2]  # the columns there but every value null (of Arrow's null type)
+    lake.write_partition(
+        partition("metrics/campaign_daily", dt=nulls_day),
+        pa.Table.from_pylist(
+            [
+                {**{k: r[k] for k in before}, **dict.fromkeys(IVT_MEASURES)}
+                for r in rows
+                if r["dt"] == nulls_day
+            ]
+        ),
+    )
+    store = open_store(store_url, lake)
+    try:
+        for day in DAYS:
+            store.load_day(lake, day)
+        answer = store.roas(RoasQuery(date(2026, 11, 1), date(2026, 11, 3)))
+        expected = sorted(
+            [{**r, **dict.fromkeys(IVT_MEASURES, 0)} if r["dt"] in (old_day, nulls_day) else r for r in rows],
+            key=lambda r: (r["dt"], r["campaign_id"], r["model"]),
+        )
+        assert answer == expected
+        assert any(r["ivt_touches"] for r in answer if r["dt"] == DAYS[1])  # the newer days kept theirs
+    finally:
+        store.close()
+    broken = [{**{k: r[k] for k in schema.names}, "spend_minor": None} for r in rows if r["dt"] == DAYS[1]]
+    lake.write_partition(partition("metrics/campaign_daily", dt=DAYS[1]), pa.Table.from_pylist(broken))
+    with pytest.raises(ValueError, match="spend_minor"):
+        metric_table(lake)
 
 
 def test_roas_sql_binds_every_value() -> None:
