@@ -71,6 +71,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 HOUR_MS = 3_600_000
+#: The least ``F`` (spend a full day at p = 1, minor units) the controller divides by (``_aim``).
+_MIN_FULL_MINOR = 1e-9
 
 
 class DeliveryMode(StrEnum):
@@ -310,7 +312,9 @@ def _aim(inp: PacingInput, target: float, num: float, den: float, config: Pacing
     rest = 1.0 - target
     if inp.mode is DeliveryMode.ASAP or rest <= 1e-9 or den <= 0 or num <= 0:
         return 1.0
-    full = num / den
+    # ``F`` floored at a billionth of a minor unit a day: a learned estimate that small is no
+    # spend at all (serve fully), and ``F · span`` must not underflow to 0 (num 5e-324 did).
+    full = max(num / den, _MIN_FULL_MINOR)
     terminal = remaining / (full * rest)
     if config.track_horizon_ms <= 0 or inp.daily_cap_minor is None:
         return min(terminal, 1.0)

@@ -191,6 +191,17 @@ def test_probability_never_rises_with_spend(
     assert step(prev, more).probability <= step(prev, last).probability + 1e-12
 
 
+@pytest.mark.parametrize("num", [5e-324, 1e-300, 1e-20])
+def test_a_vanishing_spend_estimate_serves_fully_and_never_divides_by_zero(num: float) -> None:
+    """A learned ``F`` so small that ``F`` times a share underflows to 0 (Hypothesis found num
+    5e-324 over den 1.0, a 1-minor cap: ZeroDivisionError in ``_aim``) means serving costs nothing
+    yet: aim at 1 while budget is left, 0 once it is spent, and the step stays in [0, 1]."""
+    prev = PacingState("2026-12-06", 6 * HOUR_MS, 0.5, 0.0, 0.25, num, 1.0)
+    assert aim(prev, _inp(6 * HOUR_MS, spend=0, cap=1)) == 1.0
+    assert aim(prev, _inp(6 * HOUR_MS, spend=1, cap=1)) == 0.0
+    assert 0.0 <= step(prev, _inp(6 * HOUR_MS, spend=0, cap=1)).probability <= 1.0
+
+
 def test_the_target_curve_is_flat_without_history_and_reaches_1_at_the_spend_out_point() -> None:
     inp = _inp()
     assert target_share(inp, CONFIG, 0) == 0.0
