@@ -14,8 +14,8 @@ the ranking, touches on a window's bound, caps cut mid-day in far zones, cancels
 the horizon...) is found by ``hypothesis.find`` within a bounded number of draws.
 
 Example counts (``tests/property/profile.py``; ``ATTRIBUTION_TEST_PROFILE=slow`` for the slow
-profile): (a) 400 / 4000, (b) 300 + 300 / 3000 + 3000, (c) 60 on a server and 12 on a cluster /
-600 and 120, (d) 3 / 20 generated lakes of three days each.
+profile): (a) 400 / 4000, (b) 300 + 300 / 3000 + 3000, (c) 300 on a server and 60 on a cluster /
+3000 and 600, (d) 1 / 10 generated lakes of three days each.
 
 Mutants (each applied to a scratch copy of the tree, never to the checkout; MUTANTS below):
 see the MUTANTS table at the end of this docstring, filled from the runs recorded in the

@@ -15,6 +15,8 @@ from shared_logic.contract import IVT_MEASURES, IvtSummary, ivt_columns, ivt_mea
 from shared_logic.ivt import SHAPE_BUCKETS, Shape, ShapeRules, delay_bucket, shape_flag
 from shared_logic.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 S, H = 1_000, 3_600_000
 
 

@@ -8,6 +8,8 @@ import pytest
 from devtools.livetraffic import stamped
 from shared_logic.timeutil import to_epoch_ms
 
+pytestmark = pytest.mark.unit
+
 NOW = 1_796_504_024_144
 
 
