@@ -316,14 +316,14 @@ def _wait(
 def test_two_workers_one_killed_its_partitions_move_to_the_other_and_equal_the_replay(
     broker: Any, redis_server: Any, request: pytest.FixtureRequest, tmp_path: Any, takeover: Any, backend: str
 ) -> None:
-    """Two ``attribution worker`` processes share 12 partitions of each topic. Once each holds its
-    half (their logs' assignments are disjoint and cover all 60) and the one to be killed has
-    processed a tenth of its orders, it is frozen (SIGSTOP: what it did and left undone is fixed,
-    whatever the machine's load) and killed with SIGKILL while its partitions have records left and
-    Redis holds orders of theirs still to be released. The survivor's next assignment is exactly its
-    own half plus the dead one's (read from its log after the kill); it takes them from their
-    checkpoints to their ends with their pending orders, every order is charged once, and the
-    outcome equals the replay. On one server and on a 3-master Redis Cluster.
+    """Two ``attribution worker`` processes share 12 partitions of each topic. Once each holds its half
+    (their logs' assignments are disjoint and cover all 60) and the one to be killed has processed a tenth
+    of its orders (it takes batches of 20 records, the survivor of 150), it is frozen (SIGSTOP: what it
+    did and left undone is fixed, whatever the machine's load) and killed with SIGKILL while its
+    partitions have records left and Redis holds orders of theirs still to be released. The survivor's
+    next assignment is exactly its own half plus the dead one's (read from its log after the kill); it
+    takes them from their checkpoints to their ends with their pending orders, every order is charged
+    once, and the outcome equals the replay. On one server and on a 3-master Redis Cluster.
 
     Fails on: a survivor that never takes the partitions over (they stay at their checkpoints: the
     wait times out), or takes other ones; a takeover that loses the pending orders or ignores the
@@ -353,14 +353,20 @@ def test_two_workers_one_killed_its_partitions_move_to_the_other_and_equal_the_r
     exe = str(Path(sys.executable).with_name("attribution"))
     env = {
         **_worker_env(settings, str(catalog)),
-        "ATTRIBUTION_REALTIME_BATCH_SIZE": "150",
         "ATTRIBUTION_RULES_ALLOWED_LATENESS_MS": str(TAKEOVER_LATENESS_MS),
     }
     paths = [tmp_path / f"worker{i}.log" for i in range(2)]
     logs = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below
+    # The victim takes small batches: it is still far from its ends when it has done a tenth of its
+    # orders, however fast the machine (it may take a topic's whole backlog before the orders).
+    # Batching must not change the outcome, so the two workers' batch sizes differ on purpose.
     workers = [
-        subprocess.Popen([exe, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs
-    ]
+        subprocess.Popen(
+            [exe, "worker"], env={**env, "ATTRIBUTION_REALTIME_BATCH_SIZE": size}, stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for size, log in zip(("150", "20"), logs, strict=True)
+    ]  # fmt: skip
     survivor, victim = workers
     try:
 
@@ -376,11 +382,17 @@ def test_two_workers_one_killed_its_partitions_move_to_the_other_and_equal_the_r
         _, victims = _wait("two workers holding a half each", halves, 120, workers, paths)
         victim_orders = {tp for tp in victims if tp[0] == settings.realtime.topic("order")}
 
-        def victim_tenth() -> bool:
-            done, _ = _progress(url, settings, ends)
-            return sum(done[tp] for tp in victim_orders) >= sum(ends[tp] for tp in victim_orders) // 10
+        from realtime.keys import Keys
 
-        _wait("the victim processed a tenth of its orders", victim_tenth, 180, workers, paths)
+        keys = Keys.of(settings.keys)
+        clocks, tenth = _client(url), sum(ends[tp] for tp in victim_orders) // 10
+        names = [f"{t}/{p}".encode() for t, p in victim_orders]
+
+        def victim_tenth() -> bool:  # the checkpoints only: one HMGET, polled every 2 ms
+            return sum(int(v.split(b"|")[0]) for v in clocks.hmget(keys.clocks(), names) if v) >= tenth
+
+        _wait("the victim processed a tenth of its orders", victim_tenth, 180, workers, paths, every_s=0.002)
+        clocks.close()
         victim.send_signal(signal.SIGSTOP)
         _wait("the victim stopped", lambda: _is_stopped(victim.pid), 10, [victim], paths, every_s=0.005)
         assert halves() == (every - victims, victims)  # no rebalance meanwhile
