@@ -124,19 +124,31 @@ async def redis_snapshot(
     ``all_touches``."""
     r = connect(RedisSettings(url=url))
     out: dict[str, Any] = {}
-    async for key in r.scan_iter(match=match):
-        k = key.decode()
-        kind = await r.type(key)
-        if kind == b"string":
-            out[k] = await r.get(key)
-        elif kind == b"hash":
-            out[k] = await r.hgetall(key)
-        elif kind == b"zset":
-            out[k] = await r.zrange(key, 0, -1, withscores=True)
-        elif kind == b"stream":
-            entries = [fields for _, fields in await r.xrange(key)]
-            out[k] = sorted(entries, key=repr) if sort_streams else entries
-    await r.aclose()
+    try:
+        names = list(dict.fromkeys([key async for key in r.scan_iter(match=match, count=1000)]))
+        # Two pipelined rounds (each key's type, then its value), not two round trips per key.
+        async with r.pipeline(transaction=False) as pipe:
+            for key in names:
+                pipe.type(key)
+            kinds = await pipe.execute()
+        read = {
+            b"string": lambda p, k: p.get(k),
+            b"hash": lambda p, k: p.hgetall(k),
+            b"zset": lambda p, k: p.zrange(k, 0, -1, withscores=True),
+            b"stream": lambda p, k: p.xrange(k),
+        }
+        kept = [(key, kind) for key, kind in zip(names, kinds, strict=True) if kind in read]
+        async with r.pipeline(transaction=False) as pipe:
+            for key, kind in kept:
+                read[kind](pipe, key)
+            values = await pipe.execute()
+    finally:
+        await r.aclose()
+    for (key, kind), value in zip(kept, values, strict=True):
+        if kind == b"stream":
+            entries = [fields for _, fields in value]
+            value = sorted(entries, key=repr) if sort_streams else entries
+        out[key.decode()] = value
     return out if all_touches else usable_touches(out)
 
 
