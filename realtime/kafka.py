@@ -292,11 +292,15 @@ class KafkaWorker:
 
     async def _close(self) -> None:
         try:
-            async with self.lock:
-                if self.consumer is not None:
+            if self.consumer is not None:
+                async with self.lock:
                     with contextlib.suppress(Exception):
                         await self._commit(self.consumer.assignment())
-                    await self.consumer.stop()  # leaves the group: the others take over at once
+                # Leaves the group (the others take over at once) outside the lock: stopping waits
+                # for the consumer's coordination task, which may be in a rebalance that another
+                # member's leaving started, calling the listener, which takes the lock. Under the
+                # lock, both would wait for ever (seen when two workers stopped together).
+                await self.consumer.stop()
         finally:
             try:
                 if self.producer is not None:

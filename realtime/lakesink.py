@@ -200,12 +200,19 @@ class LakeSink:
                         self._mark_hours()
                         last_markers = now
         finally:
-            async with self.lock:
-                if self.consumer is not None:
-                    with contextlib.suppress(Exception):
-                        await self._roll_all(self.consumer.assignment())
-                        self._write_progress()
-                    await self.consumer.stop()
+            await self._close()
+
+    async def _close(self) -> None:
+        """Roll what is buffered and write the progress under the lock, then leave the group outside
+        it: stopping waits for a rebalance in progress, whose listener takes the lock
+        (``realtime.kafka.KafkaWorker._close`` says why)."""
+        if self.consumer is None:
+            return
+        async with self.lock:
+            with contextlib.suppress(Exception):
+                await self._roll_all(self.consumer.assignment())
+                self._write_progress()
+        await self.consumer.stop()
 
     def _next_offset(self, tp: TopicPartition) -> int | None:
         """The offset the sink expects next from ``tp``: after its buffer, its roll in flight, or its
