@@ -16,10 +16,12 @@ import pytest
 
 from devtools.synthetic import SyntheticConfig, Traffic, generate
 from devtools.traffic import produce
+from realtime.clock import tp_name
 from realtime.codec import decode_decision
 from realtime.kafka import KafkaWorker
 from realtime.replay import replay
 from realtime.routing import route
+from shared_logic.contract import Checkpoint
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
 from tests.helpers import ledger_entries, read_dead_letter_topic, redis_snapshot
@@ -228,8 +230,8 @@ def _progress(
 
     r = _client(url)
     keys = Keys.of(settings.keys)
-    clocks = {k.decode(): int(v.split(b"|")[0]) for k, v in r.hgetall(keys.clocks()).items()}
-    done = {(t, p): min(clocks.get(f"{t}/{p}", 0), n) for (t, p), n in ends.items()}
+    clocks = {k.decode(): Checkpoint.parse(v).offset for k, v in r.hgetall(keys.clocks()).items()}
+    done = {tp: min(clocks.get(tp_name(tp), 0), n) for tp, n in ends.items()}
     pending = sum(r.hlen(keys.pending(b)) for b in range(keys.user_buckets))
     settled = sum(done.values()) == sum(ends.values()) and pending == 0 and not r.exists(keys.queue(0))
     r.close()
@@ -386,13 +388,16 @@ def test_two_workers_one_killed_its_partitions_move_to_the_other_and_equal_the_r
 
         keys = Keys.of(settings.keys)
         clocks, tenth = _client(url), sum(ends[tp] for tp in victim_orders) // 10
-        names = [f"{t}/{p}".encode() for t, p in victim_orders]
+        names = [tp_name(tp) for tp in victim_orders]
 
         def victim_tenth() -> bool:  # the checkpoints only: one HMGET, polled every 2 ms
-            return sum(int(v.split(b"|")[0]) for v in clocks.hmget(keys.clocks(), names) if v) >= tenth
+            saved = clocks.hmget(keys.clocks(), names)
+            return sum(Checkpoint.parse(v).offset for v in saved if v) >= tenth
 
-        _wait("the victim processed a tenth of its orders", victim_tenth, 180, workers, paths, every_s=0.002)
-        clocks.close()
+        try:
+            _wait("the victim did a tenth of its orders", victim_tenth, 180, workers, paths, every_s=0.002)
+        finally:
+            clocks.close()
         victim.send_signal(signal.SIGSTOP)
         _wait("the victim stopped", lambda: _is_stopped(victim.pid), 10, [victim], paths, every_s=0.005)
         assert halves() == (every - victims, victims)  # no rebalance meanwhile

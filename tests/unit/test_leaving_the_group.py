@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
+from realtime.clock import Clocks
 from realtime.kafka import KafkaWorker
 from realtime.kafka import _Listener as WorkerListener
 from realtime.lakesink import LakeSink
@@ -53,19 +54,12 @@ class _Redis:
         pass
 
 
-class _Clock:
-    next_offset = 7
-    watermark = 0
-
-
-class _Clocks:
-    def __init__(self) -> None:
-        self.parts = {(TP.topic, TP.partition): _Clock()}
-
-
 class _Engine:
+    """The speed layer as the worker's close and its listener see it: the clocks and revoke."""
+
     def __init__(self) -> None:
-        self.clocks = _Clocks()
+        self.clocks = Clocks()
+        self.clocks.assign((TP.topic, TP.partition), 7)
         self.revoked: list[Any] = []
 
     async def revoke(self, tps: list[Any]) -> None:
