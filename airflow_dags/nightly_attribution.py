@@ -45,7 +45,18 @@ DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(minutes=10)}
 def nightly_attribution() -> None:
     batch = load_settings().batch  # ATTRIBUTION_BATCH_RAW_WAIT_POKE_S, _TIMEOUT_S
 
-    @task.sensor(poke_interval=batch.raw_wait_poke_s, timeout=batch.raw_wait_timeout_s, mode="reschedule")
+    # A reschedule-mode sensor can be failed by Airflow's scheduler when a poke's executor success
+    # is read after the next poke was queued (apache/airflow#71172, open in 3.3: "reported that
+    # the task instance ... finished with state success, but the task instance's state attribute
+    # is queued"). Seen here under load with a 5 s poke; the DAG's 10-minute retry delay then held
+    # the night for 10 minutes. Such a failure costs the sensor one poke interval, not the night.
+    @task.sensor(
+        poke_interval=batch.raw_wait_poke_s,
+        timeout=batch.raw_wait_timeout_s,
+        mode="reschedule",
+        retries=5,
+        retry_delay=timedelta(seconds=batch.raw_wait_poke_s),
+    )
     def wait_for_raw(ds: str | None = None) -> bool:
         from airflow_dags.tasks import previous_day, raw_day_landed
 

@@ -1,12 +1,9 @@
-"""``make live`` driven as a newcomer would: ``attribution live`` started, watched through the API it
-prints for some seconds, stopped with Ctrl-C (SIGINT). Spend must grow in the API, raw and ledger
-files must land, every process it started must be gone, and the nightly job over the lake it left
-must reconcile with the ledger exactly.
-
-Its supervision too: the worker and the lake sink killed with SIGKILL while they hold orders and
-records must be reported and started again, resume where they were (spend keeps growing, files keep
-landing), and the lake must still reconcile exactly. The test finds their pids in ``live.json``,
-which ``attribution live`` rewrites (by a rename) whenever a part exits or starts again."""
+"""``make live``'s supervision: the worker and the lake sink killed with SIGKILL while they hold
+orders and records must be reported and started again, resume where they were (spend keeps
+growing, files keep landing), and the lake must still reconcile exactly. The test finds their pids
+in ``live.json``, which ``attribution live`` rewrites (by a rename) whenever a part exits or starts
+again. Its plain run (watched through the API, stopped with Ctrl-C, its printed commands run) is
+``test_printed_commands.py``'s, which shares this module's helpers."""
 
 from __future__ import annotations
 
@@ -158,27 +155,6 @@ def _campaigns(where: dict[str, Any]) -> list[str]:
 
 def _landed_since(folder: Path, pattern: str, since: float) -> bool:
     return any(p.stat().st_mtime > since for p in folder.glob(pattern))
-
-
-def test_make_live_moves_budgets_lands_files_and_stops_clean_on_ctrl_c(tmp_path: Path, spark: Any) -> None:
-    with _live(tmp_path) as (proc, folder, out):
-        where = _wait("live.json", lambda: _where(folder), 120, proc, out)
-        campaigns = _campaigns(where)
-        api, key = where["api"], where["admin_key"]
-        first = _wait("spend in the API", lambda: _spend(api, key, campaigns), 90, proc, out)
-        _wait("spend growing", lambda: _spend(api, key, campaigns) > first, 60, proc, out)
-        lake = Path(where["lake"])
-        _wait("raw files", lambda: any((lake / "raw").glob("*/dt=*/hour=*/*.parquet")), 60, proc, out)
-        _wait("ledger files", lambda: any((lake / "realtime_ledger").glob("dt=*/*.parquet")), 60, proc, out)
-        worker_metrics = httpx.get(where["metrics"]["worker"]).text
-        assert "attribution_decisions_total" in worker_metrics
-        assert "lake_sink_files_total" in httpx.get(where["metrics"]["lake_sink"]).text
-        text = _stop(proc, out)
-    for part in ("worker", "lake-sink", "api"):
-        assert f"{part}: stopped " in text, text[-3000:]
-    assert "restarted" not in text
-    _none_left(where["pids"])
-    _reconciles(spark, folder, where)
 
 
 def test_make_live_restarts_a_killed_worker_and_lake_sink_which_resume_exactly(

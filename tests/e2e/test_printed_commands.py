@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.e2e.test_live import _kill_leftovers, _where
+from storage import open_lake, partition
+from tests.e2e.test_live import _campaigns, _kill_leftovers, _none_left, _spend, _stop, _wait, _where
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -90,7 +92,14 @@ def _console_answers(lines: list[str]) -> None:
     assert 'name="api_key"' in _ok(f"curl -fsSL '{url}'", 60), said
 
 
-def test_the_commands_make_live_prints_run_as_printed(tmp_path: Path) -> None:
+def test_make_live_moves_budgets_lands_files_stops_clean_on_ctrl_c_and_its_commands_run_as_printed(
+    tmp_path: Path,
+) -> None:
+    """One ``make live`` run, as a newcomer's: spend grows in the API it prints, raw and ledger files
+    land, both parts serve their metrics; every command it prints (the curls, the console's address,
+    the budget table) runs as printed while it runs; Ctrl-C stops every process it started, none
+    restarted; the nightly commands its stop summary prints run as printed and reconcile the lake it
+    left with the flushed ledger at exactly 0."""
     folder, log = tmp_path / "live", tmp_path / "live.out"
     started = time.time()
     with log.open("wb") as fh:
@@ -116,21 +125,32 @@ def test_the_commands_make_live_prints_run_as_printed(tmp_path: Path) -> None:
         sourced = [line for line in lines if line.startswith("set -a;") and "budget show" in line]
         assert len(sourced) == 1, lines
         _ok(sourced[0].replace(" --watch", ""), 60)  # the live table, drawn once
+
+        where = _wait("live.json", lambda: _where(folder), 120, proc, log)
+        campaigns = _campaigns(where)
+        api, key = where["api"], where["admin_key"]
+        first = _wait("spend in the API", lambda: _spend(api, key, campaigns), 90, proc, log)
+        _wait("spend growing", lambda: _spend(api, key, campaigns) > first, 60, proc, log)
+        lake = Path(where["lake"])
         # The summary names the nightly job's commands only for days whose orders reached the lake
         # (else it says there is nothing to run on): stop once the sink has landed an order.
-        lake = Path(_where(folder)["lake"])
-        while not any((lake / "raw" / "order").glob("dt=*/hour=*/*.parquet")):
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline + 120, log.read_text()[-3000:]
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(120) == 0, log.read_text()[-3000:]
+        _wait(
+            "raw orders", lambda: any((lake / "raw" / "order").glob("dt=*/hour=*/*.parquet")), 120, proc, log
+        )
+        _wait("ledger files", lambda: any((lake / "realtime_ledger").glob("dt=*/*.parquet")), 60, proc, log)
+        assert "attribution_decisions_total" in httpx.get(where["metrics"]["worker"]).text
+        assert "lake_sink_files_total" in httpx.get(where["metrics"]["lake_sink"]).text
+        text = _stop(proc, log)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         _kill_leftovers(folder, started)
-    lines = _lines(log.read_text())
+    for part in ("worker", "lake-sink", "api"):
+        assert f"{part}: stopped " in text, text[-3000:]
+    assert "restarted" not in text
+    _none_left(where["pids"])
+    lines = _lines(text)
     after = lines[next(i for i, line in enumerate(lines) if line.startswith("The nightly job")) + 1 :]
     printed = [line for line in after if line.startswith(("set -a", ".venv/", "/", "attribution"))]
     assert len(printed) == 2, after
@@ -139,6 +159,17 @@ def test_the_commands_make_live_prints_run_as_printed(tmp_path: Path) -> None:
     assert "discrepancy" in ran, ran
     assert (folder / "stop-summary.txt").exists()
     assert _where(folder)["parts"]["worker"]["state"] == "stopped"
+    # What the printed commands wrote: every ledger day reconciled at exactly 0, spend equal.
+    lake_view = open_lake(f"file://{lake}")
+    days = sorted(p.name.removeprefix("dt=") for p in (lake / "realtime_ledger").glob("dt=*"))
+    assert days, "no ledger day"
+    for day in days:
+        report = lake_view.manifest(partition("reconciliation", dt=day))
+        assert report is not None, day
+        assert report["orders"] > 0, report
+        assert report["discrepancy_pct"] == 0.0, report
+        assert report["batch_spend_minor"], report
+        assert report["realtime_spend_minor"] == report["batch_spend_minor"], report
 
 
 def test_the_stop_summary_names_only_days_whose_orders_landed(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,12 @@ def test_dagbag_imports_cleanly(dagbag: Any) -> None:
     assert set(rerun.params.keys()) == {"start_date", "end_date", "models", "from_scratch", "follow"}
     assert nightly.catchup is False
     assert nightly.max_active_runs == 1
+    # The sensor retries within a poke interval, not the DAG's 10 minutes (apache/airflow#71172).
+    sensor = nightly.get_task("wait_for_raw")
+    assert sensor.mode == "reschedule"
+    assert sensor.retry_delay == timedelta(seconds=sensor.poke_interval)
+    assert sensor.retries >= 3
+    assert nightly.get_task("run_job").retry_delay == timedelta(minutes=10)
 
 
 def test_parsing_the_dags_imports_no_heavy_library() -> None:
