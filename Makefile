@@ -6,8 +6,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 EXTRAS ?= all,dev
 PYTEST_ARGS ?=
-# Test files run two at a time, the costliest first (tests/durations.py): most wait on servers and
-# processes, and each worker has its own.
+# Test files run two at a time: most wait on servers and processes, and each worker has its own.
 PYTEST_WORKERS ?= 2
 LIVE_ARGS ?=
 
@@ -37,7 +36,7 @@ live: setup ## run the production loop on this machine (broker, Redis, worker, l
 	$(VENV)/bin/attribution live $(LIVE_ARGS)
 
 test: setup ## run the whole test suite (unit, integration, peer, e2e), PYTEST_WORKERS files side by side
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: setup ## run the fast pure tests only
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)

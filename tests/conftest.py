@@ -28,16 +28,6 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "airflow_dags")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The costliest test files first, so the two workers finish together (``tests/durations.py``);
-    each file's tests keep their order. With xdist this needs ``--no-loadscope-reorder``, which
-    ``make test`` passes."""
-    from tests.durations import load, order_key
-
-    key = order_key(load())
-    items.sort(key=lambda item: key(item.nodeid))
-
-
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[object]:
     """One redis-server on a free port for the whole run (never the machine's shared one)."""
