@@ -29,6 +29,17 @@ DAY = budget_day(NOW, "UTC").isoformat()
 MAX_AGE_MS = 400
 
 
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """``NOW`` and ``DAY`` at each test's start, not at import: the cached reader loads the budget
+    day of its own clock (the wall clock), so a ``NOW`` taken when the suite was collected named
+    yesterday's day once a long run crossed midnight UTC (a fresh-clone run collected at 23:57 ran
+    this file at 00:05: its 6 tests failed on the day's keys the reader never loaded)."""
+    global NOW, DAY  # the module's helpers and tests read them
+    NOW = int(time.time() * 1000)
+    DAY = budget_day(NOW, "UTC").isoformat()
+
+
 class CountingClient:
     """The client, counting the pipelines it sends (each one is one round trip per node)."""
 
