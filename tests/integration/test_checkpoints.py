@@ -4,7 +4,6 @@ batch layer drops events dated in the future of their landing with the shared ru
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,6 @@ from tests import checkpoint_traffic as traffic
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DAYS = 14
 LATE = 10  # the day (index) a late cancel lands for, then rerun
-
-
-@pytest.fixture
-def small_spark(spark: Any) -> Iterator[Any]:
-    """The session's Spark, tuned for a few hundred events a night for this module's tests (about
-    30 runs of the job): two shuffle partitions, no adaptive re-planning (it costs more than it
-    saves here). The batch tests run the deployed settings."""
-    changes = {"spark.sql.shuffle.partitions": "2", "spark.sql.adaptive.enabled": "false"}
-    before = {k: spark.conf.get(k) for k in changes}
-    for k, v in changes.items():
-        spark.conf.set(k, v)
-    yield spark
-    for k, v in before.items():
-        spark.conf.set(k, v)
 
 
 def _rows(lake: Lake, ref: Any, key: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -66,9 +51,8 @@ def _outputs(lake: Lake, day: date, models: list[str]) -> dict[str, Any]:
 
 
 def test_nights_from_checkpoints_equal_the_from_scratch_job_before_and_after_a_rerun(
-    tmp_path: Path, small_spark: Any
+    tmp_path: Path, spark: Any
 ) -> None:
-    spark = small_spark
     lake = open_lake(f"file://{tmp_path}/lake")
     deliveries = traffic.deliveries(DAYS)
     land_events(lake, deliveries)
@@ -160,12 +144,11 @@ def test_nights_from_checkpoints_equal_the_from_scratch_job_before_and_after_a_r
     assert checkpoint.parent_digest == again[0].checkpoint.digest  # type: ignore[union-attr]
 
 
-def test_the_spark_forms_of_the_rules_answer_as_the_shared_functions(small_spark: Any) -> None:
+def test_the_spark_forms_of_the_rules_answer_as_the_shared_functions(spark: Any) -> None:
     from batch import rules
     from shared_logic.policy import in_future
     from shared_logic.settlement import cancel_counts
 
-    spark = small_spark
     t0 = utc_day_bounds_ms(traffic.START)[0]
     max_future = 300_000
     landed = [t0 - 1, t0, t0 + 123_456, t0 + 86_399_999]
@@ -202,7 +185,7 @@ def test_the_spark_forms_of_the_rules_answer_as_the_shared_functions(small_spark
     assert set(got.values()) == {True, False}
 
 
-def test_a_night_drops_events_dated_in_the_future_of_their_landing(tmp_path: Path, small_spark: Any) -> None:
+def test_a_night_drops_events_dated_in_the_future_of_their_landing(tmp_path: Path, spark: Any) -> None:
     from shared_logic import Catalog
     from shared_logic.contract import RAW, RAW_ROW
     from storage.arrow import table_of
@@ -239,7 +222,7 @@ def test_a_night_drops_events_dated_in_the_future_of_their_landing(tmp_path: Pat
     )
     config = traffic.settings()
 
-    run_day(small_spark, lake, catalog, date.fromisoformat(dt), config)
+    run_day(spark, lake, catalog, date.fromisoformat(dt), config)
     ledger = lake.read([partition(BATCH_LEDGER, dt=dt)]).to_pylist()
     assert [(e["order_id"], e["campaign_id"], e["touch_event_id"]) for e in ledger] == [("o1", "ad1", "c1")]
     clicks = {m["campaign_id"]: m["clicks"] for m in lake.read([partition(METRICS, dt=dt)]).to_pylist()}
@@ -251,6 +234,6 @@ def test_a_night_drops_events_dated_in_the_future_of_their_landing(tmp_path: Pat
         "future.parquet",
         table_of(RAW_ROW, [{**future, "ingested_at_ms": T0 + HOUR}]),
     )
-    run_day(small_spark, lake, catalog, date.fromisoformat(dt), config)
+    run_day(spark, lake, catalog, date.fromisoformat(dt), config)
     ledger = lake.read([partition(BATCH_LEDGER, dt=dt)]).to_pylist()
     assert [(e["order_id"], e["campaign_id"], e["touch_event_id"]) for e in ledger] == [("o1", "ad2", "c2")]
