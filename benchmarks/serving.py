@@ -1,20 +1,22 @@
 """Serving: budget-state reads and one ad request's answer for 50 candidates (direct from Redis,
-cached in the ad server's memory with pushed changes, over HTTP) under load, the cache's staleness,
-ROAS query latency.
+cached in the ad server's memory with pushed changes, over HTTP), the cache's staleness, ROAS
+query latency.
 
-Budget reads are timed one at a time from this process while a second process
-on loopback keeps the same server busy (HTTP requests, or Redis reads for the
-direct case), for a fixed time. ROAS queries ask an advertiser's 30 days, all
-models, over 90 days x 100 campaigns x 8 models of metrics, on DuckDB (over the
-lake) and PostgreSQL. /health is timed idle, then while three clients each loop
-over the costliest ROAS request the API allows and five wrong keys. Ratios are
-against the issue's targets (p99 < 5 ms over HTTP, < 1 ms direct), between the
-two stores, and against /health idle.
+Direct and cached reads are timed one at a time from this process, alone (the issue's condition:
+p99 < 1 ms on this machine), then while a second process keeps the same Redis busy (8 clients in
+a closed loop). HTTP reads are sent by a second process at 1,000 requests a second, open loop
+(each request at its scheduled time, timed from it, so a server that falls behind shows as late
+answers), with an ad-server key, against the issue's p99 < 5 ms. ROAS queries ask an
+advertiser's 30 days, all models, over 90 days x 100 campaigns x 8 models of metrics, on DuckDB
+(over the lake) and PostgreSQL. /health is timed idle, then while three clients each loop over
+the costliest ROAS request the API allows and five wrong keys. Ratios are against the issue's
+targets, between the two stores, and against /health idle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -75,6 +77,25 @@ UNTHROTTLED = {
     for role in ("ADMIN", "ADVERTISER", "AD_SERVER")
     for knob in ("PER_S", "BURST")
 }
+
+
+#: The request rate the HTTP reads are measured at (the issue's: p99 < 5 ms at 1,000 requests/s).
+HTTP_RATE = 1_000
+
+
+def _open_loop(url: str, key: str, rate: int, seconds: float) -> dict[str, Any]:
+    """``rate`` requests a second to ``url`` for ``seconds`` from a second process
+    (``benchmarks._load``): each request's latency from its scheduled send time."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks._load", url, key, str(rate), str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    if result["error_count"]:
+        console.print(f"[yellow]{result['error_count']} requests failed, e.g. {result['errors']}[/yellow]")
+    return result
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -276,21 +297,25 @@ def run() -> list[Row]:
             client.set(keys.spend_day(c.campaign_id, budget_day(now, c.budget.timezone).isoformat()), 1234)
             client.set(keys.spend_lifetime(c.campaign_id), 5678)
         client.close()
-        # Direct reads while a second process reads the same Redis.
+        # Direct reads, alone (the target's condition), then while a second process keeps the
+        # same Redis busy (8 clients in a closed loop).
+        direct = asyncio.run(_direct_reads(server.url, catalog, n_reads))
         load = subprocess.Popen(
             [sys.executable, "-c", LOAD_SCRIPT, "redis", server.url, "attr:x", str(seconds)]
         )
         time.sleep(0.5)
-        direct = asyncio.run(_direct_reads(server.url, catalog, n_reads))
+        direct_busy = asyncio.run(_direct_reads(server.url, catalog, n_reads))
         load.wait()
-        # One ad request's answer for 50 candidates: direct, cached, while a second process reads.
+        # One ad request's answer for 50 candidates: direct and cached, alone, then direct while
+        # a second process reads the same Redis.
         plain, capped, candidates = _answer_catalog(catalog)
         _fill_answer_state(server.url, capped, candidates, int(time.time() * 1000))
+        answers = asyncio.run(_answers(server.url, plain, capped, candidates, n_reads, n_changes))
         load = subprocess.Popen(
-            [sys.executable, "-c", LOAD_SCRIPT, "redis", server.url, "attr:x", str(seconds * 2)]
+            [sys.executable, "-c", LOAD_SCRIPT, "redis", server.url, "attr:x", str(seconds)]
         )
         time.sleep(0.5)
-        answers = asyncio.run(_answers(server.url, plain, capped, candidates, n_reads, n_changes))
+        answers_busy = asyncio.run(_answers(server.url, plain, capped, candidates, n_reads, 0))
         load.wait()
         # HTTP reads while a second process sends requests to the same API.
         lake = _metrics_lake(folder + "/lake", catalog, days)
@@ -298,6 +323,7 @@ def run() -> list[Row]:
         cat_path.write_text(yaml.safe_dump({"campaigns": capped.to_records()}))
         key = add_key(Path(folder, "keys.yaml"), "bench", "admin")
         hammer_key = add_key(Path(folder, "keys.yaml"), "hammer", "admin")
+        ad_key = add_key(Path(folder, "keys.yaml"), "ad-server", "ad_server")
         port = free_port()
         env = {
             **os.environ,
@@ -318,33 +344,18 @@ def run() -> list[Row]:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        target = f"{base}/v1/budget?campaign_id={catalog.to_records()[0]['campaign_id']}"
-        load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, "http", target, key, str(seconds)])
-        time.sleep(0.5)
-        http = []
-        with httpx.Client(headers={"X-API-Key": key}) as c:
-            ids = [r["campaign_id"] for r in catalog.to_records()]
-            for i in range(n_reads):
-                t0 = time.perf_counter()
-                resp = c.get(f"{base}/v1/budget", params={"campaign_id": ids[i % len(ids)]})
-                http.append(time.perf_counter() - t0)
-                assert resp.status_code == 200
-        load.wait()
-        # The 50-candidate answer over HTTP, while a second process asks the same.
+        # Over HTTP: an ad-server key's requests at the issue's rate, sent open-loop by a second
+        # process (each at its scheduled time, timed from it).
+        budget_url = f"{base}/v1/budget?campaign_id={catalog.to_records()[0]['campaign_id']}"
+        http = _open_loop(budget_url, ad_key, HTTP_RATE, seconds)
         answer_url = f"{base}/v1/answer?" + urlencode(
             {"user_id": "u1", "campaign_id": candidates}, doseq=True
         )
-        load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, "http", answer_url, key, str(seconds)])
-        time.sleep(0.5)
-        http_answer = []
-        with httpx.Client(headers={"X-API-Key": key}) as c:
-            for _ in range(n_reads):
-                t0 = time.perf_counter()
-                resp = c.get(answer_url)
-                http_answer.append(time.perf_counter() - t0)
-                assert resp.status_code == 200, resp.text
-                assert len(resp.json()) == N_CANDIDATES
-        load.wait()
+        with httpx.Client(headers={"X-API-Key": ad_key}) as c:
+            resp = c.get(answer_url)
+            assert resp.status_code == 200, resp.text
+            assert len(resp.json()) == N_CANDIDATES
+        http_answer = _open_loop(answer_url, ad_key, HTTP_RATE, seconds)
         # The costliest ROAS request the API allows: every campaign, as many days as the bound lets.
         n_days = max(1, min(days, 5_000 // len(catalog)))
         idle_health, busy_health = _health_under_hammer(base, key, hammer_key, n_days, seconds)
@@ -368,23 +379,45 @@ def run() -> list[Row]:
             "vs idle",
         )
     )
+    busy = "while a second process keeps Redis busy (8 clients, closed loop)"
     rows.append(Row("budget read p50, direct Redis", _pct(direct, 0.5) * 1e3, 1.0, "ms", "vs 1 ms target"))
     rows.append(Row("budget read p99, direct Redis", _pct(direct, 0.99) * 1e3, 1.0, "ms", "vs 1 ms target"))
-    rows.append(Row("budget read p50, HTTP", _pct(http, 0.5) * 1e3, 5.0, "ms", "vs 5 ms target"))
-    rows.append(Row("budget read p99, HTTP", _pct(http, 0.99) * 1e3, 5.0, "ms", "vs 5 ms target"))
+    rows.append(Row("budget read p99, direct Redis, busy", _pct(direct_busy, 0.99) * 1e3, 1.0, "ms", busy))
+    at_rate = f"{HTTP_RATE:,} req/s open loop from a second process"
+    for name, run_ in (("budget read", http), ("answer", http_answer)):
+        rows.append(
+            Row(
+                f"{name} p50, HTTP",
+                _pct(run_["latencies_s"], 0.5) * 1e3,
+                5.0,
+                "ms",
+                f"{at_rate} ({run_['sent'] / run_['seconds']:,.0f} answered/s over the run, "
+                f"{run_['error_count']} errors)"
+                + (
+                    f"; {N_CANDIDATES} candidates, {N_FREQ_CAPPED} with a frequency cap"
+                    if name == "answer"
+                    else ""
+                ),
+            )
+        )
+        rows.append(
+            Row(f"{name} p99, HTTP", _pct(run_["latencies_s"], 0.99) * 1e3, 5.0, "ms", "vs 5 ms target")
+        )
 
     f = f"{N_CANDIDATES} candidates"
     for label, times, note in (
         ("direct Redis", answers["direct"], f"one round trip; {N_FREQ_CAPPED} with a frequency cap"),
         ("cached, no frequency cap", answers["cached"], "budget part from memory: no round trip"),
         ("cached", answers["cached_freq"], f"{N_FREQ_CAPPED} with a frequency cap: one round trip for those"),
-        ("HTTP /v1/answer", http_answer, f"{N_FREQ_CAPPED} with a frequency cap"),
     ):
-        target = 5.0 if label.startswith("HTTP") else 1.0
+        target = 1.0
         rows.append(Row(f"answer p50, {label}", _pct(times, 0.5) * 1e3, target, "ms", f"{f}; {note}"))
         rows.append(
             Row(f"answer p99, {label}", _pct(times, 0.99) * 1e3, target, "ms", f"vs {target:g} ms target")
         )
+    rows.append(
+        Row("answer p99, direct Redis, busy", _pct(answers_busy["direct"], 0.99) * 1e3, 1.0, "ms", busy)
+    )
     stale = answers["staleness"]
     stats = answers["stats"]
     for q, name in ((0.5, "p50"), (0.99, "p99"), (1.0, "max")):

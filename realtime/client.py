@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -24,6 +24,9 @@ from shared_logic.errors import InvalidSetting
 from shared_logic.settings import RedisSettings
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: Connections a process keeps to one Redis server at most, and how long a command waits for one.
+MAX_CONNECTIONS = 100
+POOL_WAIT_S = 5.0
 
 
 def is_cluster(url: str) -> bool:
@@ -34,7 +37,12 @@ def connect(section: RedisSettings) -> Any:
     """An asyncio client for ``section.url`` (``Redis`` or ``RedisCluster``)."""
     url = section.url
     if not is_cluster(url):
-        return Redis.from_url(url)
+        # A burst of concurrent requests (the API at 1,000 ad requests a second) waits for one of
+        # the pool's connections instead of failing: redis-py's default pool raises
+        # MaxConnectionsError past 100, which the API answered as 503.
+        return Redis.from_pool(
+            BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S)
+        )
     parsed = urlparse(url)
     nodes = []
     for part in parsed.netloc.rsplit("@", 1)[-1].split(","):

@@ -14,6 +14,7 @@ from realtime.views import Retention, closed_days, ivt_summaries, lake_view
 from reporting.auth import KeyRing
 from reporting.ratelimit import RateLimiter
 from reporting.stores import open_store
+from serving import AnswerReader
 from shared_logic import Catalog
 from shared_logic.contract import IvtSummary
 from shared_logic.settings import Settings
@@ -34,6 +35,8 @@ class State:
         self.keys = Keys.of(settings.keys)
         self.keyring = KeyRing.load(settings.api.keys_path)
         self.limiter = RateLimiter(self.redis, settings.keys.prefix)
+        # One reader for every ad request: it keeps its memos of budget days and keys.
+        self.answers = AnswerReader(self.redis, self.catalog, self.keys, settings.pacing)
         self.policy = settings.rules.policy()
         self.givt = load_givt_lists(settings.rules)  # a touch the layers refuse is not counted
         rt, lateness = settings.realtime, settings.rules.allowed_lateness_ms

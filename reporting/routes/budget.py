@@ -17,7 +17,7 @@ from reporting.errors import CampaignNotFound
 from reporting.problems import openapi_responses
 from reporting.routes.deps import KEYED, Caller, Core, visible
 from reporting.state import State
-from serving import AdAnswer, AnswerReader
+from serving import AdAnswer
 
 router = APIRouter(tags=["budget"])
 
@@ -81,7 +81,6 @@ async def answer(
     server's candidate list may run ahead of the catalog."""
     if who.role not in ("admin", "ad_server"):
         raise HTTPException(403, "the ad request answer is for ad-server keys")
-    reader = AnswerReader(state.redis, state.catalog, state.keys, state.settings.pacing)
     now = at if at is not None else int(time.time() * 1000)
-    answers = await reader.answer(user_id, campaign_id, now)
+    answers = await state.answers.answer(user_id, campaign_id, now)
     return Response(orjson.dumps(answers), media_type="application/json")  # type: ignore[return-value]

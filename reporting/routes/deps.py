@@ -36,11 +36,21 @@ def caller(request: Request, key: Annotated[str | None, Security(api_key_header)
     return found
 
 
+# The dependencies are ``async``: FastAPI runs a plain ``def`` dependency in its thread pool, two
+# thread hops a request for an attribute read and a hash lookup.
+async def _core(request: Request) -> State:
+    return core(request)
+
+
+async def _caller(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> ApiKey:
+    return caller(request, key)
+
+
 # Module level: FastAPI resolves string annotations (from __future__) in the globals of the module
 # that declares the route, so a route module imports these names rather than spelling them out.
 KeyHeader = Annotated[str | None, Security(api_key_header)]
-Caller = Annotated[ApiKey, Depends(caller)]
-Core = Annotated[State, Depends(core)]
+Caller = Annotated[ApiKey, Depends(_caller)]
+Core = Annotated[State, Depends(_core)]
 KEYED = openapi_responses(401, 413, 414, 429, 431, 500)
 
 

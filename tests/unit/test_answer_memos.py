@@ -1,0 +1,64 @@
+"""The ad-request reader's memos: a budget day taken from the zone's remembered day bounds, and
+keys built once a campaign and day, answer what the direct computations answer, across day turns
+and clock changes, in time order and out of it."""
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from realtime.keys import Keys
+from serving import AnswerReader
+from shared_logic import Catalog, budget_day
+from shared_logic.settings import KeySettings
+from tests.factories import campaign
+
+pytestmark = pytest.mark.unit
+
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Pacific/Chatham", "Asia/Kolkata", "America/Santiago"]
+# Around 2026's clock changes in these zones, and ordinary midnights.
+AROUND = [
+    datetime(2026, 3, 8, 6, 59, tzinfo=UTC),  # New York springs forward at 07:00 UTC
+    datetime(2026, 3, 29, 0, 59, tzinfo=UTC),  # Berlin springs forward at 01:00 UTC
+    datetime(2026, 4, 4, 13, 0, tzinfo=UTC),  # Chatham falls back (14:00 UTC, 03:45 local)
+    datetime(2026, 4, 5, 2, 30, tzinfo=UTC),  # Santiago falls back (03:00 UTC)
+    datetime(2026, 9, 6, 3, 0, tzinfo=UTC),  # Santiago springs forward (04:00 UTC)
+    datetime(2026, 10, 25, 0, 30, tzinfo=UTC),  # Berlin falls back
+    datetime(2026, 11, 1, 5, 30, tzinfo=UTC),  # New York falls back
+    datetime(2026, 12, 31, 23, 0, tzinfo=UTC),
+]
+
+
+def _instants(rng: random.Random) -> list[int]:
+    out = []
+    for at in AROUND:
+        base = int(at.timestamp() * 1000)
+        out += [base + rng.randint(-36, 36) * 3_600_000 + rng.randint(-60_000, 60_000) for _ in range(40)]
+        out += [base + k * 60_000 for k in range(-90, 91, 7)]
+    return out
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_the_remembered_budget_day_is_the_zone_conversions_day(order: str) -> None:
+    rng = random.Random(7)
+    instants = _instants(rng)
+    if order == "sorted":
+        instants.sort()
+    else:
+        rng.shuffle(instants)
+    reader = AnswerReader(None, Catalog([]), Keys.of(KeySettings()))
+    for t in instants:
+        for zone in ZONES:
+            assert reader.day(zone, t) == budget_day(t, zone).isoformat(), (zone, t)
+
+
+def test_memoised_keys_are_the_layouts_keys_for_each_day() -> None:
+    keys = Keys.of(KeySettings(budget_shards=7))
+    cat = Catalog([campaign(f"c{i}") for i in range(30)])
+    reader = AnswerReader(None, cat, keys)
+    for day in ("2026-11-01", "2026-11-02", "2026-11-01"):
+        for c in cat:
+            cid = c.campaign_id
+            shard, triple = reader._budget_keys(cid, day)
+            assert shard == keys.shard(cid)
+            assert triple == (keys.spend_day(cid, day), keys.spend_lifetime(cid), keys.pacing(cid))
