@@ -1,4 +1,5 @@
--- The budget part of the ad server's answer, for the campaigns of one budget shard (one slot).
+-- The budget part of the ad server's answer, for the campaigns of one budget shard on a Redis Cluster
+-- (one slot), or for all of them on one server.
 -- Read only. KEYS: per campaign, its budget-day spend, lifetime spend and pacing-state keys.
 -- ARGV: the pacing hash's fields to read. Returns, per campaign, the two spends then the fields.
 local out = {}
