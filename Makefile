@@ -36,7 +36,7 @@ live: setup ## run the production loop on this machine (broker, Redis, worker, l
 	$(VENV)/bin/attribution live $(LIVE_ARGS)
 
 test: setup ## run the whole test suite (unit, integration, peer, e2e), PYTEST_WORKERS files side by side
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: setup ## run the fast pure tests only
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)

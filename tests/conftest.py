@@ -119,34 +119,3 @@ def spark() -> Iterator[object]:
     )
     yield session
     session.stop()
-
-
-#: Files that start the run instead of ending it. xdist's own order (``--dist loadfile``: files
-#: with the most tests first) leaves the one-test files to the end, and the two longest of them,
-#: the Airflow scheduler's (about 210 s) and the Spark cluster's (about 100 s), then ran last while
-#: the other worker sat idle: in fresh-clone runs of 1,270.62 s and 1,292.47 s the last 100-150 s
-#: had one of them alone. At the start they run side by side (as they did at the end of the second
-#: run, without slowing each other out of bounds) and the light files fill the tail. The other
-#: heavy files are not moved: side by side with the Airflow test they slow each other far more
-#: than their sum (the checkpoint test: 304 s beside light files, 700 s beside it; see
-#: tests/README.md).
-FIRST_FILES = ("tests/integration/test_airflow_scheduler.py", "tests/integration/test_spark_cluster.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """xdist's file order (most tests first; ``make test`` passes ``--no-loadscope-reorder`` so
-    this order is the one it schedules), with ``FIRST_FILES`` ahead of it."""
-    count: dict[str, int] = {}
-    first_seen: dict[str, int] = {}
-    for i, item in enumerate(items):
-        path = item.nodeid.split("::", 1)[0]
-        count[path] = count.get(path, 0) + 1
-        first_seen.setdefault(path, i)
-
-    def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
-        i, item = pair
-        path = item.nodeid.split("::", 1)[0]
-        rank = FIRST_FILES.index(path) if path in FIRST_FILES else len(FIRST_FILES)
-        return (rank, -count[path], first_seen[path], i)
-
-    items[:] = [item for _, item in sorted(enumerate(items), key=key)]
