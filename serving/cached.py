@@ -44,7 +44,7 @@ from redis.asyncio import Connection
 from redis.exceptions import RedisError
 
 from serving.answer import MAX_CANDIDATES, AdAnswer, AnswerReader, parse
-from shared_logic import Campaign, budget_day
+from shared_logic import Campaign
 from shared_logic.errors import InvalidInput, InvalidSetting
 
 _FLUSH = object()
@@ -271,8 +271,7 @@ class CachedAnswerReader:
             }
             today = self.clock_ms()
             days = {
-                c.campaign_id: self._want_day.get(c.campaign_id)
-                or budget_day(today, c.budget.timezone).isoformat()
+                c.campaign_id: self._want_day.get(c.campaign_id) or self.reader.day(c.budget.timezone, today)
                 for c in campaigns
             }
             read_at = time.monotonic()
