@@ -27,7 +27,14 @@ $(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
 	$(UV) pip install --python $(PY) -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the project, its extras and system packages
+# The class-data archive Spark's drivers start from (batch/cds.py: about half a JVM's start-up CPU).
+# Only an optimisation: when it cannot be recorded, say so and go on without it.
+ARCHIVE := $(VENV)/.spark-class-archive
+$(ARCHIVE): $(STAMP)
+	$(VENV)/bin/attribution batch class-archive || echo "warning: no Spark class-data archive (Spark starts without it)"
+	touch $(ARCHIVE)
+
+setup: $(STAMP) $(ARCHIVE) ## create .venv, install the project, its extras and system packages, record Spark's class archive
 
 demo: setup ## run the end-to-end demo on the embedded default and print the ROAS report
 	$(VENV)/bin/attribution demo

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any
 
+from batch.cds import driver_options
 from shared_logic.contract import RowSchema
 from shared_logic.errors import MissingExtra
 from shared_logic.settings import SparkSettings
@@ -28,9 +29,11 @@ def spark_session(
 
     ``local[2]`` by default, UI and console progress off, UTC, few shuffle
     partitions, dynamic partition overwrite (a rerun replaces exactly the dates
-    it writes), and Spark's Python workers on this interpreter.
+    it writes), Spark's Python workers on this interpreter, and a driver that
+    starts from the class-data archive of ``section.class_archive`` (``batch.cds``).
     """
     try:
+        from pyspark import SparkContext
         from pyspark.sql import SparkSession
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtra("the batch layer (pyspark)", "batch") from exc
@@ -55,6 +58,12 @@ def spark_session(
         # more than 32 paths with a job of its own, which on one machine costs more than the
         # driver's listing. A cluster over S3 keeps the parallel listing.
         builder = builder.config("spark.sql.sources.parallelPartitionDiscovery.threshold", "4096")
+    conf = dict(conf)
+    if SparkContext._active_spark_context is None:  # options of a JVM still to start
+        archive = driver_options(section.class_archive)
+        if archive:
+            given = conf.get("spark.driver.extraJavaOptions", "")
+            conf["spark.driver.extraJavaOptions"] = f"{given} {archive}".strip()
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

@@ -105,6 +105,13 @@ class SparkSettings(_Section):
     master: str = Field("local[2]", description="local[N], spark://…, k8s://…")
     shuffle_partitions: int = Field(8, ge=1)
     driver_memory: str = "4g"
+    class_archive: str = Field(
+        "auto",
+        min_length=1,
+        description="a class-data archive of Spark's classes the driver's JVM starts from (about half "
+        "its start-up CPU): 'auto' (this environment's, recorded by `attribution batch class-archive`, "
+        "when there is one), a path, or 'off'",
+    )
 
 
 class StoreSettings(_Section):
