@@ -44,7 +44,7 @@ CATALOG = Catalog.from_records(
             "merchant_ids": ["m2"],
             "currency": "USD",
             "pricing": {"model": "fixed", "fee_minor": 200},
-            "budget": {"lifetime_minor": 6_000, "timezone": "UTC"},
+            "budget": {"lifetime_minor": 4_800, "timezone": "UTC"},
             "windows": {"click_ms": MS_PER_DAY, "view_ms": 6 * MS_PER_HOUR},
         },
         {

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from batch.cds import driver_options
 from batch.job import run_range
 from batch.reconcile import reconcile_day
 from devtools.servers import free_port
@@ -69,6 +70,8 @@ class SparkStandalone:
             "SPARK_LOCAL_IP": "127.0.0.1",
             "SPARK_LOG_DIR": self._dir.name,
             "SPARK_DAEMON_MEMORY": "256m",
+            # The daemons share the drivers' classpath, so they start from the same class archive.
+            "SPARK_DAEMON_JAVA_OPTS": driver_options("auto"),
             # Executors inherit their worker's environment: nodes in another zone than the driver
             # must change nothing (every day boundary is UTC, or a campaign's own zone).
             "TZ": "Pacific/Chatham",
