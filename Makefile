@@ -27,14 +27,15 @@ $(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
 	$(UV) pip install --python $(PY) -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-# The class-data archive Spark's drivers start from (batch/cds.py: about half a JVM's start-up CPU).
-# Only an optimisation: when it cannot be recorded, say so and go on without it.
+# The class-data archive Spark's drivers start from (batch/cds.py: about half a JVM's start-up CPU),
+# recorded once (about a minute) before the suite, which starts dozens of Spark drivers; the demo
+# does not wait for it. Only an optimisation: when it cannot be recorded, say so and go on.
 ARCHIVE := $(VENV)/.spark-class-archive
 $(ARCHIVE): $(STAMP)
 	$(VENV)/bin/attribution batch class-archive || echo "warning: no Spark class-data archive (Spark starts without it)"
 	touch $(ARCHIVE)
 
-setup: $(STAMP) $(ARCHIVE) ## create .venv, install the project, its extras and system packages, record Spark's class archive
+setup: $(STAMP) ## create .venv and install the project, its extras and system packages
 
 demo: setup ## run the end-to-end demo on the embedded default and print the ROAS report
 	$(VENV)/bin/attribution demo
@@ -42,7 +43,7 @@ demo: setup ## run the end-to-end demo on the embedded default and print the ROA
 live: setup ## run the production loop on this machine (broker, Redis, worker, lake sink, API, live traffic); Ctrl-C stops it
 	$(VENV)/bin/attribution live $(LIVE_ARGS)
 
-test: setup ## run the whole test suite (unit, integration, peer, e2e), PYTEST_WORKERS files side by side
+test: setup $(ARCHIVE) ## run the whole test suite (unit, integration, peer, e2e), PYTEST_WORKERS files side by side
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: setup ## run the fast pure tests only

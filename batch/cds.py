@@ -13,7 +13,7 @@ classes already parsed and verified; a JVM that maps it starts in about half the
   reader never sees a partial file (a truncated archive crashes the JVM that maps it).
 - The archive is only valid for the Java build and the jars that recorded it: its name holds a
   digest of both (``archive_key``), so another Java or pyspark finds none and starts as
-  before. ``make setup`` records it into the virtualenv (``share/attribution/``).
+  before. ``make test`` records it into the virtualenv first (``share/attribution/``).
 - ``spark_session`` gives the driver ``-XX:SharedArchiveFile`` when the setting
   ``ATTRIBUTION_SPARK_CLASS_ARCHIVE`` is ``auto`` (the default: this environment's archive, when
   there is one) or a path; ``off`` starts without. Executors on a cluster are not given it (the

@@ -1,5 +1,5 @@
 """The class-data archive Spark's drivers start from (``batch.cds``), with real JVMs: the product's
-driver maps the archive ``make setup`` recorded, and an archive a JVM cannot map is never moved
+driver maps the archive ``make test`` recorded first, and an archive a JVM cannot map is never moved
 into place (a truncated one crashes the JVM that maps it)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_a_driver_loads_sparks_classes_from_the_archive_setup_recorded(tmp_path:
     option in ``spark_session`` fails this test)."""
     archive = cds.default_path()
     assert archive is not None
-    assert archive.is_file(), "make setup records it (attribution batch class-archive)"
+    assert archive.is_file(), "make test records it first (attribution batch class-archive)"
     log = tmp_path / "classes.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
     done = subprocess.run(
@@ -51,7 +51,7 @@ def test_an_archive_the_jvm_cannot_map_is_never_moved_into_place(
     temporary file is left (mutant: moving before the check fails this test)."""
     real = cds.default_path()
     assert real is not None
-    assert real.is_file(), "make setup records it (attribution batch class-archive)"
+    assert real.is_file(), "make test records it first (attribution batch class-archive)"
     check = cds._child
 
     def child(step: str, archive: Path) -> None:
