@@ -3,7 +3,7 @@
 A simulated ad server steps through two days minute by minute (day 1 warms up: its late orders
 land on day 2, the controller learns); requests follow a day-parted curve. Before serving it asks
 the engine: once a minute it reads every campaign's answer (``serving.AnswerReader``, one round
-trip: the cached mode of the budget part) and, per request and campaign, serves by
+trip: the cached mode of the budget part) and, per request and candidate campaign, serves by
 
 - ``no pacing``: serve while the answer says servable (capping only);
 - ``ratio``: the existing ``pacing`` ratio (share of the cap spent / share of the day elapsed,
@@ -11,7 +11,10 @@ trip: the cached mode of the budget part) and, per request and campaign, serves 
 - ``controller``: the answer's serve probability (``shared_logic.pacing``, stepped by the
   speed layer).
 
-What it served (impressions, clicks at the generator's 5% CTR, orders at its 8% click
+Each campaign is a candidate in its own share of the requests, sized so that its daily cap pays
+for ``cap_orders()`` orders (200; 40 with ``BENCH_QUICK``) whatever its tightness: the cap is
+10% to 150% of what serving every request it is a candidate in would charge. What it served
+(impressions, clicks at the generator's 5% CTR, orders at its 8% click
 conversion, 70% of them after an exponential delay of mean 40 min and 30% uniformly within two
 days) goes through the real speed layer (``SpeedLayer``: Redis, Lua, the production code) on a
 private redis-server. Reported for day 2 per mode: utilisation (% of the daily cap charged),
@@ -28,6 +31,7 @@ latency of one answer for 50 candidates against the existing budget read of the 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import os
 import random
@@ -76,6 +80,23 @@ SPECS = [
 ]
 
 
+def cap_orders() -> int:
+    """Orders a day each campaign's daily cap pays for (its cap is that many mean charges).
+
+    Each campaign is a candidate in its own share of the requests, sized so that its cap pays for
+    this many orders whatever its tightness (``cap_share``): a tight campaign is one whose
+    audience is large against its budget, not one with fewer orders. Pacing is measured on
+    spend, which moves one order at a time: a campaign of ``n`` orders a day cannot track a curve
+    closer than the order timing allows (about ``sqrt(mean W(1 − W) / n)``, printed beside the
+    error), so ``n`` is sized like a real CPO campaign's day, not a handful."""
+    return 40 if quick() else 200
+
+
+def requests_per_min(spec: CampaignSpec) -> float:
+    """Requests a minute, at a shape weight of 1, in which ``spec`` is a candidate."""
+    return cap_orders() / spec.cap_share / (sum(SHAPE) * 60 * CTR * CVR)
+
+
 @dataclass
 class Result:
     utilisation: dict[str, float] = field(default_factory=dict)
@@ -86,8 +107,7 @@ class Result:
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # (spend share, target)
 
 
-def _catalog(per_min: float) -> Catalog:
-    full_orders = per_min * sum(SHAPE) * 60 * CTR * CVR
+def _catalog() -> Catalog:
     records = []
     for i, s in enumerate(SPECS):
         price = FEE if s.bps is None else 5_000 * s.bps // 10_000
@@ -100,7 +120,7 @@ def _catalog(per_min: float) -> Catalog:
                 "merchant_ids": [f"m{i}"],
                 "currency": "USD",
                 "pricing": pricing,
-                "budget": {"daily_minor": max(int(full_orders * price * s.cap_share), 1)},
+                "budget": {"daily_minor": cap_orders() * price},
             }
         )
     return Catalog.from_records(records)
@@ -118,9 +138,10 @@ def _serve_p(mode: str, answer: Any, ratio: float | None, elapsed: float) -> flo
     return float(answer.serve_probability)
 
 
-async def _simulate(mode: str, url: str, per_min: float, seed: int = 11) -> Result:
+async def _simulate(mode: str, url: str, seed: int = 11) -> Result:
     rng = random.Random(seed)
-    catalog = _catalog(per_min)
+    catalog = _catalog()
+    rates = {s.cid: requests_per_min(s) for s in SPECS}
     # The controller is told the delay mixture the simulation draws from (learning it is open).
     settings = Settings().replace(
         redis_url=url,
@@ -140,7 +161,7 @@ async def _simulate(mode: str, url: str, per_min: float, seed: int = 11) -> Resu
     budgets = BudgetReader(redis, catalog, keys)
     cids = [s.cid for s in SPECS]
     merchants = {s.cid: f"m{i}" for i, s in enumerate(SPECS)}
-    orders: list[tuple[int, dict[str, Any]]] = []  # (time, event) due later
+    orders: list[tuple[int, int, dict[str, Any]]] = []  # (time, serial, event) due later, a heap
     serial = 0
     result = Result()
     day2 = DAY0 + DAY_MS
@@ -166,14 +187,14 @@ async def _simulate(mode: str, url: str, per_min: float, seed: int = 11) -> Resu
                 if got[cid].reason is not None and result.spent_out.get(cid) is None:
                     result.spent_out[cid] = (t0 - day2) / HOUR_MS
         events: list[dict[str, Any]] = []
-        requests = rng.random() + per_min * SHAPE[(minute // 60) % 24]
-        for _ in range(int(requests)):
-            t = t0 + rng.randrange(MIN_MS)
-            for cid in cids:
-                st = states.get(cid)
-                p = _serve_p(mode, got[cid], st.pacing if st else None, st.day_elapsed if st else 0.0)
+        for cid in cids:
+            st = states.get(cid)
+            p = _serve_p(mode, got[cid], st.pacing if st else None, st.day_elapsed if st else 0.0)
+            requests = int(rng.random() + rates[cid] * SHAPE[(minute // 60) % 24])
+            for _ in range(requests):
                 if rng.random() >= p:
                     continue
+                t = t0 + rng.randrange(MIN_MS)
                 serial += 1
                 user = f"u{rng.randrange(2_000_000)}"
                 base = {"user_id": user, "campaign_id": cid}
@@ -195,10 +216,9 @@ async def _simulate(mode: str, url: str, per_min: float, seed: int = 11) -> Resu
                             "amount_minor": rng.randint(2_000, 8_000),
                             "currency": "USD",
                         }
-                        orders.append((ot, order))
-        due = [o for t, o in orders if t < t0 + MIN_MS]
-        orders = [(t, o) for t, o in orders if t >= t0 + MIN_MS]
-        events += due
+                        heapq.heappush(orders, (ot, serial, order))
+        while orders and orders[0][0] < t0 + MIN_MS:
+            events.append(heapq.heappop(orders)[2])
         events.sort(key=lambda e: e["event_time"])
         now["ms"] = t0 + MIN_MS
         await engine.process(events)
@@ -418,12 +438,11 @@ def run() -> None:
 
 
 def _loop() -> None:
-    per_min = 4.0 if quick() else 12.0
     with LocalRedis() as server:
         results: dict[str, Result] = {}
         for mode in MODES:
             started = time.perf_counter()
-            results[mode] = asyncio.run(_simulate(mode, server.url, per_min))
+            results[mode] = asyncio.run(_simulate(mode, server.url))
             console.print(f"[dim]{mode}: two simulated days in {time.perf_counter() - started:.0f} s[/dim]")
 
     console.print("\n[bold]Pacing, day 2 of a closed loop through the real speed layer[/bold]")

@@ -35,6 +35,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -83,6 +84,20 @@ return 1
 """
 _KIND_CODE = {TouchKind.CLICK: "c", TouchKind.VIEW: "v"}
 STATE_TTL_MS = 3 * MS_PER_DAY
+
+
+@lru_cache(maxsize=1 << 16)
+def _parse_group(fld: bytes) -> tuple[str, int]:
+    """A touch-groups field, ``<kind>:<group start ms>``, as its kind and start (memoised)."""
+    code, _, group = fld.decode().partition(":")
+    return code, int(group)
+
+
+@lru_cache(maxsize=1 << 16)
+def _local_hour(at_ms: int, zone: str) -> int:
+    """The hour of ``zone``'s clock at ``at_ms`` (memoised: a step asks it for every touch group
+    of the previous days, the same groups step after step)."""
+    return datetime.fromtimestamp(at_ms / 1000, tz=ZoneInfo(zone)).hour
 
 
 class Pacer:
@@ -239,27 +254,27 @@ class Pacer:
         exposed_h = [0.0] * 24
         today = {"c": 0, "v": 0}
         kept: dict[str, list[tuple[int, int]]] = {"c": [], "v": []}
-        zone = ZoneInfo(c.budget.timezone)
+        zone = c.budget.timezone
+        half = self.section.touch_group_ms // 2
+        expired = max(windows.longest_ms, MS_PER_DAY) + self.section.touch_group_ms
         for fld, n in groups_raw.items():
-            code, _, group = fld.decode().partition(":")
-            age = at_ms - int(group) - self.section.touch_group_ms // 2
-            window = windows.click_ms if code == "c" else windows.view_ms
-            if at_ms - int(group) >= max(windows.longest_ms, MS_PER_DAY) + self.section.touch_group_ms:
+            code, group = _parse_group(fld)
+            if at_ms - group >= expired:
                 old.append(fld)
                 continue
-            hour = datetime.fromtimestamp(int(group) / 1000, tz=zone).hour
             if code == "x":  # exposure served (p · ms), not touches
-                if int(group) < start:
-                    exposed_h[hour] += float(n) / HOUR_MS
+                if group < start:
+                    exposed_h[_local_hour(group, zone)] += float(n) / HOUR_MS
                 continue
             count = int(n)
-            if int(group) < start:  # previous days shape the target curve by local hour
-                by_hour[hour] += count
+            if group < start:  # previous days shape the target curve by local hour
+                by_hour[_local_hour(group, zone)] += count
             else:
                 today[code] += count
-            kept[code].append((max(age, 0), count))
-            if age < window:
-                open_groups[code].append((max(age, 0), count))
+            age = max(at_ms - group - half, 0)
+            kept[code].append((age, count))
+            if age < (windows.click_ms if code == "c" else windows.view_ms):
+                open_groups[code].append((age, count))
         orders = sum(int(s[0] or 0) for s in stats)
         revenue = sum(int(s[1] or 0) for s in stats)
         # The orders count from the oldest stats day's UTC midnight: the touches' conversions due

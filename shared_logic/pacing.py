@@ -27,7 +27,7 @@ few dozen orders a day each landing order is several % of the cap, and an estima
 orders happen to land swings by 10x. (Without a touch value, the realised ``ΔC`` is the fallback.)
 
 Served at ``p`` the campaign commits ``p · F · ΔW`` over a stretch of the curve. The controller
-aims the **spend itself** at the curve a horizon ``H`` ahead (``track_horizon_ms``, 2 h; ``τ =
+aims the **spend itself** at the curve a horizon ``H`` ahead (``track_horizon_ms``, 1 h; ``τ =
 t + H``): the liability is assumed to run down linearly to the day's end ``T`` (what lands
 meanwhile is spend, ``L · (τ − t) / (T − t)``), so the probability that brings the spend to
 ``cap · W(τ)`` at ``τ``, never committing more than ``R``, is
@@ -69,6 +69,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 HOUR_MS = 3_600_000
 #: The least ``F`` (spend a full day at p = 1, minor units) the controller divides by (``_aim``).
@@ -91,7 +92,7 @@ class PacingConfig:
     min_probability: float = 0.001
     estimate_half_life_ms: int = 30 * 60_000
     spend_out_margin_ms: int = HOUR_MS
-    track_horizon_ms: int = 2 * HOUR_MS
+    track_horizon_ms: int = HOUR_MS
 
     def __post_init__(self) -> None:
         if not 0 < self.max_step < 1:
@@ -390,13 +391,17 @@ def conversion_rate(touches: float, orders: int, prior_rate: float, prior_touche
     return min((orders + prior_rate * prior_touches) / (touches + prior_touches), 1.0)
 
 
+@lru_cache(maxsize=1 << 16)
 def delay_cdf(
     age_ms: float, window_ms: int, mean_delay_ms: float, long_share: float = 0.0, long_delay_ms: int = 0
 ) -> float:
     """Share of a touch's conversions (those inside its window) that happen within ``age_ms``: a
     mixture of an exponential delay with mean ``mean_delay_ms`` (weight ``1 − long_share``) and
     a uniform one over ``long_delay_ms`` (weight ``long_share``: the orders that come days
-    later), cut at the window, so 1 at the window."""
+    later), cut at the window, so 1 at the window.
+
+    Memoised: a step evaluates it for every touch group of every capped campaign, and the ages
+    repeat (steps and groups fall on whole minutes), so most calls are a lookup."""
     if age_ms <= 0:
         return 0.0
     if age_ms >= window_ms:

@@ -540,7 +540,7 @@ class PacingSettings(_Section):
         3_600_000, ge=0, description="the target curve reaches the cap this long before the day ends"
     )
     track_horizon_ms: int = Field(
-        2 * 3_600_000,
+        3_600_000,
         ge=0,
         description="the controller aims the spend at the target curve this far ahead (0: only at spend-out)",
     )
