@@ -39,7 +39,7 @@ KIND_PATTERNS: tuple[tuple[str, str], ...] = (
     ("ledger stream", r"\{b\d+\}:ledger"),
     ("budget events", r"\{b\d+\}:(budget-events|exhausted)$"),
     ("frequency caps", r"\{u\d+\}:f:"),
-    ("pacing", r"\{b\d+\}:pace(-t)?:"),
+    ("pacing", r"\{b\d+\}:pace(-t|-p)?:"),
     ("invalid traffic", r"ivt:"),
     ("dead letters", r"dead-letters$"),
     ("clocks", r"clocks$"),

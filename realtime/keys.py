@@ -139,6 +139,11 @@ class Keys:
         """The pacing controller's state of a campaign (a hash, ``PACING_FIELDS``), in its budget shard."""
         return f"{self._b(self.shard(campaign_id))}:pace:{campaign_id}"
 
+    def published(self, campaign_id: str) -> str:
+        """The published part of a campaign's pacing state (a string, ``encode_published``): what
+        the ad server's answer reads, written with the hash, in its budget shard."""
+        return f"{self._b(self.shard(campaign_id))}:pace-p:{campaign_id}"
+
     def pacing_touches(self, campaign_id: str) -> str:
         """A campaign's served touches by time group (a hash ``<group start ms>`` → count), the
         open touches the controller's in-flight liability counts, in its budget shard."""

@@ -47,10 +47,12 @@ from shared_logic.pacing import (
     HOUR_MS,
     PACING_FIELDS,
     PacingInput,
+    PacingState,
     TrafficShape,
     conversion_rate,
     decode_state,
     due_touches,
+    encode_published,
     encode_state,
     in_flight_liability,
     step,
@@ -62,15 +64,17 @@ from shared_logic.timeutil import MS_PER_DAY, utc_day
 log = logging.getLogger(__name__)
 
 # Writes a pacing state only over an older one (its ``at``), so that of workers stepping the same
-# interval one writes; reads before it writes. KEYS[1] the pacing hash; ARGV[1] the step's time,
-# ARGV[2] the TTL in ms, then field, value pairs.
+# interval one writes; reads before it writes. KEYS[1] the pacing hash, KEYS[2] its published
+# string (``encode_published``); ARGV[1] the step's time, ARGV[2] the TTL in ms, ARGV[3] the
+# published string, then field, value pairs.
 _WRITE_STATE = """
 local at = redis.call('HGET', KEYS[1], 'at')
 if at and tonumber(at) >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
 return 1
 """
 # Adds counts to a campaign's touch groups and renews the hash's TTL. KEYS[1] the groups hash;
@@ -84,6 +88,31 @@ return 1
 """
 _KIND_CODE = {TouchKind.CLICK: "c", TouchKind.VIEW: "v"}
 STATE_TTL_MS = 3 * MS_PER_DAY
+
+
+def queue_state_write(pipe: Any, keys: Keys, campaign_id: str, state: PacingState) -> None:
+    """Queue the write of a campaign's pacing state on ``pipe``: the hash and the published string
+    the answer reads, together and only over an older step (``_WRITE_STATE``)."""
+    fields = [x for kv in encode_state(state).items() for x in kv]
+    pipe.execute_command(
+        "EVAL",
+        _WRITE_STATE,
+        2,
+        keys.pacing(campaign_id),
+        keys.published(campaign_id),
+        state.at_ms,
+        STATE_TTL_MS,
+        encode_published(state),
+        *fields,
+    )
+
+
+async def write_state(redis: Any, keys: Keys, campaign_id: str, state: PacingState) -> None:
+    """Write one campaign's pacing state as a step does (``queue_state_write``), in its own
+    round trip: for tools and tests that set a state."""
+    async with redis.pipeline(transaction=False) as pipe:
+        queue_state_write(pipe, keys, campaign_id, state)
+        await pipe.execute()
 
 
 @lru_cache(maxsize=1 << 16)
@@ -196,7 +225,7 @@ class Pacer:
                 reads.append((c, day, days))
             raw = await pipe.execute()
         i = 0
-        writes: list[tuple[str, list[Any]]] = []
+        writes: list[tuple[str, PacingState]] = []
         stale: list[tuple[str, list[bytes]]] = []
         exposures: list[tuple[str, str, float]] = []
         for c, day, days in reads:
@@ -207,8 +236,7 @@ class Pacer:
             prev = decode_state(state_raw)
             gap = (at_ms - prev.at_ms) // self.section.interval_ms if prev is not None else 1
             state = step(prev, inp, self.config, max(gap, 1))
-            fields = [x for kv in encode_state(state).items() for x in kv]
-            writes.append((self.keys.pacing(c.campaign_id), [at_ms, STATE_TTL_MS, *fields]))
+            writes.append((c.campaign_id, state))
             if prev is not None and prev.day == day and at_ms > prev.at_ms and prev.probability > 0:
                 # The exposure served since the previous step (p · Δt), for tomorrow's traffic shape.
                 group = prev.at_ms // self.section.touch_group_ms * self.section.touch_group_ms
@@ -222,8 +250,8 @@ class Pacer:
             if old:
                 stale.append((self.keys.pacing_touches(c.campaign_id), old))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key, args in writes:
-                pipe.execute_command("EVAL", _WRITE_STATE, 1, key, *args)
+            for cid, state in writes:
+                queue_state_write(pipe, self.keys, cid, state)
             for key, names in stale:
                 pipe.hdel(key, *names)
             for key, fld, amount in exposures:  # the guarded write above decides nothing here: an

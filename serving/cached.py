@@ -1,13 +1,13 @@
 """The cached mode of the ad server's answer: the budget part from memory, changes pushed by Redis.
 
 ``CachedAnswerReader`` keeps every catalog campaign's budget part (budget-day and lifetime spend,
-the pacing controller's hash: what ``AnswerReader`` reads per campaign) in memory and answers an
+the pacing controller's published state: what ``AnswerReader`` reads per campaign) in memory and answers an
 ad request from it without a round trip; the frequency part is per user (an unbounded set, only
 worth reading when asked) and still costs one round trip when a candidate has a frequency cap.
 
 Changes are pushed by Redis client-side caching: one RESP3 connection per node (each primary of a
 cluster) runs ``CLIENT TRACKING ON BCAST`` with a prefix per budget shard and kind
-(``<prefix>:{bN}:spend:`` and ``<prefix>:{bN}:pace:``), so every write to a spend or pacing key
+(``<prefix>:{bN}:spend:`` and ``<prefix>:{bN}:pace-p:``), so every write to a spend or published pacing key
 of that node, by anyone, pushes an ``invalidate`` message naming the key; the reader marks the
 campaign dirty and a refresher task reads it again (one pipeline for all dirty campaigns). The
 speed layer's ``budget-events`` stream is no substitute: it carries exhaustion and resumption
@@ -296,7 +296,7 @@ class CachedAnswerReader:
                     new.dirty_as_of = read_at
                     self._schedule([cid])
                 self._entries[cid] = new
-                for key in (keys.spend_day(cid, day), keys.spend_lifetime(cid), keys.pacing(cid)):
+                for key in (keys.spend_day(cid, day), keys.spend_lifetime(cid), keys.published(cid)):
                     self._key_cid[key.encode()] = cid
                 self.stats.refreshed += 1
                 if self.on_change is not None:
@@ -328,7 +328,7 @@ class CachedAnswerReader:
         out = []
         for shard in range(keys.budget_shards):
             base = f"{keys.prefix}:{{b{shard}}}:"
-            out += ["PREFIX", base + "spend:", "PREFIX", base + "pace:"]
+            out += ["PREFIX", base + "spend:", "PREFIX", base + "pace-p:"]
         return out
 
     async def _link_loop(self, link: _Link) -> None:

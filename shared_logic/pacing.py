@@ -482,7 +482,7 @@ def in_flight_liability(
 
 
 def published_probability(
-    state: PacingState | None,
+    state: PacingState | Published | None,
     day: str,
     capped: bool,
     mode: DeliveryMode,
@@ -501,6 +501,35 @@ def published_probability(
 #: The fields of a campaign's pacing hash in Redis (``Keys.pacing``): what the speed layer writes
 #: and the ad server's answer reads, in this order.
 PACING_FIELDS = ("day", "at", "p", "committed", "target", "num", "den", "liability", "touches")
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a reader of the answer needs of a pacing state: its budget day, the step's time, the
+    probability and the liability (stored apart from the hash as one string, ``encode_published``)."""
+
+    day: str
+    at_ms: int
+    probability: float
+    liability_minor: float
+
+
+def encode_published(state: PacingState) -> str:
+    """The published part of a state as one string, ``day|at|p|liability`` (floats as ``repr``).
+
+    One string per campaign, beside the controller's hash: the ad server's answer reads 50
+    candidates' spends and states in one ``MGET`` (about 8 µs in Redis for 150 keys) instead of a
+    script reading a hash each (about 120 µs: each ``redis.call`` from Lua costs more than a
+    key)."""
+    return f"{state.day}|{state.at_ms}|{state.probability!r}|{state.liability_minor!r}"
+
+
+def decode_published(raw: bytes | str | None) -> Published | None:
+    """The published part from ``encode_published``'s string (None when there is none)."""
+    if raw is None:
+        return None
+    day, at, p, liability = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
+    return Published(day, int(at), float(p), float(liability))
 
 
 def encode_state(state: PacingState) -> dict[str, str]:

@@ -10,9 +10,10 @@ import pytest
 
 from realtime.client import connect
 from realtime.keys import Keys
+from realtime.pacing import write_state
 from serving import AnswerReader, Reason
 from shared_logic import budget_day
-from shared_logic.pacing import PacingState, encode_state
+from shared_logic.pacing import PacingState
 from shared_logic.settings import KeySettings, PacingSettings, RedisSettings
 from tests.factories import HOUR, MIN, T0, campaign, catalog
 
@@ -53,13 +54,12 @@ def _catalog() -> Any:
 async def _write(redis: Any, keys: Keys) -> None:
     await redis.set(keys.spend_day("even", DAY), 300)
     await redis.set(keys.spend_lifetime("even"), 300)
-    await redis.hset(
-        keys.pacing("even"),
-        mapping=encode_state(PacingState(DAY, NOW - 45_000, 0.37, 420.0, 0.3, liability_minor=120.5)),
+    await write_state(
+        redis, keys, "even", PacingState(DAY, NOW - 45_000, 0.37, 420.0, 0.3, liability_minor=120.5)
     )
     # A state of yesterday: the probability restarts cautiously, the age still shows.
     yesterday = PacingState("2026-10-31", NOW - 20 * HOUR, 0.9, 0.0, 1.0)
-    await redis.hset(keys.pacing("fresh"), mapping=encode_state(yesterday))
+    await write_state(redis, keys, "fresh", yesterday)
     await redis.set(keys.spend_day("spent", DAY), 1_000)
     await redis.set(keys.spend_day("life", DAY), 10)
     await redis.set(keys.spend_lifetime("life"), 2_000)
@@ -135,9 +135,7 @@ async def test_fifty_candidates_over_shards_in_one_pipeline_match_each_read_alon
                 {f"e{k}": NOW - k * MIN for k in range(seen)},
             )
         p = round(rng.random(), 3)
-        await redis.hset(
-            keys.pacing(c.campaign_id), mapping=encode_state(PacingState(DAY, NOW - MIN, p, 0.0, 0.5))
-        )
+        await write_state(redis, keys, c.campaign_id, PacingState(DAY, NOW - MIN, p, 0.0, 0.5))
         reason = Reason.BUDGET_EXHAUSTED if spent >= 1_000 else Reason.FREQUENCY_CAPPED if seen >= 3 else None
         expected[c.campaign_id] = (reason, 0.0 if reason else p, 1_000 - spent, seen)
     client = CountingClient(redis)

@@ -16,9 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from devtools.servers import LocalRedis
 from realtime.client import connect
 from realtime.keys import Keys
+from realtime.pacing import write_state
 from serving import AnswerReader, CachedAnswerReader, Reason, StaleBudgetState
 from shared_logic import budget_day
-from shared_logic.pacing import PacingState, encode_state
+from shared_logic.pacing import PacingState
 from shared_logic.settings import KeySettings, RedisSettings
 from tests.factories import HOUR, MIN, campaign, catalog
 
@@ -76,7 +77,7 @@ async def _fill(redis: Any, keys: Keys, camps: list[Any], rng: random.Random) ->
         await redis.set(keys.spend_lifetime(c.campaign_id), 5_000)
         if rng.random() < 0.7:
             state = PacingState(day, NOW - MIN, round(rng.random(), 3), 10.0, 0.4, liability_minor=3.5)
-            await redis.hset(keys.pacing(c.campaign_id), mapping=encode_state(state))
+            await write_state(redis, keys, c.campaign_id, state)
         if c.frequency_cap is not None:
             fkey = keys.frequency(keys.bucket("u1"), "u1", c.campaign_id)
             seen = rng.randint(0, 3)
@@ -153,8 +154,8 @@ async def test_a_spend_change_reaches_the_cache_within_the_bound(speed_redis_url
         # A pacing step too: the probability moves.
         cid = camps[9].campaign_id
         day = budget_day(NOW, camps[9].budget.timezone).isoformat()
-        await redis.hset(keys.pacing(cid), mapping=encode_state(PacingState(day, NOW, 0.123, 0.0, 0.1)))
-        await _until(lambda: cached._entries[cid].values[4] == b"0.123", 2.0)
+        await write_state(redis, keys, cid, PacingState(day, NOW, 0.123, 0.0, 0.1))
+        await _until(lambda: getattr(cached._entries[cid].parsed[2], "probability", None) == 0.123, 2.0)
         (a,) = await cached.answer("u1", [cid], NOW)
         assert a == (await direct.answer("u1", [cid], NOW))[0]
         assert a.serve_probability in (0.0, 0.123)

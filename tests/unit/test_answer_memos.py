@@ -61,4 +61,4 @@ def test_memoised_keys_are_the_layouts_keys_for_each_day() -> None:
             cid = c.campaign_id
             shard, triple = reader._budget_keys(cid, day)
             assert shard == keys.shard(cid)
-            assert triple == (keys.spend_day(cid, day), keys.spend_lifetime(cid), keys.pacing(cid))
+            assert triple == (keys.spend_day(cid, day), keys.spend_lifetime(cid), keys.published(cid))
