@@ -124,17 +124,27 @@ def record(path: Path | None = None, *, force: bool = False) -> Recorded:
 
 
 def _child(step: str, archive: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "batch.cds", step, str(archive)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")},
-    )
-    if done.returncode != 0:
-        raise ArchiveError(
-            f"{step} {archive}: exit {done.returncode}\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
+    # The child runs in a scratch folder: a JVM that crashes on a bad archive (SIGBUS mapping a
+    # truncated one) writes its hs_err_pid<N>.log into its working directory, which must not be
+    # the user's checkout; the crash's summary goes into the error instead.
+    with tempfile.TemporaryDirectory(prefix="attribution-class-archive-") as scratch:
+        done = subprocess.run(
+            [sys.executable, "-m", "batch.cds", step, str(archive)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=scratch,
+            env={k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")},
         )
+        if done.returncode != 0:
+            crashes = "".join(
+                "".join(log.read_text(errors="replace").splitlines(keepends=True)[:12])
+                for log in sorted(Path(scratch).glob("hs_err_pid*.log"))
+            )
+            raise ArchiveError(
+                f"{step} {archive}: exit {done.returncode}\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
+                + (f"\nthe JVM crashed:\n{crashes}" if crashes else "")
+            )
 
 
 def _check(archive_option: str) -> None:

@@ -48,7 +48,9 @@ def test_an_archive_the_jvm_cannot_map_is_never_moved_into_place(
 ) -> None:
     """The recording child leaves a truncated archive (as a JVM killed while writing would): the
     check's JVM refuses it, ``record`` raises naming the step, and neither the archive nor its
-    temporary file is left (mutant: moving before the check fails this test)."""
+    temporary file is left (mutant: moving before the check fails this test). A JVM that crashes
+    mapping it writes its hs_err_pid<N>.log in a scratch folder, not in the working directory (a
+    fresh clone's run left one in the checkout; mutant: dropping the child's ``cwd``)."""
     real = cds.default_path()
     assert real is not None
     assert real.is_file(), "make test records it first (attribution batch class-archive)"
@@ -62,7 +64,12 @@ def test_an_archive_the_jvm_cannot_map_is_never_moved_into_place(
             check(step, archive)
 
     monkeypatch.setattr(cds, "_child", child)
-    target = tmp_path / "spark-classes-test.jsa"
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    folder = tmp_path / "archive"
+    target = folder / "spark-classes-test.jsa"
     with pytest.raises(cds.ArchiveError, match=r"check .*: exit"):
         cds.record(target)
-    assert list(tmp_path.iterdir()) == []
+    assert list(folder.iterdir()) == []
+    assert list(work.iterdir()) == []
