@@ -369,7 +369,10 @@ def _http_latency(url: str, n: int, rate: float, seconds: float) -> tuple[float,
         **rates,
     }
     exe = str(Path(sys.executable).with_name("attribution"))
-    api = subprocess.Popen([exe, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
+    workers = os.environ.get("BENCH_API_WORKERS", "1")
+    api = subprocess.Popen(
+        [exe, "api", "--port", str(port), "--workers", workers], env=env, stdout=subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     ids = "&".join(f"campaign_id=c{i}" for i in range(50))
     target = f"{base}/v1/answer?user_id=u1&{ids}"

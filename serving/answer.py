@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError
 from realtime.keys import Keys
 from shared_logic import Campaign, Catalog, budget_day, day_bounds_ms
 from shared_logic.errors import InvalidInput
-from shared_logic.pacing import Published, decode_published, published_probability
+from shared_logic.pacing import DeliveryMode, Published, decode_published, published_probability
 from shared_logic.settings import PacingSettings
 
 #: Candidates one request may name (a realistic list is about 50).
@@ -93,6 +93,17 @@ def parse(values: Sequence[Any]) -> Parsed:
     return Parsed((_int(values[0]), _int(values[1]), decode_published(values[2])))
 
 
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    """What the answer reads of a campaign's record, flattened once (``AnswerReader._profile``)."""
+
+    campaign: Campaign
+    daily: int | None
+    lifetime: int | None
+    frequency_cap: int | None
+    mode: DeliveryMode
+
+
 class AnswerReader:
     """Answers ad requests from the speed layer's Redis (``redis.asyncio`` ``Redis`` or
     ``RedisCluster``), the catalog and the key layout the worker writes with."""
@@ -107,6 +118,7 @@ class AnswerReader:
         # a time-zone conversion and three key builds each (measured in ``make bench BENCH=serving``).
         self._days: dict[str, tuple[int, int, str]] = {}
         self._keys: dict[tuple[str, str], tuple[int, tuple[str, str, str]]] = {}
+        self._profiles: dict[str, _Profile] = {}
 
     async def load(self) -> None:
         """Load the frequency read's script (on every primary of a cluster), so the first answer
@@ -243,28 +255,32 @@ class AnswerReader:
         c = self.catalog.get(campaign_id)
         if c is None or values is None or day is None:
             return AdAnswer(campaign_id, False, Reason.UNKNOWN, 0.0, None, None, None, None, None, None)
-        b = c.budget
+        pr = self._profile(c)
         spent_day, spent_life, state = values if isinstance(values, Parsed) else parse(values)
-        left = [
-            cap - spent
-            for cap, spent in ((b.daily_minor, spent_day), (b.lifetime_minor, spent_life))
-            if cap is not None
-        ]
-        remaining = max(min(left), 0) if left else None
+        daily, lifetime = pr.daily, pr.lifetime
+        remaining: int | None
+        if daily is not None:
+            remaining = (
+                daily - spent_day if lifetime is None else min(daily - spent_day, lifetime - spent_life)
+            )
+        else:
+            remaining = None if lifetime is None else lifetime - spent_life
+        if remaining is not None and remaining < 0:
+            remaining = 0
         reason: Reason | None = None
         if not c.active_at(now_ms):
             reason = Reason.INACTIVE
-        elif b.lifetime_minor is not None and spent_life >= b.lifetime_minor:
+        elif lifetime is not None and spent_life >= lifetime:
             reason = Reason.LIFETIME_EXHAUSTED
-        elif b.daily_minor is not None and spent_day >= b.daily_minor:
+        elif daily is not None and spent_day >= daily:
             reason = Reason.BUDGET_EXHAUSTED
-        elif c.frequency_cap is not None and (impressions or 0) >= c.frequency_cap.impressions:
+        elif pr.frequency_cap is not None and (impressions or 0) >= pr.frequency_cap:
             reason = Reason.FREQUENCY_CAPPED
         today = state if state is not None and state.day == day else None
         probability = (
             0.0
             if reason is not None
-            else published_probability(state, day, remaining is not None, b.delivery_mode, self.config)
+            else published_probability(state, day, remaining is not None, pr.mode, self.config)
         )
         return AdAnswer(
             campaign_id,
@@ -276,5 +292,21 @@ class AnswerReader:
             day,
             None if today is None else today.liability_minor,
             None if state is None else max(now_ms - state.at_ms, 0),
-            impressions if c.frequency_cap is not None else None,
+            impressions if pr.frequency_cap is not None else None,
         )
+
+    def _profile(self, c: Campaign) -> _Profile:
+        """``c``'s record flattened for ``one`` (memoised per campaign record: a catalog reloaded
+        with a changed record makes a new one)."""
+        pr = self._profiles.get(c.campaign_id)
+        if pr is None or pr.campaign is not c:
+            b, cap = c.budget, c.frequency_cap
+            pr = _Profile(
+                c,
+                b.daily_minor,
+                b.lifetime_minor,
+                None if cap is None else cap.impressions,
+                b.delivery_mode,
+            )
+            self._profiles[c.campaign_id] = pr
+        return pr

@@ -62,3 +62,27 @@ def test_memoised_keys_are_the_layouts_keys_for_each_day() -> None:
             shard, triple = reader._budget_keys(cid, day)
             assert shard == keys.shard(cid)
             assert triple == (keys.spend_day(cid, day), keys.spend_lifetime(cid), keys.published(cid))
+
+
+def test_an_answer_follows_a_reloaded_catalog_record_and_a_new_published_state() -> None:
+    """The flattened campaign record is remembered per record, not per id: a catalog reloaded with
+    a new cap answers with it (mutant: keying the memo by id alone keeps the old cap); the
+    published state's parse is remembered per string, so a new step's string gives its probability."""
+    from serving import Reason
+    from shared_logic.pacing import PacingState, encode_published
+
+    now = int(datetime(2026, 12, 7, 12, tzinfo=UTC).timestamp() * 1000)
+    day = budget_day(now, "UTC").isoformat()
+    reader = AnswerReader(
+        None, Catalog([campaign("c1", budget={"daily_minor": 1_000})]), Keys.of(KeySettings())
+    )
+    state = encode_published(PacingState(day, now - 60_000, 0.25, 0.0, 0.5, liability_minor=3.0)).encode()
+    first = reader.one("c1", [b"600", b"600", state], None, day, now)
+    assert (first.servable, first.remaining_minor, first.serve_probability) == (True, 400, 0.25)
+    reader.catalog = Catalog([campaign("c1", budget={"daily_minor": 500, "lifetime_minor": 650})])
+    again = reader.one("c1", [b"600", b"600", state], None, day, now)
+    assert (again.reason, again.remaining_minor) == (Reason.BUDGET_EXHAUSTED, 0)
+    stepped = encode_published(PacingState(day, now, 0.5, 0.0, 0.5)).encode()
+    reader.catalog = Catalog([campaign("c1", budget={"daily_minor": 1_000})])
+    later = reader.one("c1", [b"600", b"600", stepped], None, day, now)
+    assert (later.serve_probability, later.state_age_ms, later.liability_minor) == (0.5, 0, 0.0)
