@@ -134,7 +134,7 @@ def _child(step: str, archive: Path) -> None:
             text=True,
             timeout=600,
             cwd=scratch,
-            env={k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")},
+            env=_child_env(),
         )
         if done.returncode != 0:
             crashes = "".join(
@@ -145,6 +145,16 @@ def _child(step: str, archive: Path) -> None:
                 f"{step} {archive}: exit {done.returncode}\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
                 + (f"\nthe JVM crashed:\n{crashes}" if crashes else "")
             )
+
+
+def _child_env() -> dict[str, str]:
+    """The child's environment: no ATTRIBUTION_ settings, and this checkout first on its path (it
+    runs in a scratch folder, so a relative ``PYTHONPATH`` or a checkout that is not installed
+    would not find ``batch``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def _check(archive_option: str) -> None:

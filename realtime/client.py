@@ -46,7 +46,7 @@ class _HiredisPacking:
     """A connection that packs commands with hiredis (C) instead of redis-py's asyncio packer.
 
     redis-py's asyncio connection packs in Python, argument by argument: an ad request's answer
-    (one script call with 150 keys for 50 candidates) spent more time packing than on the wire.
+    (a command of 150 keys for 50 candidates) spent more time packing than on the wire.
     The sync client already packs with hiredis; this does the same for a command whose arguments
     are all ``str``, ``bytes`` or ``int`` under UTF-8 (the same bytes either way; anything else
     is packed as before)."""

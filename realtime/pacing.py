@@ -9,7 +9,8 @@ kind and ``touch_group_ms`` of event time), the open touches the in-flight liabi
 
 ``Pacer.run`` writes what was observed, then, each time the worker's watermark (event time)
 passes a multiple of ``pacing.interval_ms``, steps the controller (``shared_logic.pacing.step``)
-for every capped campaign and stores its state (``Keys.pacing``). A step is written only over an
+for every capped campaign and stores its state (``Keys.pacing``, and the published string the
+answer reads, ``Keys.published``). A step is written only over an
 older one, so workers stepping the same interval write once, and a replay's steps follow its
 event time, not the wall clock.
 
@@ -66,10 +67,21 @@ log = logging.getLogger(__name__)
 # Writes a pacing state only over an older one (its ``at``), so that of workers stepping the same
 # interval one writes; reads before it writes. KEYS[1] the pacing hash, KEYS[2] its published
 # string (``encode_published``); ARGV[1] the step's time, ARGV[2] the TTL in ms, ARGV[3] the
-# published string, then field, value pairs.
+# published string, then field, value pairs. A refused write still mends the string when it is
+# missing or older than the hash (a worker of a version that wrote only the hash won the step, or
+# the string alone was evicted): it is rebuilt from the hash's fields, the same text
+# ``encode_published`` writes, so the answer and the budget state never disagree for long.
 _WRITE_STATE = """
 local at = redis.call('HGET', KEYS[1], 'at')
 if at and tonumber(at) >= tonumber(ARGV[1]) then
+  local pub = redis.call('GET', KEYS[2])
+  local pub_at = pub and tonumber(string.match(pub, '^[^|]*|([^|]*)|'))
+  if not pub_at or pub_at < tonumber(at) then
+    local f = redis.call('HMGET', KEYS[1], 'day', 'at', 'p', 'liability')
+    if f[1] and f[2] and f[3] and f[4] then
+      redis.call('SET', KEYS[2], f[1] .. '|' .. f[2] .. '|' .. f[3] .. '|' .. f[4], 'PX', ARGV[2])
+    end
+  end
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
@@ -107,12 +119,14 @@ def queue_state_write(pipe: Any, keys: Keys, campaign_id: str, state: PacingStat
     )
 
 
-async def write_state(redis: Any, keys: Keys, campaign_id: str, state: PacingState) -> None:
+async def write_state(redis: Any, keys: Keys, campaign_id: str, state: PacingState) -> bool:
     """Write one campaign's pacing state as a step does (``queue_state_write``), in its own
-    round trip: for tools and tests that set a state."""
+    round trip: for tools and tests that set a state. False when a state as new or newer was
+    there already (nothing written but the mended published string)."""
     async with redis.pipeline(transaction=False) as pipe:
         queue_state_write(pipe, keys, campaign_id, state)
-        await pipe.execute()
+        (written,) = await pipe.execute()
+    return bool(written)
 
 
 @lru_cache(maxsize=1 << 16)

@@ -195,7 +195,7 @@ class AnswerReader:
         capped: list[Campaign],
         now_ms: int,
     ) -> tuple[list[list[Campaign]], list[Any]]:
-        """The script calls' results, and the campaigns of each budget call in its order."""
+        """The pipeline's results, and the campaigns of each budget MGET in its order."""
         bucket = self.keys.bucket(user_id)
         groups: list[list[Campaign]] = []
 

@@ -499,7 +499,8 @@ def published_probability(
 
 
 #: The fields of a campaign's pacing hash in Redis (``Keys.pacing``): what the speed layer writes
-#: and the ad server's answer reads, in this order.
+#: and the budget state reads, in this order (the ad server's answer reads the published string,
+#: ``encode_published``, written with it).
 PACING_FIELDS = ("day", "at", "p", "committed", "target", "num", "den", "liability", "touches")
 
 

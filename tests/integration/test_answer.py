@@ -161,6 +161,33 @@ async def test_scripts_flushed_from_the_server_are_loaded_again(redis_url: str) 
     await redis.aclose()
 
 
+async def test_a_step_an_older_worker_won_still_publishes_the_hash_state(speed_redis_url: str) -> None:
+    """A worker of a version that wrote only the hash wins an interval: the new worker's write of
+    the same step is refused, but mends the published string from the hash, so the answer gives
+    the hash's probability (mutant: a refused write returning before the mend answers the
+    cautious start probability instead)."""
+    from realtime.pacing import queue_state_write
+    from shared_logic.pacing import encode_state
+
+    redis = connect(RedisSettings(url=speed_redis_url))
+    keys = Keys.of(KeySettings(budget_shards=4))
+    old = PacingState(DAY, NOW - MIN, 0.61, 10.0, 0.4, liability_minor=7.25)
+    await redis.hset(keys.pacing("even"), mapping=encode_state(old))  # the older worker's write
+    mine = PacingState(DAY, NOW - MIN, 0.2, 10.0, 0.4, liability_minor=1.0)
+    assert await write_state(redis, keys, "even", mine) is False
+    reader = AnswerReader(redis, _catalog(), keys)
+    (a,) = await reader.answer("u1", ["even"], NOW)
+    assert (a.serve_probability, a.liability_minor, a.state_age_ms) == (0.61, 7.25, MIN)
+    # A newer step is written over it, string and hash together.
+    newer = PacingState(DAY, NOW, 0.3, 10.0, 0.4, liability_minor=2.0)
+    async with redis.pipeline(transaction=False) as pipe:
+        queue_state_write(pipe, keys, "even", newer)
+        assert await pipe.execute() == [1]
+    (a,) = await reader.answer("u1", ["even"], NOW)
+    assert (a.serve_probability, a.liability_minor, a.state_age_ms) == (0.3, 2.0, 0)
+    await redis.aclose()
+
+
 async def test_the_api_answers_the_same_for_ad_server_keys_only(redis_url: str, tmp_path: Any) -> None:
     import httpx
     import yaml

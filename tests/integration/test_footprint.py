@@ -103,6 +103,7 @@ def test_every_record_the_speed_layer_writes_has_a_kind() -> None:
     kind_of = Classifier(KEYS.prefix).kind_of
     assert kind_of(KEYS.pacing("c1")) == "pacing"
     assert kind_of(KEYS.pacing_touches("c1")) == "pacing"
+    assert kind_of(KEYS.published("c1")) == "pacing"
     assert kind_of(KEYS.frequency(3, "u1", "c1")) == "frequency caps"
     assert kind_of(KEYS.ivt("2026-11-01")) == "invalid traffic"
     assert kind_of(KEYS.touches("u1")) == "touches"
