@@ -9,6 +9,7 @@ from typing import Any
 from realtime.errors import UnknownCampaign
 from realtime.keys import Keys
 from shared_logic import Catalog, budget_day, day_bounds_ms
+from shared_logic.money import caps_left
 from shared_logic.pacing import PACING_FIELDS, PacingConfig, decode_state, published_probability
 
 
@@ -71,12 +72,7 @@ class BudgetReader:
             spent_life = int(raw[3 * i + 1] or 0)
             state = decode_state(raw[3 * i + 2])
             b = c.budget
-            left = [
-                cap - spent
-                for cap, spent in ((b.daily_minor, spent_day), (b.lifetime_minor, spent_life))
-                if cap is not None
-            ]
-            remaining = max(min(left), 0) if left else None
+            remaining = caps_left(b.daily_minor, b.lifetime_minor, spent_day, spent_life)
             start, end = day_bounds_ms(day, b.timezone)
             elapsed = min(max((now_ms - start) / (end - start), 0.0), 1.0)
             pacing = None

@@ -23,6 +23,7 @@ from redis.exceptions import NoScriptError
 from realtime.keys import Keys
 from shared_logic import Campaign, Catalog, budget_day, day_bounds_ms
 from shared_logic.errors import InvalidInput
+from shared_logic.money import caps_left
 from shared_logic.pacing import DeliveryMode, Published, decode_published, published_probability
 from shared_logic.settings import PacingSettings
 
@@ -258,15 +259,7 @@ class AnswerReader:
         pr = self._profile(c)
         spent_day, spent_life, state = values if isinstance(values, Parsed) else parse(values)
         daily, lifetime = pr.daily, pr.lifetime
-        remaining: int | None
-        if daily is not None:
-            remaining = (
-                daily - spent_day if lifetime is None else min(daily - spent_day, lifetime - spent_life)
-            )
-        else:
-            remaining = None if lifetime is None else lifetime - spent_life
-        if remaining is not None and remaining < 0:
-            remaining = 0
+        remaining = caps_left(daily, lifetime, spent_day, spent_life)
         reason: Reason | None = None
         if not c.active_at(now_ms):
             reason = Reason.INACTIVE

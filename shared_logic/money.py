@@ -44,3 +44,22 @@ def format_minor(amount_minor: int, currency: str) -> str:
     if exponent == 0:
         return f"{sign}{whole:,} {currency}"
     return f"{sign}{whole:,}.{frac:0{exponent}d} {currency}"
+
+
+def caps_left(
+    daily_cap_minor: int | None,
+    lifetime_cap_minor: int | None,
+    spent_day_minor: int,
+    spent_lifetime_minor: int,
+) -> int | None:
+    """What a campaign's daily and lifetime caps leave of real spend, never below 0 (None without a
+    cap): the one rule the budget state, the ad server's answer and the pacing controller read."""
+    if daily_cap_minor is None:
+        if lifetime_cap_minor is None:
+            return None
+        left = lifetime_cap_minor - spent_lifetime_minor
+    elif lifetime_cap_minor is None:
+        left = daily_cap_minor - spent_day_minor
+    else:
+        left = min(daily_cap_minor - spent_day_minor, lifetime_cap_minor - spent_lifetime_minor)
+    return left if left > 0 else 0

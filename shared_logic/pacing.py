@@ -71,6 +71,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 
+from shared_logic.money import caps_left
+
 HOUR_MS = 3_600_000
 #: The least ``F`` (spend a full day at p = 1, minor units) the controller divides by (``_aim``).
 _MIN_FULL_MINOR = 1e-9
@@ -226,15 +228,9 @@ class PacingInput:
     @property
     def left_minor(self) -> int | None:
         """What the caps leave of real spend (None without a cap)."""
-        left = [
-            cap - spent
-            for cap, spent in (
-                (self.daily_cap_minor, self.spend_day_minor),
-                (self.lifetime_cap_minor, self.spend_lifetime_minor),
-            )
-            if cap is not None
-        ]
-        return max(min(left), 0) if left else None
+        return caps_left(
+            self.daily_cap_minor, self.lifetime_cap_minor, self.spend_day_minor, self.spend_lifetime_minor
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from shared_logic import (
     day_bounds_ms,
     price_order,
 )
-from shared_logic.money import format_minor
+from shared_logic.money import caps_left, format_minor
 
 pytestmark = pytest.mark.unit
 
@@ -100,3 +100,19 @@ def test_day_bounds_are_dst_safe() -> None:
     assert budget_day(start, "America/New_York") == date(2026, 3, 8)
     assert budget_day(end - 1, "America/New_York") == date(2026, 3, 8)
     assert budget_day(end, "America/New_York") == date(2026, 3, 9)
+
+
+_CAP = st.none() | st.integers(min_value=0, max_value=10**12)
+_SPENT = st.integers(min_value=0, max_value=2 * 10**12)
+
+
+@given(_CAP, _CAP, _SPENT, _SPENT)
+@settings(max_examples=300)
+def test_caps_left_is_the_least_each_cap_leaves_never_negative(
+    daily: int | None, lifetime: int | None, spent_day: int, spent_life: int
+) -> None:
+    """The budget state, the answer and the controller read this one rule; here against its
+    statement: the least of what each present cap leaves, floored at 0, None without a cap."""
+    left = [cap - spent for cap, spent in ((daily, spent_day), (lifetime, spent_life)) if cap is not None]
+    expected = max(min(left), 0) if left else None
+    assert caps_left(daily, lifetime, spent_day, spent_life) == expected
