@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.table import Table
+
 from benchmarks._harness import Row, console, print_table, quick
 from devtools.servers import LocalRedis
 from realtime.budget import BudgetReader
@@ -451,22 +453,33 @@ def _loop() -> None:
             results[mode] = asyncio.run(_simulate(mode, server.url))
             console.print(f"[dim]{mode}: two simulated days in {time.perf_counter() - started:.0f} s[/dim]")
 
-    console.print("\n[bold]Pacing, day 2 of a closed loop through the real speed layer[/bold]")
-    header = f"{'campaign':<11}" + "".join(f"| {m:^31} " for m in MODES)
-    console.print(header)
-    console.print(f"{'':<11}" + "| util  spent-out  rmse   free   " * len(MODES))
+    console.print()
+    # One row per campaign and mode (not three modes side by side): it stays a table at 80 columns.
+    table = Table(title="Pacing, day 2 of a closed loop through the real speed layer", title_justify="left")
+    for name, justify in (
+        ("campaign", "left"),
+        ("mode", "left"),
+        ("utilisation", "right"),
+        ("spent out", "right"),
+        ("pacing error", "right"),
+        ("free / charged", "right"),
+    ):
+        table.add_column(name, justify=justify)
     for s in SPECS:
-        line = f"{s.cid:<11}"
-        for m in MODES:
+        for i, m in enumerate(MODES):
             r = results[m]
             out = r.spent_out[s.cid]
             free, orders = r.free[s.cid]
-            line += (
-                f"| {r.utilisation[s.cid] * 100:4.0f}% "
-                f"{'  -  ' if out is None else f'{int(out):02d}:{int(out % 1 * 60):02d}'}     "
-                f"{r.rmse[s.cid]:5.1f}% {free:3d}/{orders:<4d}"
+            table.add_row(
+                s.cid if i == 0 else "",
+                m,
+                f"{r.utilisation[s.cid] * 100:.0f}%",
+                "-" if out is None else f"{int(out):02d}:{int(out % 1 * 60):02d}",
+                f"{r.rmse[s.cid]:.1f}%",
+                f"{free}/{orders}",
+                end_section=i == len(MODES) - 1,
             )
-        console.print(line)
+    console.print(table)
     rows: list[Row] = []
     for m in MODES:
         r = results[m]
