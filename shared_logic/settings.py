@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from shared_logic.campaigns import DEFAULT_CLICK_WINDOW_MS, DEFAULT_VIEW_WINDOW_MS, Windows
 from shared_logic.contract import MODEL_NAMES
 from shared_logic.errors import InvalidSetting
 from shared_logic.ivt import (
@@ -145,6 +146,16 @@ class RulesSettings(_Section):
     README ("Invalid traffic")."""
 
     allowed_lateness_ms: int = Field(DEFAULT_ALLOWED_LATENESS_MS, ge=0)
+    default_click_window_ms: int = Field(
+        DEFAULT_CLICK_WINDOW_MS,
+        gt=0,
+        description="how long before an order a click counts, for a campaign whose record has no windows",
+    )
+    default_view_window_ms: int = Field(
+        DEFAULT_VIEW_WINDOW_MS,
+        gt=0,
+        description="how long before an order a view counts, for a campaign whose record has no windows",
+    )
     max_future_ms: int = Field(
         DEFAULT_MAX_FUTURE_MS, ge=0, description="an event dated further ahead of its clock is a dead letter"
     )
@@ -230,6 +241,9 @@ class RulesSettings(_Section):
     def policy(self) -> AttributionPolicy:
         """The rules' policy these settings describe (what both layers decide and settle with)."""
         return AttributionPolicy(
+            default_windows=Windows(
+                click_ms=self.default_click_window_ms, view_ms=self.default_view_window_ms
+            ),
             allowed_lateness_ms=self.allowed_lateness_ms,
             cancel_horizon_days=self.cancel_horizon_days,
             ivt=self.ivt_policy(),

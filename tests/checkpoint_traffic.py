@@ -1,7 +1,8 @@
-"""A small, seeded lake for the checkpoint tests: weeks of traffic on a few campaigns whose
-lifetime caps bind, in time zones from UTC-11 to UTC+14, with short windows and a short cancel
-horizon (so a night reads few days), cancels before and after their orders (some beyond the
-horizon, some twice, some landed late), duplicates, and events dated in the future."""
+"""A small, seeded lake for the checkpoint tests: days of traffic on a few campaigns whose
+lifetime caps bind from the third or fourth day, in time zones from UTC-11 to UTC+14, with short
+windows and a short cancel horizon (so a night reads few days), cancels before and after their
+orders (some beyond the horizon, some twice, some landed late), duplicates, and events dated in
+the future."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ CATALOG = Catalog.from_records(
             "merchant_ids": ["m1"],
             "currency": "USD",
             "pricing": {"model": "fixed", "fee_minor": 300},
-            "budget": {"daily_minor": 1_500, "lifetime_minor": 9_000, "timezone": "Pacific/Kiritimati"},
+            "budget": {"daily_minor": 1_500, "lifetime_minor": 1_900, "timezone": "Pacific/Kiritimati"},
             "windows": {"click_ms": MS_PER_DAY, "view_ms": 6 * MS_PER_HOUR},
         },
         {
@@ -34,7 +35,7 @@ CATALOG = Catalog.from_records(
             "merchant_ids": ["m1", "m2"],
             "currency": "USD",
             "pricing": {"model": "bps", "bps": 1_000},
-            "budget": {"daily_minor": 2_500, "lifetime_minor": 14_000, "timezone": "Pacific/Pago_Pago"},
+            "budget": {"daily_minor": 2_500, "lifetime_minor": 7_700, "timezone": "Pacific/Pago_Pago"},
             "windows": {"click_ms": MS_PER_DAY, "view_ms": 6 * MS_PER_HOUR},
         },
         {
@@ -44,7 +45,7 @@ CATALOG = Catalog.from_records(
             "merchant_ids": ["m2"],
             "currency": "USD",
             "pricing": {"model": "fixed", "fee_minor": 200},
-            "budget": {"lifetime_minor": 4_800, "timezone": "UTC"},
+            "budget": {"lifetime_minor": 1_500, "timezone": "UTC"},
             "windows": {"click_ms": MS_PER_DAY, "view_ms": 6 * MS_PER_HOUR},
         },
         {
@@ -55,7 +56,7 @@ CATALOG = Catalog.from_records(
             "promo_codes": ["SAVE1"],
             "currency": "USD",
             "pricing": {"model": "fixed", "fee_minor": 150},
-            "budget": {"daily_minor": 600, "lifetime_minor": 4_000, "timezone": "America/New_York"},
+            "budget": {"daily_minor": 600, "lifetime_minor": 800, "timezone": "America/New_York"},
             "windows": {"click_ms": MS_PER_DAY, "view_ms": 6 * MS_PER_HOUR},
         },
     ]
@@ -64,8 +65,16 @@ MERCHANTS = {"ad1": "m1", "ad2": "m2", "ad3": "m2", "pr1": "m3"}
 
 
 def settings(**changes: Any) -> Settings:
-    """Two-day cancel horizon, a few models (one data-driven), everything else as deployed."""
-    return Settings().replace(rules_cancel_horizon_days=2, batch_models=("last_touch", "markov"), **changes)
+    """Two-day cancel horizon, default windows as short as the campaigns' own (a day for clicks,
+    6 hours for views: the look-back is 2 days instead of the defaults' 8), a few models (one
+    data-driven), everything else as deployed."""
+    return Settings().replace(
+        rules_cancel_horizon_days=2,
+        rules_default_click_window_ms=MS_PER_DAY,
+        rules_default_view_window_ms=6 * MS_PER_HOUR,
+        batch_models=("last_touch", "markov"),
+        **changes,
+    )
 
 
 def deliveries(days: int, users_per_day: int = 10, seed: int = 11) -> list[tuple[dict[str, Any], int]]:

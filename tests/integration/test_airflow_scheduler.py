@@ -196,6 +196,22 @@ def test_rerun_through_the_scheduler_on_postgresql(metadata_db: str, redis_url: 
     assert lake.manifest(partition("reconciliation", dt=days[1]))["discrepancy_pct"] == 0.0  # type: ignore[index]
 
 
+def _print_timings(db: str) -> None:
+    """Each task's queue wait and run time, in the order they started (where the minutes go)."""
+    rows = _pg(
+        "select dag_id, task_id, map_index, queued_dttm, start_date, end_date from task_instance "
+        "order by start_date",
+        db,
+    )
+    for dag_id, task_id, index, queued, start, end in rows:
+        if start is None or end is None:
+            continue
+        waited = (start - queued).total_seconds() if queued else 0.0
+        name = f"{dag_id}.{task_id}" + (f"[{index}]" if index >= 0 else "")
+        ran = (end - start).total_seconds()
+        print(f"  {start:%H:%M:%S} {name:<40} queued {waited:5.1f}s ran {ran:5.1f}s")
+
+
 def _nightly(
     env: dict[str, str],
     db: str,
@@ -238,5 +254,6 @@ def _nightly(
 
     state = _wait("the nightly run finished", finished, proc, log, 900)
     tis = _pg(f"select task_id, state from task_instance where run_id = '{run_id}' order by task_id", db)
+    _print_timings(db)
     assert state == "success", (tis, log.read_text()[-4000:])
     return {"waited": waited, "tasks": dict(tis)}

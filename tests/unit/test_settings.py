@@ -248,3 +248,37 @@ def test_the_decision_ttl_is_derived_from_the_cancel_horizon_unless_given() -> N
     longer = Settings().replace(rules_cancel_horizon_days=30, realtime_state_slack_ms=0)
     assert longer.decision_ttl_ms == 31 * day + 60_000
     assert Settings().replace(realtime_decision_ttl_ms=35 * day).decision_ttl_ms == 35 * day
+
+
+def test_the_default_windows_come_from_the_settings_and_set_the_look_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A campaign without windows of its own counts touches over ``rules.default_*_window_ms``,
+    and the longest of them sets the nightly look-back (kills the mutant that leaves
+    ``policy()`` on the policy's built-in 7 days)."""
+    from shared_logic import Campaign, Windows
+
+    day = 86_400_000
+    assert Settings().rules.policy().lookback_days() == 8  # 7 days of clicks, a minute late
+    monkeypatch.setenv("ATTRIBUTION_RULES_DEFAULT_CLICK_WINDOW_MS", str(2 * day))
+    monkeypatch.setenv("ATTRIBUTION_RULES_DEFAULT_VIEW_WINDOW_MS", str(day // 4))
+    policy = load_settings().rules.policy()
+    assert policy.default_windows == Windows(click_ms=2 * day, view_ms=day // 4)
+    assert policy.lookback_days() == 3
+    own = Campaign.model_validate(
+        {
+            "campaign_id": "c1",
+            "advertiser_id": "a1",
+            "lever": "ad",
+            "merchant_ids": ["m1"],
+            "currency": "USD",
+            "pricing": {"model": "fixed", "fee_minor": 100},
+            "windows": {"click_ms": day, "view_ms": day},
+        }
+    )
+    bare = own.model_copy(update={"campaign_id": "c2", "windows": None})
+    assert policy.windows_for(own).click_ms == day
+    assert policy.windows_for(bare).click_ms == 2 * day
+    monkeypatch.setenv("ATTRIBUTION_RULES_DEFAULT_CLICK_WINDOW_MS", "0")
+    with pytest.raises(InvalidSetting, match="ATTRIBUTION_RULES_DEFAULT_CLICK_WINDOW_MS"):
+        load_settings()
