@@ -30,6 +30,11 @@ def api(
         port=config.api.port,
         workers=workers,
         log_level="warning",
+        # uvloop and httptools ("auto" picks them when installed, as the api extra does); no
+        # access log: at "warning" it is never written, but uvicorn would still build its record.
+        loop="auto",
+        http="auto",
+        access_log=False,
     )
 
 

@@ -1,0 +1,208 @@
+"""``/v1/answer`` over the app (``reporting.routes.budget.AnswerRoute``): a plainly valid request of
+an ad-server or admin key is answered without FastAPI's dependency resolution and validation, and
+every other request (no key, a wrong one, another role, a query a rule refuses, an unusual spelling)
+gets exactly what FastAPI's own handler answers: the same status, the same problem."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from reporting.errors import INVALID_PARAMETER, RATE_LIMITED
+from reporting.routes import budget
+from tests.factories import HOUR, T0, campaign, catalog
+
+pytestmark = pytest.mark.integration
+
+NOW = T0 + 10 * HOUR
+IDS = ["even", "freq", "nope"]
+
+
+async def _client(tmp_path: Any, redis_url: str, **changes: Any) -> AsyncIterator[tuple[Any, dict[str, str]]]:
+    import httpx
+    import yaml
+
+    from reporting.api import create_app
+    from reporting.auth import add_key
+    from shared_logic.settings import load_settings
+
+    cat = catalog(
+        campaign("even", budget={"daily_minor": 1_000}),
+        campaign("freq", frequency_cap={"impressions": 2, "window_ms": HOUR}),
+    )
+    (tmp_path / "catalog.yaml").write_text(yaml.safe_dump({"campaigns": cat.to_records()}))
+    keys_path = tmp_path / "keys.yaml"
+    keys = {
+        "ad_server": add_key(keys_path, "ads", "ad_server"),
+        "admin": add_key(keys_path, "root", "admin"),
+        "advertiser": add_key(keys_path, "a1", "advertiser", "adv1"),
+    }
+    settings = load_settings(
+        lake_url=f"file://{tmp_path}/lake",
+        catalog_url=str(tmp_path / "catalog.yaml"),
+        api_keys_path=str(keys_path),
+        redis_url=redis_url,
+        **changes,
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://api") as client,
+    ):
+        yield client, keys
+
+
+@pytest.fixture
+async def api(tmp_path: Any, redis_url: str) -> AsyncIterator[tuple[Any, dict[str, str]]]:
+    async for pair in _client(tmp_path, redis_url, api_rate_limit=False):
+        yield pair
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each request was answered on the fast path (True) or left to FastAPI (False)."""
+    taken: list[bool] = []
+    fast = budget.answer_fast
+
+    async def spy(request: Any) -> Any:
+        response = await fast(request)
+        taken.append(response is not None)
+        return response
+
+    monkeypatch.setattr(budget, "answer_fast", spy)
+    return taken
+
+
+QUERIES: list[tuple[str, bool]] = [
+    # (query, answered on the fast path)
+    (f"user_id=u1&campaign_id=even&campaign_id=freq&campaign_id=nope&at={NOW}", True),
+    ("user_id=u1&campaign_id=even", True),  # at: now
+    ("user_id=u%201&campaign_id=ev%65n&campaign_id=&at=946684800000", True),  # escapes, an empty id
+    ("user_id=a&user_id=u2&campaign_id=even&campaign_id=even&at=4102444799999", True),  # last user_id
+    ("user_id=" + "u" * 256 + "&campaign_id=even", True),
+    ("user_id=u1&" + "&".join(["campaign_id=even"] * 500), True),
+    ("campaign_id=even", False),  # 422 missing user_id
+    ("user_id=&campaign_id=even", False),  # 422 empty
+    ("user_id=" + "u" * 257 + "&campaign_id=even", False),  # 422 too long
+    ("user_id=u1", False),  # 422 missing campaign_id
+    ("user_id=u1&" + "&".join(["campaign_id=even"] * 501), False),  # 422 too many
+    ("user_id=u1&campaign_id=even&at=", False),  # 422 not a number
+    ("user_id=u1&campaign_id=even&at=soon", False),
+    ("user_id=u1&campaign_id=even&at=946684799999", False),  # 422 below
+    ("user_id=u1&campaign_id=even&at=4102444800000", False),  # 422 at the upper bound
+    ("user_id=u1&campaign_id=even&at=-1", False),
+    ("user_id=u1&campaign_id=even&at=1.5e12", False),
+    # Spellings the fast path leaves to pydantic, whatever it decides.
+    (f"user_id=u1&campaign_id=even&at=0{NOW}", False),
+    (f"user_id=u1&campaign_id=even&at=%20{NOW}", False),
+    (f"user_id=u1&campaign_id=even&at=%2B{NOW}", False),
+]
+
+
+@pytest.mark.parametrize("role", ["ad_server", "admin"])
+async def test_fast_and_checked_handlers_answer_every_query_alike(
+    api: tuple[Any, dict[str, str]], role: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, keys = api
+    headers = {"X-API-Key": keys[role]}
+    checked = []
+    with monkeypatch.context() as m:
+
+        async def never(request: Any) -> None:
+            return None
+
+        m.setattr(budget, "answer_fast", never)
+        for query, _ in QUERIES:
+            checked.append(await client.get(f"/v1/answer?{query}", headers=headers))
+    taken = _spy(monkeypatch)
+    for (query, fast), before in zip(QUERIES, checked, strict=True):
+        after = await client.get(f"/v1/answer?{query}", headers=headers)
+        assert taken[-1] is fast, query
+        assert after.status_code == before.status_code, query
+        assert after.headers["content-type"] == before.headers["content-type"], query
+        if after.status_code == 200 and "at=" in query and "at=&" not in query:
+            assert after.json() == before.json(), query
+        elif after.status_code == 200:  # at: now, a moment apart
+            assert [a["campaign_id"] for a in after.json()] == [b["campaign_id"] for b in before.json()]
+        else:
+            assert after.status_code == 422, query
+            assert after.json() == before.json(), query
+            assert after.json()["type"] == INVALID_PARAMETER
+            assert after.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_valid_request_is_answered_on_the_fast_path(
+    api: tuple[Any, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, keys = api
+    taken = _spy(monkeypatch)
+    ok = await client.get(
+        "/v1/answer",
+        params={"user_id": "u1", "campaign_id": IDS, "at": NOW},
+        headers={"X-API-Key": keys["ad_server"]},
+    )
+    assert ok.status_code == 200, ok.text
+    assert taken == [True]
+    assert [(a["campaign_id"], a["servable"], a["reason"]) for a in ok.json()] == [
+        ("even", True, None),
+        ("freq", True, None),
+        ("nope", False, "unknown"),
+    ]
+    assert ok.headers["content-type"] == "application/json"
+    assert ok.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("key", "status"),
+    [(None, 401), ("ak_wrong", 401), ("advertiser", 403)],
+)
+async def test_no_key_a_wrong_key_or_another_role_is_refused_by_fastapi(
+    api: tuple[Any, dict[str, str]], monkeypatch: pytest.MonkeyPatch, key: str | None, status: int
+) -> None:
+    client, keys = api
+    taken = _spy(monkeypatch)
+    headers = {} if key is None else {"X-API-Key": keys.get(key, key)}
+    resp = await client.get("/v1/answer", params={"user_id": "u1", "campaign_id": IDS}, headers=headers)
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.json()["status"] == status
+    assert resp.headers["x-frame-options"] == "DENY"
+    assert taken == [False]
+
+
+async def test_an_ad_server_key_past_its_burst_gets_429_on_the_fast_path(
+    tmp_path: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for client, keys in _client(
+        tmp_path, redis_url, api_rate_ad_server_per_s=0.01, api_rate_ad_server_burst=2
+    ):
+        taken = _spy(monkeypatch)
+        params = {"user_id": "u1", "campaign_id": IDS}
+        statuses = [
+            (
+                await client.get("/v1/answer", params=params, headers={"X-API-Key": keys["ad_server"]})
+            ).status_code
+            for _ in range(2)
+        ]
+        refused = await client.get("/v1/answer", params=params, headers={"X-API-Key": keys["ad_server"]})
+        assert statuses == [200, 200]
+        assert refused.status_code == 429
+        assert refused.json()["type"] == RATE_LIMITED
+        assert int(refused.headers["retry-after"]) >= 1
+        assert taken == [True, True]  # the refusal never reached the route
+
+
+async def test_the_openapi_entry_is_the_endpoints(api: tuple[Any, dict[str, str]]) -> None:
+    client, keys = api
+    doc = (await client.get("/openapi.json", headers={"X-API-Key": keys["admin"]})).json()
+    op = doc["paths"]["/v1/answer"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert set(params) == {"user_id", "campaign_id", "at"}
+    assert params["user_id"]["required"]
+    assert params["campaign_id"]["required"]
+    assert params["user_id"]["schema"]["maxLength"] == 256
+    assert params["campaign_id"]["schema"]["maxItems"] == 500
+    assert {"200", "401", "403", "422", "429"} <= set(op["responses"])
+    assert "application/problem+json" in op["responses"]["403"]["content"]
