@@ -64,7 +64,7 @@ async def lifespan(app: _Api) -> AsyncIterator[None]:
     """The app's ``State`` (catalog, lake, store, Redis, keys) for as long as it serves."""
     app.state.core = State(app.settings)
     if app.freeze_gc:
-        # The modules, the app and the catalog (about a million objects with FastAPI, pydantic
+        # The modules, the app and the catalog (about 140k objects with FastAPI, pydantic
         # and pyarrow) are never garbage: a full collection that scans them all is a pause of
         # tens of ms in some request. Frozen, the collector scans what requests allocate only.
         gc.collect()
