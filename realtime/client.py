@@ -12,7 +12,7 @@ Code that uses the client stays on the API both clients share: pipelines with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -21,6 +21,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ResponseError
 
 from shared_logic.errors import InvalidSetting
 from shared_logic.settings import RedisSettings
@@ -111,3 +112,61 @@ def connect(section: RedisSettings) -> Any:
         password=parsed.password,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
     )
+
+
+def exchanges(redis: Any) -> bool:
+    """Whether ``Exchange`` may send for ``redis``: a one-server client (``connect``'s), not a
+    cluster's, nor a wrapper."""
+    return type(redis) is Redis and not redis.single_connection_client
+
+
+class Exchange:
+    """Sends ``commands`` in one round trip on one server (``connect``'s client) and answers their
+    replies as ``redis.pipeline(transaction=False)`` and ``execute(raise_on_error=False)`` do (a
+    reply error in its place; the connection's retry policy, disconnecting before each retry; the
+    raw replies, which is what the pipeline answers for commands without a response callback, such
+    as ``MGET`` and ``EVALSHA``), without the pipeline's per-call machinery (its object, its
+    observability hooks, its HIMPORT preparation) nor, for up to ``idle`` connections a round trip
+    left fully read, the pool's checkout (its condition, lock and hooks: the pool's own health
+    check, ``ensure_connection``, still runs before each use). An ad request's read: about 190 to
+    130 us of CPU. The connections kept stay the pool's (closed with it)."""
+
+    def __init__(self, redis: Redis, idle: int = 16) -> None:
+        self.pool, self.idle = redis.connection_pool, idle
+        self._idle: list[AbstractConnection] = []
+
+    async def __call__(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        pool, idle = self.pool, self._idle
+        if idle:
+            conn = idle.pop()
+            try:
+                await pool.ensure_connection(conn)
+            except BaseException:
+                await pool.release(conn)
+                raise
+        else:
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+        async def send() -> list[Any]:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as e:
+                    replies.append(e)
+            return replies
+
+        async def failed(error: Exception) -> None:
+            await conn.disconnect()
+
+        done = False
+        try:
+            replies: list[Any] = await conn.retry.call_with_retry(send, failed)
+            done = True
+        finally:
+            if done and len(idle) < self.idle:
+                idle.append(conn)  # every reply read: ready for the next round trip
+            else:
+                await pool.release(conn)
+        return replies

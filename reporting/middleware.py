@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from redis.exceptions import NoScriptError
 from secure import (
     CacheControl,
     ContentSecurityPolicy,
@@ -40,7 +41,7 @@ from reporting.auth import ApiKey, KeyRing
 from reporting.errors import RATE_LIMITED, UNAVAILABLE, Problem
 from reporting.metrics import ApiMetrics
 from reporting.problems import problem_response
-from reporting.ratelimit import Rate, RateLimiter, address_bucket
+from reporting.ratelimit import Rate, RateLimiter, Verdict, address_bucket
 from shared_logic.settings import ApiSettings, RateRole
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,19 @@ class LimiterHost(Protocol):
 
 
 CALLER = "api_key"  # request.state: the ApiKey (or None) the limiter identified, so it is hashed once
+#: request.state: the ``DeferredLimit`` of a request whose route checks the limit itself.
+DEFERRED = "rate_limit"
+#: The route whose Redis read carries the limiter's script (``reporting.routes.budget.AnswerRoute``).
+ANSWER_PATH = "/v1/answer"
 _PAUSE_S = 1.0  # after Redis failed the limiter, skip it this long before asking again
+
+
+class Refused(Exception):
+    """A deferred check's 429 (or 503 failing closed): the route answers ``problem`` instead."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.status)
+        self.problem = problem
 
 
 class RateLimits:
@@ -244,36 +257,62 @@ class RateLimits:
             return
         host = self.host()
         who = host.keyring.identify(Headers(scope=scope).get("x-api-key"))
-        scope.setdefault("state", {})[CALLER] = who
+        state = scope.setdefault("state", {})
+        state[CALLER] = who
         if self.enabled:
-            problem = await self.check(host.limiter, who, scope)
+            limiter = host.limiter
+            if (
+                limiter.pipelined
+                and scope["path"] == ANSWER_PATH
+                and scope["method"] == "GET"
+                and not scope.get("root_path")
+            ):
+                # The route sends the limiter's script in its own read's pipeline (one round trip)
+                # and answers a refusal exactly as below, before anything else it would answer.
+                deferred = state[DEFERRED] = DeferredLimit(self, limiter, who, scope)
+                await self.app(scope, receive, send)
+                if not deferred.settled:  # never reached the route: the token is taken all the same
+                    await deferred.check()
+                return
+            problem = await self.check(limiter, who, scope)
             if problem is not None:
                 await problem_response(problem, scope["path"])(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    async def check(self, limiter: RateLimiter, who: ApiKey | None, scope: Scope) -> Problem | None:
-        role: RateRole
+    def bucket(self, who: ApiKey | None, scope: Scope) -> tuple[RateRole, str]:
+        """The role whose rate applies, and the bucket the request draws from."""
         if who is not None:
-            role, bucket = who.role, f"key:{who.sha256}"
-        else:
-            client: Any = scope.get("client")
-            role, bucket = "anonymous", address_bucket(client[0] if client else None)
-        if time.monotonic() < self._paused_until:
+            return who.role, f"key:{who.sha256}"
+        client: Any = scope.get("client")
+        return "anonymous", address_bucket(client[0] if client else None)
+
+    def paused(self) -> bool:
+        return time.monotonic() < self._paused_until
+
+    async def check(self, limiter: RateLimiter, who: ApiKey | None, scope: Scope) -> Problem | None:
+        role, bucket = self.bucket(who, scope)
+        if self.paused():
             return self._down()
         try:
             async with asyncio.timeout(self.timeout_s):
                 verdict = await limiter.hit(bucket, self.rates[role])
         except Exception as exc:
-            # Any failure to read the bucket (refused, timed out, cluster moved) is a limiter outage.
-            self.metrics.rate_limit_errors.inc()
-            self._paused_until = time.monotonic() + _PAUSE_S
-            log.warning(
-                "rate limiter: Redis did not answer (%s); %s",
-                type(exc).__name__,
-                "serving without limits" if self.fail_open else "refusing with 503",
-            )
-            return self._down()
+            return self.failed(exc)
+        return self.judge(verdict, role, who)
+
+    def failed(self, exc: BaseException) -> Problem | None:
+        """Any failure to read the bucket (refused, timed out, cluster moved) is a limiter outage."""
+        self.metrics.rate_limit_errors.inc()
+        self._paused_until = time.monotonic() + _PAUSE_S
+        log.warning(
+            "rate limiter: Redis did not answer (%s); %s",
+            type(exc).__name__,
+            "serving without limits" if self.fail_open else "refusing with 503",
+        )
+        return self._down()
+
+    def judge(self, verdict: Verdict, role: RateRole, who: ApiKey | None) -> Problem | None:
         if verdict.allowed:
             return None
         self.metrics.rate_limited.labels(role).inc()
@@ -298,3 +337,50 @@ class RateLimits:
             "Dependency unavailable",
             headers={"Retry-After": str(int(_PAUSE_S))},
         )
+
+
+class DeferredLimit:
+    """``RateLimits.check`` of a ``GET /v1/answer`` request, left to the route: it sends ``command``
+    first in the answer's Redis pipeline (``serving.answer.Ahead``) and ``settle`` judges the reply
+    exactly as ``check`` would (429, counted; an error counted, the pause, open or closed), raising
+    ``Refused`` for a refusal; ``check`` asks on its own, as the middleware would have. Either way
+    the bucket is asked once: a NOSCRIPT reply took nothing, and ``check`` then loads the script
+    and asks again."""
+
+    __slots__ = ("key", "limiter", "limits", "role", "scope", "settled", "timeout_s", "who")
+
+    def __init__(self, limits: RateLimits, limiter: RateLimiter, who: ApiKey | None, scope: Scope) -> None:
+        self.limits, self.limiter, self.who, self.scope = limits, limiter, who, scope
+        self.role, self.key = limits.bucket(who, scope)
+        self.timeout_s: float | None = limits.timeout_s
+        self.settled = False
+
+    async def check(self) -> Problem | None:
+        self.settled = True
+        return await self.limits.check(self.limiter, self.who, self.scope)
+
+    def command(self) -> tuple[Any, ...] | None:
+        self.settled = True
+        limits = self.limits
+        if limits.paused():
+            problem = limits._down()
+            if problem is not None:
+                raise Refused(problem)
+            return None
+        return self.limiter.command(self.key, limits.rates[self.role])
+
+    async def settle(self, reply: Any) -> None:
+        limits = self.limits
+        if isinstance(reply, NoScriptError):  # the script did not run: load it and ask again
+            problem = await limits.check(self.limiter, self.who, self.scope)
+        elif isinstance(reply, BaseException):
+            problem = limits.failed(reply)
+        else:
+            try:
+                verdict = self.limiter.verdict(reply)
+            except Exception as exc:
+                problem = limits.failed(exc)
+            else:
+                problem = limits.judge(verdict, self.role, self.who)
+        if problem is not None:
+            raise Refused(problem)

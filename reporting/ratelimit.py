@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+
 from shared_logic.settings import ApiSettings, RateRole
 
 SOURCE = resources.files("reporting").joinpath("lua", "gcra.lua").read_text(encoding="utf-8")
@@ -71,17 +73,35 @@ class RateLimiter:
     """Token buckets on ``redis`` (any redis-py asyncio client: ``Redis`` or ``RedisCluster``)."""
 
     def __init__(self, redis: Any, prefix: str) -> None:
+        self.redis = redis
         self._script = redis.register_script(SOURCE)
         self.prefix = prefix
+        #: Whether ``command`` may ride in another pipeline of ``redis``: one server only (a Redis
+        #: Cluster pipeline may send its commands again, and this script is not idempotent).
+        self.pipelined = not isinstance(redis, RedisCluster)
 
     def key(self, bucket: str) -> str:
         return f"{self.prefix}:ratelimit:{bucket}"
 
     async def hit(self, bucket: str, rate: Rate, cost: int = 1) -> Verdict:
         """Take ``cost`` tokens from ``bucket`` if it holds them; a refusal takes nothing."""
-        if not 1 <= cost <= rate.burst:
-            raise ValueError(f"cost = {cost}: must be between 1 and the burst ({rate.burst})")
-        allowed, left, wait_us = await self._script(
-            keys=[self.key(bucket)], args=[rate.interval_us, rate.burst, cost]
+        _check_cost(rate, cost)
+        return self.verdict(
+            await self._script(keys=[self.key(bucket)], args=[rate.interval_us, rate.burst, cost])
         )
+
+    def command(self, bucket: str, rate: Rate, cost: int = 1) -> tuple[Any, ...]:
+        """``hit`` as one command, to send in a pipeline of the same client (its reply to ``verdict``;
+        a NOSCRIPT reply took nothing: ``hit`` loads the script and asks again)."""
+        _check_cost(rate, cost)
+        return ("EVALSHA", self._script.sha, 1, self.key(bucket), rate.interval_us, rate.burst, cost)
+
+    @staticmethod
+    def verdict(reply: Any) -> Verdict:
+        allowed, left, wait_us = reply
         return Verdict(bool(allowed), int(left), int(wait_us) / 1_000_000)
+
+
+def _check_cost(rate: Rate, cost: int) -> None:
+    if not 1 <= cost <= rate.burst:
+        raise ValueError(f"cost = {cost}: must be between 1 and the burst ({rate.burst})")

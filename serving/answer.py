@@ -10,16 +10,18 @@ Redis Cluster, so each stays in one slot) and one read-only script call for the 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError
 
+from realtime.client import Exchange, exchanges
 from realtime.keys import Keys
 from shared_logic import Campaign, Catalog, budget_day, day_bounds_ms
 from shared_logic.errors import InvalidInput
@@ -63,6 +65,31 @@ class AdAnswer:
     liability_minor: float | None
     state_age_ms: int | None
     impressions: int | None
+
+
+class Ahead(Protocol):
+    """A command of the caller's that rides first in the answer's pipeline, on the same client
+    (the API's rate limit: one round trip instead of two). ``command`` is called once, before the
+    first read (None: nothing to send; it may raise to stop the answer); that pipeline waits at
+    most ``timeout_s``; ``settle`` gets the command's reply, or the exception that failed the
+    whole pipeline, before the reads' replies are looked at, and may raise to stop the answer.
+    The command is never sent again: after a failure ``settle`` returns from, the reads go again
+    alone."""
+
+    timeout_s: float | None
+
+    def command(self) -> tuple[Any, ...] | None: ...
+
+    async def settle(self, reply: Any) -> None: ...
+
+
+class _Commands(list[tuple[Any, ...]]):
+    """Commands queued as on a pipeline, for ``realtime.client.Exchange``."""
+
+    __slots__ = ()
+
+    def execute_command(self, *args: Any) -> None:
+        self.append(args)
 
 
 class _Script:
@@ -120,21 +147,25 @@ class AnswerReader:
         self._days: dict[str, tuple[int, int, str]] = {}
         self._keys: dict[tuple[str, str], tuple[int, tuple[str, str, str]]] = {}
         self._profiles: dict[str, _Profile] = {}
+        self._exchange = Exchange(redis) if exchanges(redis) else None
 
     async def load(self) -> None:
         """Load the frequency read's script (on every primary of a cluster), so the first answer
         is one round trip too; an answer that finds it missing loads it itself."""
         await self.redis.script_load(_FREQUENCY.text)
 
-    async def answer(self, user_id: str, campaign_ids: Sequence[str], now_ms: int) -> list[AdAnswer]:
-        """The answer for ``user_id`` and each of ``campaign_ids`` at ``now_ms``, in their order."""
+    async def answer(
+        self, user_id: str, campaign_ids: Sequence[str], now_ms: int, ahead: Ahead | None = None
+    ) -> list[AdAnswer]:
+        """The answer for ``user_id`` and each of ``campaign_ids`` at ``now_ms``, in their order
+        (``ahead``: a command of the caller's sent first in the same round trip)."""
         if not user_id:
             raise InvalidInput("user_id", user_id, "must not be empty")
         if len(campaign_ids) > MAX_CANDIDATES:
             raise InvalidInput("campaign_id", len(campaign_ids), f"at most {MAX_CANDIDATES} candidates")
         known, days = self.days(campaign_ids, now_ms)
         capped = [c for c in known if c.frequency_cap is not None]
-        budget, seen = await self.read(user_id, known, days, capped, now_ms)
+        budget, seen = await self.read(user_id, known, days, capped, now_ms, ahead)
         return [self.one(cid, budget.get(cid), seen.get(cid), days.get(cid), now_ms) for cid in campaign_ids]
 
     async def read(
@@ -144,11 +175,12 @@ class AnswerReader:
         days: dict[str, str],
         capped: Sequence[Campaign],
         now_ms: int,
+        ahead: Ahead | None = None,
     ) -> tuple[dict[str, Sequence[Any]], dict[str, int]]:
         """One round trip: the budget part of ``campaigns`` (per campaign, the values ``answer``
         reads: the two spends then the published pacing state) and the user's impressions of ``capped``
-        inside their windows. Either list may be empty; both empty reads nothing."""
-        groups, raw = await self._read(user_id, list(campaigns), days, list(capped), now_ms)
+        inside their windows. Either list may be empty; both empty read nothing (but ``ahead``'s)."""
+        groups, raw = await self._read(user_id, list(campaigns), days, list(capped), now_ms, ahead)
         budget: dict[str, Sequence[Any]] = {}
         for group, values in zip(groups, raw, strict=False):
             for i, c in enumerate(group):
@@ -195,6 +227,7 @@ class AnswerReader:
         days: dict[str, str],
         capped: list[Campaign],
         now_ms: int,
+        ahead: Ahead | None = None,
     ) -> tuple[list[list[Campaign]], list[Any]]:
         """The pipeline's results, and the campaigns of each budget MGET in its order."""
         bucket = self.keys.bucket(user_id)
@@ -226,22 +259,53 @@ class AnswerReader:
                     [now_ms, *(c.frequency_cap.window_ms for c in capped if c.frequency_cap)],
                 )
 
-        if not campaigns and not capped:
+        # ``ahead``'s command goes first in the first pipeline only: its reply (or the pipeline's
+        # failure) is settled before the reads' replies are looked at, and only the reads are
+        # ever sent again.
+        lead = ahead.command() if ahead is not None else None
+        if not campaigns and not capped and lead is None:
             return [], []
-        for attempt in (0, 1):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                queue(pipe)
-                results: list[Any] = await pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+        reloaded = False
+        while True:
+            if lead is None:
+                results: list[Any] = await self._send(queue)
+            else:
+                assert ahead is not None
+                try:
+                    async with asyncio.timeout(ahead.timeout_s):
+                        results = await self._send(queue, lead)
+                except Exception as exc:  # handed to ``ahead``: it raises, or the reads go again alone
+                    lead = None
+                    await ahead.settle(exc)
+                    continue
+                lead = None
+                await ahead.settle(results[0])
+                results = results[1:]
+            if not reloaded and any(isinstance(r, NoScriptError) for r in results):
                 # A node restarted or failed over: load (on every primary) and read again; reads
                 # change nothing, so the repeat is safe.
+                reloaded = True
                 await self.load()
                 continue
             for r in results:
                 if isinstance(r, Exception):
                     raise r
             return groups, results
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, queue: Callable[[Any], None], lead: tuple[Any, ...] | None = None) -> list[Any]:
+        """The replies to ``lead`` and what ``queue`` queues, in one round trip (a reply error in its
+        place): on one server without redis-py's pipeline object (``realtime.client.Exchange``)."""
+        if self._exchange is not None:
+            commands = _Commands()
+            if lead is not None:
+                commands.execute_command(*lead)
+            queue(commands)
+            return await self._exchange(commands)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if lead is not None:
+                pipe.execute_command(*lead)
+            queue(pipe)
+            return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
     def one(
         self,

@@ -17,8 +17,8 @@ from fastapi.routing import APIRoute
 from realtime.budget import BudgetReader, BudgetState
 from reporting.auth import ApiKey
 from reporting.errors import CampaignNotFound
-from reporting.middleware import CALLER
-from reporting.problems import openapi_responses
+from reporting.middleware import CALLER, DEFERRED, DeferredLimit, Refused
+from reporting.problems import openapi_responses, problem_response
 from reporting.routes.deps import KEYED, Caller, Core, core, visible
 from reporting.state import State
 from serving import AdAnswer
@@ -83,16 +83,30 @@ class AnswerRoute(APIRoute):
         checked = super().get_route_handler()
 
         async def handler(request: Request) -> Response:
-            fast = await answer_fast(request)
-            return fast if fast is not None else await checked(request)
+            try:
+                fast = await answer_fast(request)
+            except Refused as refused:
+                return problem_response(refused.problem, request.scope["path"])
+            if fast is not None:
+                return fast
+            deferred: DeferredLimit | None = request.scope.get("state", {}).get(DEFERRED)
+            if deferred is not None and not deferred.settled:
+                # The limit first, as the middleware checks it for every other route.
+                problem = await deferred.check()
+                if problem is not None:
+                    return problem_response(problem, request.scope["path"])
+            return await checked(request)
 
         return handler
 
 
 async def answer_fast(request: Request) -> Response | None:
     """The answer to a request the endpoint would accept as is (its key identified by the rate
-    limiter, ``reporting.middleware.RateLimits``), or None to let FastAPI check it."""
-    who = request.scope.get("state", {}).get(CALLER)
+    limiter, ``reporting.middleware.RateLimits``), or None to let FastAPI check it. The limiter's
+    check, when the middleware left it to the route (``DeferredLimit``), rides in the answer's
+    pipeline; a refusal raises ``Refused`` and nothing is answered."""
+    state = request.scope.get("state", {})
+    who = state.get(CALLER)
     if not isinstance(who, ApiKey) or who.role not in ANSWER_ROLES:
         return None
     query = request.query_params
@@ -109,7 +123,14 @@ async def answer_fast(request: Request) -> Response | None:
         now = int(at)
     else:
         return None
-    answers = await core(request).answers.answer(user_id, campaign_ids, now)
+    reader = core(request).answers
+    deferred: DeferredLimit | None = state.get(DEFERRED)
+    if deferred is not None and not deferred.settled and deferred.limiter.redis is not reader.redis:
+        problem = await deferred.check()  # another client: the limit on its own, first
+        if problem is not None:
+            raise Refused(problem)
+    ahead = deferred if deferred is not None and not deferred.settled else None
+    answers = await reader.answer(user_id, campaign_ids, now, ahead)
     return Response(orjson.dumps(answers), media_type="application/json")
 
 

@@ -381,6 +381,17 @@ def test_redis_stopped_means_503_problems_never_a_plain_500(world: dict[str, Any
             # The batch view ends at the batch day: the days after it, up to today, are Redis's.
             assert served.json()["batch_through"] == world["batch_day"]
             server.stop()
+            # First after the stop: /v1/answer sends the limiter's script in its own pipeline, and
+            # its failure is the limiter's (counted, paused, open or closed) as on any route.
+            answer = _get(base, "/v1/answer", ads, params={"user_id": "u1", "campaign_id": world["own"]})
+            problem = assert_problem(answer, 503)
+            assert problem["type"].endswith(":unavailable")
+            if fail_open:  # served without limits: the answer's own read fails
+                assert problem["detail"] != "the rate limiter's Redis did not answer"
+                assert "Redis" in problem["detail"]
+            else:
+                assert problem["detail"] == "the rate limiter's Redis did not answer"
+                assert answer.headers["retry-after"] == "1"
             if fail_open:
                 # The limiter lets requests through; what needs Redis answers 503, the rest answers.
                 budget = assert_problem(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from realtime.client import connect
+from realtime.client import connect, is_cluster
 from realtime.keys import Keys
 from realtime.pacing import write_state
 from serving import AnswerReader, Reason
@@ -147,6 +147,13 @@ async def test_fifty_candidates_over_shards_in_one_pipeline_match_each_read_alon
     assert {
         a.campaign_id: (a.reason, a.serve_probability, a.remaining_minor, a.impressions) for a in answers
     } == expected
+    # The API's client on one server sends the same commands without redis-py's pipeline object
+    # (realtime.client.Exchange; a cluster's pipelines as before): the same answers, to the last field.
+    direct = AnswerReader(redis, catalog(*camps), keys)
+    assert (direct._exchange is None) is is_cluster(speed_redis_url)
+    assert reader._exchange is None
+    again = await direct.answer("u9", [c.campaign_id for c in camps], NOW)
+    assert [repr(a) for a in again] == [repr(a) for a in answers]
     await redis.aclose()
 
 
