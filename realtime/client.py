@@ -12,6 +12,7 @@ Code that uses the client stays on the API both clients share: pipelines with
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -120,6 +121,15 @@ def exchanges(redis: Any) -> bool:
     return type(redis) is Redis and not redis.single_connection_client
 
 
+class LeadFailed(Exception):
+    """A round trip with a lead command failed after the lead's reply had arrived: ``reply`` is that
+    reply, ``__cause__`` the failure of the rest."""
+
+    def __init__(self, reply: Any) -> None:
+        super().__init__("the round trip failed after its first reply")
+        self.reply = reply
+
+
 class Exchange:
     """Sends ``commands`` in one round trip on one server (``connect``'s client) and answers their
     replies as ``redis.pipeline(transaction=False)`` and ``execute(raise_on_error=False)`` do (a
@@ -128,33 +138,49 @@ class Exchange:
     as ``MGET`` and ``EVALSHA``), without the pipeline's per-call machinery (its object, its
     observability hooks, its HIMPORT preparation) nor, for up to ``idle`` connections a round trip
     left fully read, the pool's checkout (its condition, lock and hooks: the pool's own health
-    check, ``ensure_connection``, still runs before each use). An ad request's read: about 190 to
-    130 us of CPU. The connections kept stay the pool's (closed with it)."""
+    check, ``ensure_connection``, still runs before each use, and a connection the server asked to
+    reconnect goes back through the pool). An ad request's read: about 190 to 130 us of CPU. The
+    connections kept stay the pool's (closed with it).
 
-    def __init__(self, redis: Redis, idle: int = 16) -> None:
+    ``lead_within`` (seconds): the first command is the caller's own (the API's rate limit), sent
+    once and never again (no retry), and only its reply is awaited under that deadline; a failure
+    after its reply arrived is ``LeadFailed`` carrying the reply."""
+
+    def __init__(self, redis: Redis, idle: int = 8) -> None:
         self.pool, self.idle = redis.connection_pool, idle
         self._idle: list[AbstractConnection] = []
 
-    async def __call__(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def __call__(
+        self, commands: Sequence[tuple[Any, ...]], lead_within: float | None = None
+    ) -> list[Any]:
         pool, idle = self.pool, self._idle
-        if idle:
+        conn = None
+        while idle and conn is None:
             conn = idle.pop()
+            if conn.should_reconnect():  # type: ignore[no-untyped-call]
+                await _release(pool, conn)
+                conn = None
+        if conn is not None:
             try:
                 await pool.ensure_connection(conn)
             except BaseException:
-                await pool.release(conn)
+                await _release(pool, conn)
                 raise
         else:
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
+
+        async def read() -> Any:
+            try:
+                return await conn.read_response()
+            except ResponseError as e:
+                return e
 
         async def send() -> list[Any]:
+            replies.clear()
             await conn.send_packed_command(conn.pack_commands(commands))
-            replies: list[Any] = []
             for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as e:
-                    replies.append(e)
+                replies.append(await read())  # noqa: PERF401 - what was read stays read on a failure
             return replies
 
         async def failed(error: Exception) -> None:
@@ -162,11 +188,27 @@ class Exchange:
 
         done = False
         try:
-            replies: list[Any] = await conn.retry.call_with_retry(send, failed)
+            if lead_within is None:
+                await conn.retry.call_with_retry(send, failed)
+            else:
+                await conn.send_packed_command(conn.pack_commands(commands))
+                async with asyncio.timeout(lead_within):
+                    replies.append(await read())
+                try:
+                    for _ in commands[1:]:
+                        replies.append(await read())  # noqa: PERF401 - as above
+                except Exception as exc:
+                    raise LeadFailed(replies[0]) from exc
             done = True
         finally:
             if done and len(idle) < self.idle:
                 idle.append(conn)  # every reply read: ready for the next round trip
             else:
-                await pool.release(conn)
+                await _release(pool, conn)
         return replies
+
+
+async def _release(pool: Any, conn: AbstractConnection) -> None:
+    """Back to the pool, even when the caller is being cancelled (a release cut off while it waits
+    for the pool's lock would lose the connection's slot for good)."""
+    await asyncio.shield(pool.release(conn))

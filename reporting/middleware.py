@@ -270,7 +270,12 @@ class RateLimits:
                 # The route sends the limiter's script in its own read's pipeline (one round trip)
                 # and answers a refusal exactly as below, before anything else it would answer.
                 deferred = state[DEFERRED] = DeferredLimit(self, limiter, who, scope)
-                await self.app(scope, receive, send)
+                try:
+                    await self.app(scope, receive, send)
+                except Exception:
+                    if not deferred.settled:  # failed before its check: the token is taken all the same
+                        await deferred.check()
+                    raise
                 if not deferred.settled:  # never reached the route: the token is taken all the same
                     await deferred.check()
                 return

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
-
+from realtime.client import exchanges
 from shared_logic.settings import ApiSettings, RateRole
 
 SOURCE = resources.files("reporting").joinpath("lua", "gcra.lua").read_text(encoding="utf-8")
@@ -76,9 +75,10 @@ class RateLimiter:
         self.redis = redis
         self._script = redis.register_script(SOURCE)
         self.prefix = prefix
-        #: Whether ``command`` may ride in another pipeline of ``redis``: one server only (a Redis
-        #: Cluster pipeline may send its commands again, and this script is not idempotent).
-        self.pipelined = not isinstance(redis, RedisCluster)
+        #: Whether ``command`` may ride in another round trip of ``redis``: one server's client,
+        #: which sends it once (``realtime.client.Exchange``; a Redis Cluster pipeline may send its
+        #: commands again, and this script is not idempotent).
+        self.pipelined = exchanges(redis)
 
     def key(self, bucket: str) -> str:
         return f"{self.prefix}:ratelimit:{bucket}"

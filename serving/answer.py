@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError
 
-from realtime.client import Exchange, exchanges
+from realtime.client import Exchange, LeadFailed, exchanges
 from realtime.keys import Keys
 from shared_logic import Campaign, Catalog, budget_day, day_bounds_ms
 from shared_logic.errors import InvalidInput
@@ -272,9 +272,12 @@ class AnswerReader:
             else:
                 assert ahead is not None
                 try:
-                    async with asyncio.timeout(ahead.timeout_s):
-                        results = await self._send(queue, lead)
-                except Exception as exc:  # handed to ``ahead``: it raises, or the reads go again alone
+                    results = await self._send(queue, lead, ahead.timeout_s)
+                except LeadFailed as exc:  # the lead's reply came, the reads' did not
+                    lead = None
+                    await ahead.settle(exc.reply)  # a refusal is a refusal, else the reads' failure
+                    raise exc.__cause__ or exc from None
+                except Exception as exc:  # no reply to the lead: ``ahead`` raises, or the reads go alone
                     lead = None
                     await ahead.settle(exc)
                     continue
@@ -292,16 +295,25 @@ class AnswerReader:
                     raise r
             return groups, results
 
-    async def _send(self, queue: Callable[[Any], None], lead: tuple[Any, ...] | None = None) -> list[Any]:
+    async def _send(
+        self,
+        queue: Callable[[Any], None],
+        lead: tuple[Any, ...] | None = None,
+        lead_within: float | None = None,
+    ) -> list[Any]:
         """The replies to ``lead`` and what ``queue`` queues, in one round trip (a reply error in its
-        place): on one server without redis-py's pipeline object (``realtime.client.Exchange``)."""
+        place): on one server without redis-py's pipeline object (``realtime.client.Exchange``:
+        ``lead`` sent once, only its reply awaited under ``lead_within``)."""
         if self._exchange is not None:
             commands = _Commands()
             if lead is not None:
                 commands.execute_command(*lead)
             queue(commands)
-            return await self._exchange(commands)
-        async with self.redis.pipeline(transaction=False) as pipe:
+            return await self._exchange(commands, lead_within if lead is not None else None)
+        async with (
+            asyncio.timeout(lead_within if lead is not None else None),
+            self.redis.pipeline(transaction=False) as pipe,
+        ):
             if lead is not None:
                 pipe.execute_command(*lead)
             queue(pipe)

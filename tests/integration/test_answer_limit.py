@@ -6,6 +6,7 @@ client keeps the separate call."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from realtime.client import Exchange
+from realtime.client import Exchange, LeadFailed, _release, connect
 from reporting.errors import RATE_LIMITED, UNAVAILABLE
 from reporting.ratelimit import SOURCE, RateLimiter
 from serving.answer import _FREQUENCY
@@ -119,10 +120,10 @@ async def test_a_limiter_error_is_counted_paused_and_fails_open_or_closed(
         sent.append(cmd)
         return ("NO-SUCH-COMMAND",) if how == "error reply" else cmd
 
-    async def failing(self: Exchange, commands: Any) -> Any:
+    async def failing(self: Exchange, commands: Any, *args: Any) -> Any:
         if sent and any(c[:2] == sent[0][:2] for c in commands):
             raise RedisConnectionError("the limiter's round trip failed")
-        return await exchange(self, commands)
+        return await exchange(self, commands, *args)
 
     async for client, keys in _client(tmp_path, redis_url, api_rate_limit_fail_open=fail_open, **TIGHT):
         headers = {"X-API-Key": keys["ad_server"]}
@@ -215,3 +216,107 @@ async def test_candidates_with_nothing_to_read_still_draw_from_the_bucket(
             (await client.get("/v1/answer", params=params, headers=headers)).status_code for _ in range(3)
         ]
         assert statuses == [200, 200, 429]
+
+
+#: A script that holds the server for ARGV[1] microseconds (a slow reply, for real).
+BUSY = (
+    "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] "
+    "repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - s > tonumber(ARGV[1]) return 1"
+)
+
+
+async def test_a_late_lead_times_out_and_a_failure_after_it_keeps_its_reply(redis_url: str) -> None:
+    """The lead's deadline and what a failure after its reply gives. (Redis writes a batch's
+    replies together, so the deadline covers the server's work on the whole batch, microseconds
+    for the answer's reads, but not the client reading the rest: see the next test.)"""
+    from shared_logic.settings import RedisSettings
+
+    redis = connect(RedisSettings(url=redis_url))
+    exchange = Exchange(redis)
+    assert await exchange([("PING",), ("PING",)], 0.05) == [b"PONG", b"PONG"]
+    assert len(exchange._idle) == 1
+    with pytest.raises(TimeoutError):
+        await exchange([("EVAL", BUSY, 0, 200_000), ("PING",)], 0.05)
+    assert exchange._idle == []  # the one that timed out went back to the pool, disconnected
+    # The lead's reply came, the rest did not: the caller still gets the lead's reply.
+    with pytest.raises(LeadFailed) as failed:
+        await exchange([("PING",), ("CLIENT", "KILL", "SKIPME", "no"), ("PING",)], 1.0)
+    assert failed.value.reply == b"PONG"
+    assert isinstance(failed.value.__cause__, RedisConnectionError)
+    await redis.aclose()
+
+
+async def test_a_release_cancelled_while_it_waits_for_the_pools_lock_still_releases(redis_url: str) -> None:
+    """Kills the mutant that releases without ``asyncio.shield`` (the connection's slot would be
+    lost for good: the pool holds at most ``max_connections``)."""
+    from shared_logic.settings import RedisSettings
+
+    redis = connect(RedisSettings(url=redis_url))
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    async with pool._condition:  # another task holds the pool's lock
+        task = asyncio.create_task(_release(pool, conn))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(0.01)
+    assert conn not in pool._in_use_connections
+    await redis.aclose()
+
+
+async def test_slow_reads_after_the_verdict_are_no_limiter_outage(
+    tmp_path: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limiter's 50 ms deadline covers its own reply only: with the client reading every later
+    reply of a round trip 100 ms late (a busy event loop), an empty bucket is still a 429 and no
+    limiter error is counted. Kills the mutant that puts the deadline around the whole round trip
+    (the slow read would count as a limiter outage, pause the limiter and, failing open, serve the
+    refused request)."""
+    from redis.asyncio.connection import AbstractConnection
+
+    send, read = AbstractConnection.send_packed_command, AbstractConnection.read_response
+    replies: dict[int, int] = {}
+
+    async def sending(self: Any, *args: Any, **kwargs: Any) -> Any:
+        replies[id(self)] = 0
+        return await send(self, *args, **kwargs)
+
+    async def reading(self: Any, *args: Any, **kwargs: Any) -> Any:
+        replies[id(self)] = replies.get(id(self), 0) + 1
+        if replies[id(self)] > 1:
+            await asyncio.sleep(0.1)
+        return await read(self, *args, **kwargs)
+
+    async for client, keys in _client(tmp_path, redis_url, api_rate_limit_timeout_ms=50, **TIGHT):
+        headers = {"X-API-Key": keys["ad_server"]}
+        assert (await client.get("/v1/answer", params=PARAMS, headers=headers)).status_code == 200
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", sending)
+        monkeypatch.setattr(AbstractConnection, "read_response", reading)
+        statuses = [
+            (await client.get("/v1/answer", params=PARAMS, headers=headers)).status_code for _ in range(2)
+        ]
+        assert statuses == [200, 429]
+        assert _errors(client) == 0
+
+
+async def test_a_request_that_fails_before_its_check_still_takes_its_token(
+    tmp_path: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kills the mutant that takes the deferred token only after the app returned (an exception on
+    the way, a 500, would skip the limit)."""
+    from serving import AnswerReader
+
+    days = AnswerReader.days
+
+    def broken(self: Any, *args: Any) -> Any:
+        raise RuntimeError("a fault before the limiter's command is sent")
+
+    async for client, keys in _client(tmp_path, redis_url, **TIGHT):
+        headers = {"X-API-Key": keys["ad_server"]}
+        monkeypatch.setattr(AnswerReader, "days", broken)
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="a fault before"):
+                await client.get("/v1/answer", params=PARAMS, headers=headers)
+        monkeypatch.setattr(AnswerReader, "days", days)
+        assert (await client.get("/v1/answer", params=PARAMS, headers=headers)).status_code == 429
