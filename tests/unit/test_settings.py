@@ -256,7 +256,8 @@ def test_the_default_windows_come_from_the_settings_and_set_the_look_back(
     """A campaign without windows of its own counts touches over ``rules.default_*_window_ms``,
     and the longest of them sets the nightly look-back (kills the mutant that leaves
     ``policy()`` on the policy's built-in 7 days)."""
-    from shared_logic import Campaign, Windows
+    from shared_logic import Windows
+    from tests.factories import campaign
 
     day = 86_400_000
     assert Settings().rules.policy().lookback_days() == 8  # 7 days of clicks, a minute late
@@ -265,18 +266,8 @@ def test_the_default_windows_come_from_the_settings_and_set_the_look_back(
     policy = load_settings().rules.policy()
     assert policy.default_windows == Windows(click_ms=2 * day, view_ms=day // 4)
     assert policy.lookback_days() == 3
-    own = Campaign.model_validate(
-        {
-            "campaign_id": "c1",
-            "advertiser_id": "a1",
-            "lever": "ad",
-            "merchant_ids": ["m1"],
-            "currency": "USD",
-            "pricing": {"model": "fixed", "fee_minor": 100},
-            "windows": {"click_ms": day, "view_ms": day},
-        }
-    )
-    bare = own.model_copy(update={"campaign_id": "c2", "windows": None})
+    own = campaign("c1", windows={"click_ms": day, "view_ms": day})
+    bare = campaign("c2")
     assert policy.windows_for(own).click_ms == day
     assert policy.windows_for(bare).click_ms == 2 * day
     monkeypatch.setenv("ATTRIBUTION_RULES_DEFAULT_CLICK_WINDOW_MS", "0")
