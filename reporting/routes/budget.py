@@ -23,6 +23,7 @@ from reporting.routes.deps import KEYED, Caller, Core, core, visible
 from reporting.state import State
 from serving import AdAnswer
 from serving.answer import MAX_CANDIDATES
+from shared_logic.timeutil import MAX_EPOCH_MS, MIN_EPOCH_MS
 
 router = APIRouter(tags=["budget"])
 
@@ -40,8 +41,8 @@ async def budget(
         int | None,
         Query(
             description="epoch ms to read the budget day at; default now",
-            ge=946_684_800_000,
-            lt=4_102_444_800_000,
+            ge=MIN_EPOCH_MS,
+            lt=MAX_EPOCH_MS,
         ),
     ] = None,
 ) -> list[BudgetState]:
@@ -65,7 +66,6 @@ async def budget_states(state: State, who: ApiKey, campaign_ids: list[str], at_m
 #: The roles ``/v1/answer`` serves, and the bounds of its query (the endpoint's ``Query`` rules).
 ANSWER_ROLES = ("admin", "ad_server")
 MAX_USER_ID = 256
-AT_MIN_MS, AT_MAX_MS = 946_684_800_000, 4_102_444_800_000
 #: ``at`` as the fast path takes it: plain ASCII digits, no sign, no leading zero (12 or 13 digits
 #: hold every value the bounds allow); any other spelling is left to FastAPI's validation.
 _PLAIN_MS = re.compile(r"[1-9][0-9]{11,12}")
@@ -119,7 +119,7 @@ async def answer_fast(request: Request) -> Response | None:
         return None
     if at is None:
         now = int(time.time() * 1000)
-    elif _PLAIN_MS.fullmatch(at) and AT_MIN_MS <= int(at) < AT_MAX_MS:
+    elif _PLAIN_MS.fullmatch(at) and MIN_EPOCH_MS <= int(at) < MAX_EPOCH_MS:
         now = int(at)
     else:
         return None
@@ -141,7 +141,7 @@ async def answer(
     campaign_id: Annotated[list[str], Query(min_length=1, max_length=MAX_CANDIDATES)],
     at: Annotated[
         int | None,
-        Query(description="epoch ms to answer at; default now", ge=AT_MIN_MS, lt=AT_MAX_MS),
+        Query(description="epoch ms to answer at; default now", ge=MIN_EPOCH_MS, lt=MAX_EPOCH_MS),
     ] = None,
 ) -> list[AdAnswer]:
     """For one user and its candidate campaigns: servable or why not, the serve probability, what
