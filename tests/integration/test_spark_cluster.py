@@ -217,6 +217,11 @@ def test_nightly_job_reconciliation_and_rerun_on_a_cluster_equal_local(
     # The cluster, through the command an operator runs. The child gets no PYSPARK_PYTHON of
     # ours and runs in another folder: the job must set up its executors by itself.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "ATTRIBUTION_"))}
+    # The deployed plan (8 shuffle partitions, adaptive re-planning, code generation), not the
+    # small one the suite's other product processes run (``tests/conftest.py``): its outputs must
+    # equal the session's, which plans small.
+    opts = env.get("SPARK_SUBMIT_OPTS", "").split()
+    env["SPARK_SUBMIT_OPTS"] = " ".join(o for o in opts if not o.startswith("-Dspark.sql."))
     env |= {
         "ATTRIBUTION_SPARK_MASTER": spark_cluster.url,
         "ATTRIBUTION_SPARK_DRIVER_MEMORY": "512m",
