@@ -117,8 +117,31 @@ def connect(section: RedisSettings) -> Any:
 
 def exchanges(redis: Any) -> bool:
     """Whether ``Exchange`` may send for ``redis``: a one-server client (``connect``'s), not a
-    cluster's, nor a wrapper."""
-    return type(redis) is Redis and not redis.single_connection_client
+    cluster's, nor a wrapper, encoding as ``Packed`` commands are (UTF-8)."""
+    if type(redis) is not Redis or redis.single_connection_client:
+        return False
+    encoding = str(redis.connection_pool.connection_kwargs.get("encoding", "utf-8"))
+    return encoding.lower().replace("-", "") == "utf8"
+
+
+class Packed(bytes):
+    """A command already in the Redis protocol's form (RESP, its arguments UTF-8), which ``Exchange``
+    sends as is: a caller that sends the same arguments again and again (the answer's ``MGET`` of
+    three keys a candidate) keeps them packed instead of packing 150 arguments a request."""
+
+    __slots__ = ()
+
+    @classmethod
+    def argument(cls, arg: str) -> bytes:
+        """One argument's RESP form (a bulk string), to join into a ``Packed`` command."""
+        raw = arg.encode()
+        return b"$%d\r\n%b\r\n" % (len(raw), raw)
+
+    @classmethod
+    def of(cls, name: bytes, arguments: Sequence[bytes], count: int) -> Packed:
+        """The command ``name`` with ``count`` arguments, already in RESP form (``argument``'s),
+        joined in ``arguments``."""
+        return cls(b"*%d\r\n$%d\r\n%b\r\n%b" % (count + 1, len(name), name, b"".join(arguments)))
 
 
 class LeadFailed(Exception):
@@ -151,7 +174,7 @@ class Exchange:
         self._idle: list[AbstractConnection] = []
 
     async def __call__(
-        self, commands: Sequence[tuple[Any, ...]], lead_within: float | None = None
+        self, commands: Sequence[tuple[Any, ...] | Packed], lead_within: float | None = None
     ) -> list[Any]:
         pool, idle = self.pool, self._idle
         conn = None
@@ -176,9 +199,18 @@ class Exchange:
             except ResponseError as e:
                 return e
 
+        def packed() -> list[bytes]:
+            out: list[bytes] = []
+            for command in commands:
+                if isinstance(command, Packed):
+                    out.append(command)
+                else:
+                    out += conn.pack_command(*command)
+            return out
+
         async def send() -> list[Any]:
             replies.clear()
-            await conn.send_packed_command(conn.pack_commands(commands))
+            await conn.send_packed_command(packed())
             for _ in commands:
                 replies.append(await read())  # noqa: PERF401 - what was read stays read on a failure
             return replies
@@ -191,7 +223,7 @@ class Exchange:
             if lead_within is None:
                 await conn.retry.call_with_retry(send, failed)
             else:
-                await conn.send_packed_command(conn.pack_commands(commands))
+                await conn.send_packed_command(packed())
                 async with asyncio.timeout(lead_within):
                     replies.append(await read())
                 try:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError
 
-from realtime.client import Exchange, LeadFailed, exchanges
+from realtime.client import Exchange, LeadFailed, Packed, exchanges
 from realtime.keys import Keys
 from shared_logic import Campaign, Catalog, budget_day, day_bounds_ms
 from shared_logic.errors import InvalidInput
@@ -83,7 +83,7 @@ class Ahead(Protocol):
     async def settle(self, reply: Any) -> None: ...
 
 
-class _Commands(list[tuple[Any, ...]]):
+class _Commands(list[tuple[Any, ...] | Packed]):
     """Commands queued as on a pipeline, for ``realtime.client.Exchange``."""
 
     __slots__ = ()
@@ -102,6 +102,9 @@ class _Script:
 
 
 _FREQUENCY = _Script("frequency_read")
+_UNKNOWN, _INACTIVE = Reason.UNKNOWN, Reason.INACTIVE
+_LIFETIME_EXHAUSTED, _BUDGET_EXHAUSTED = Reason.LIFETIME_EXHAUSTED, Reason.BUDGET_EXHAUSTED
+_FREQUENCY_CAPPED = Reason.FREQUENCY_CAPPED
 #: Values the budget read returns per campaign: budget-day spend, lifetime spend, published state.
 _PER_CAMPAIGN = 3
 
@@ -145,7 +148,7 @@ class AnswerReader:
         # Per request, 50 candidates: their budget days and keys come from these memos, not from
         # a time-zone conversion and three key builds each (measured in ``make bench BENCH=serving``).
         self._days: dict[str, tuple[int, int, str]] = {}
-        self._keys: dict[tuple[str, str], tuple[int, tuple[str, str, str]]] = {}
+        self._keys: dict[tuple[str, str], tuple[int, tuple[str, str, str], bytes]] = {}
         self._profiles: dict[str, _Profile] = {}
         self._exchange = Exchange(redis) if exchanges(redis) else None
 
@@ -166,7 +169,7 @@ class AnswerReader:
         known, days = self.days(campaign_ids, now_ms)
         capped = [c for c in known if c.frequency_cap is not None]
         budget, seen = await self.read(user_id, known, days, capped, now_ms, ahead)
-        return [self.one(cid, budget.get(cid), seen.get(cid), days.get(cid), now_ms) for cid in campaign_ids]
+        return self.build(campaign_ids, budget, seen, days, now_ms)
 
     async def read(
         self,
@@ -205,18 +208,17 @@ class AnswerReader:
             self._days[timezone] = (start, end, day.isoformat())
         return day.isoformat()
 
-    def _budget_keys(self, campaign_id: str, day: str) -> tuple[int, tuple[str, str, str]]:
-        """A campaign's budget shard and the keys ``read`` reads on ``day`` (spend of the day,
-        lifetime spend, published pacing state), built once a campaign and day."""
+    def _budget_keys(self, campaign_id: str, day: str) -> tuple[int, tuple[str, str, str], bytes]:
+        """A campaign's budget shard, the keys ``read`` reads on ``day`` (spend of the day, lifetime
+        spend, published pacing state) and the same keys as ``MGET`` arguments already packed
+        (``realtime.client.Packed``), built once a campaign and day."""
         found = self._keys.get((campaign_id, day))
         if found is None:
             if len(self._keys) > 100_000:  # yesterday's keys and campaigns gone from the catalog
                 self._keys.clear()
             k = self.keys
-            found = (
-                k.shard(campaign_id),
-                (k.spend_day(campaign_id, day), k.spend_lifetime(campaign_id), k.published(campaign_id)),
-            )
+            keys = (k.spend_day(campaign_id, day), k.spend_lifetime(campaign_id), k.published(campaign_id))
+            found = (k.shard(campaign_id), keys, b"".join(map(Packed.argument, keys)))
             self._keys[(campaign_id, day)] = found
         return found
 
@@ -248,6 +250,10 @@ class AnswerReader:
                 # 17 calls took 1.07 ms a read, one call 0.76 ms).
                 groups.append(campaigns)
             for group in groups:
+                if isinstance(pipe, _Commands):  # packed once a campaign and day, not 150 arguments a read
+                    packed = [self._budget_keys(c.campaign_id, days[c.campaign_id])[2] for c in group]
+                    pipe.append(Packed.of(b"MGET", packed, _PER_CAMPAIGN * len(group)))
+                    continue
                 keys: list[str] = []
                 for c in group:
                     keys += self._budget_keys(c.campaign_id, days[c.campaign_id])[1]
@@ -329,40 +335,74 @@ class AnswerReader:
     ) -> AdAnswer:
         """The answer for one candidate from its budget values (as ``read`` returns them, or
         ``parse``d already) and the user's impressions of it."""
-        c = self.catalog.get(campaign_id)
-        if c is None or values is None or day is None:
-            return AdAnswer(campaign_id, False, Reason.UNKNOWN, 0.0, None, None, None, None, None, None)
-        pr = self._profile(c)
-        spent_day, spent_life, state = values if isinstance(values, Parsed) else parse(values)
-        daily, lifetime = pr.daily, pr.lifetime
-        remaining = caps_left(daily, lifetime, spent_day, spent_life)
-        reason: Reason | None = None
-        if not c.active_at(now_ms):
-            reason = Reason.INACTIVE
-        elif lifetime is not None and spent_life >= lifetime:
-            reason = Reason.LIFETIME_EXHAUSTED
-        elif daily is not None and spent_day >= daily:
-            reason = Reason.BUDGET_EXHAUSTED
-        elif pr.frequency_cap is not None and (impressions or 0) >= pr.frequency_cap:
-            reason = Reason.FREQUENCY_CAPPED
-        today = state if state is not None and state.day == day else None
-        probability = (
-            0.0
-            if reason is not None
-            else published_probability(state, day, remaining is not None, pr.mode, self.config)
-        )
-        return AdAnswer(
-            campaign_id,
-            reason is None,
-            reason,
-            probability,
-            remaining,
-            c.currency,
-            day,
-            None if today is None else today.liability_minor,
-            None if state is None else max(now_ms - state.at_ms, 0),
-            impressions if pr.frequency_cap is not None else None,
-        )
+        return self.build(
+            (campaign_id,),
+            {} if values is None else {campaign_id: values},
+            {} if impressions is None else {campaign_id: impressions},
+            {} if day is None else {campaign_id: day},
+            now_ms,
+        )[0]
+
+    def build(
+        self,
+        campaign_ids: Sequence[str],
+        budget: dict[str, Sequence[Any]],
+        seen: dict[str, int],
+        days: dict[str, str],
+        now_ms: int,
+    ) -> list[AdAnswer]:
+        """The answer for each of ``campaign_ids``, in their order, from their budget values (as
+        ``read`` returns them, or ``parse``d already), the user's impressions of them and their
+        budget days (a candidate missing from ``budget`` or ``days`` is ``unknown``). One loop
+        over the candidates: 50 of them took about 165 us as 50 calls of a per-candidate method."""
+        get, profiles, config = self.catalog.get, self._profiles, self.config
+        out: list[AdAnswer] = []
+        for campaign_id in campaign_ids:
+            c = get(campaign_id)
+            values = budget.get(campaign_id)
+            day = days.get(campaign_id)
+            if c is None or values is None or day is None:
+                out.append(AdAnswer(campaign_id, False, _UNKNOWN, 0.0, None, None, None, None, None, None))
+                continue
+            pr = profiles.get(campaign_id)
+            if pr is None or pr.campaign is not c:
+                pr = self._profile(c)
+            if type(values) is Parsed:
+                spent_day, spent_life, state = values
+            else:
+                raw_day, raw_life, raw_state = values
+                spent_day = 0 if raw_day is None else int(raw_day)
+                spent_life = 0 if raw_life is None else int(raw_life)
+                state = decode_published(raw_state)
+            daily, lifetime, cap = pr.daily, pr.lifetime, pr.frequency_cap
+            remaining = caps_left(daily, lifetime, spent_day, spent_life)
+            impressions = seen.get(campaign_id)
+            reason: Reason | None = None
+            if not c.active_at(now_ms):
+                reason = _INACTIVE
+            elif lifetime is not None and spent_life >= lifetime:
+                reason = _LIFETIME_EXHAUSTED
+            elif daily is not None and spent_day >= daily:
+                reason = _BUDGET_EXHAUSTED
+            elif cap is not None and (impressions or 0) >= cap:
+                reason = _FREQUENCY_CAPPED
+            out.append(
+                AdAnswer(
+                    campaign_id,
+                    reason is None,
+                    reason,
+                    0.0
+                    if reason is not None
+                    else published_probability(state, day, remaining is not None, pr.mode, config),
+                    remaining,
+                    c.currency,
+                    day,
+                    state.liability_minor if state is not None and state.day == day else None,
+                    None if state is None else max(now_ms - state.at_ms, 0),
+                    impressions if cap is not None else None,
+                )
+            )
+        return out
 
     def _profile(self, c: Campaign) -> _Profile:
         """``c``'s record flattened for ``one`` (memoised per campaign record: a catalog reloaded

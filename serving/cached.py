@@ -211,9 +211,7 @@ class CachedAnswerReader:
         if missing or capped:
             read, seen = await reader.read(user_id, missing, days, capped, now_ms)
             budget.update(read)
-        return [
-            reader.one(cid, budget.get(cid), seen.get(cid), days.get(cid), now_ms) for cid in campaign_ids
-        ]
+        return reader.build(campaign_ids, budget, seen, days, now_ms)
 
     # freshness
 

@@ -13,6 +13,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from starlette.datastructures import QueryParams
 
 from realtime.budget import BudgetReader, BudgetState
 from reporting.auth import ApiKey
@@ -100,6 +101,27 @@ class AnswerRoute(APIRoute):
         return handler
 
 
+def answer_query(raw: bytes) -> tuple[str | None, list[str], str | None]:
+    """``user_id`` (its last value), every ``campaign_id`` and ``at`` (its last value) of a query
+    string, as Starlette's ``QueryParams`` reads them (``parse_qsl`` over the Latin-1 text, blank
+    values kept). A query without ``%`` or ``+`` needs no unquoting, so it is split here: parsing
+    every pair of 50 ids took about 50 us a request."""
+    if b"%" in raw or b"+" in raw:
+        query = QueryParams(raw)
+        return query.get("user_id"), query.getlist("campaign_id"), query.get("at")
+    user_id = at = None
+    campaign_ids: list[str] = []
+    for pair in raw.decode("latin-1").split("&"):
+        name, _, value = pair.partition("=")
+        if name == "campaign_id":
+            campaign_ids.append(value)
+        elif name == "user_id":
+            user_id = value
+        elif name == "at":
+            at = value
+    return user_id, campaign_ids, at
+
+
 async def answer_fast(request: Request) -> Response | None:
     """The answer to a request the endpoint would accept as is (its key identified by the rate
     limiter, ``reporting.middleware.RateLimits``), or None to let FastAPI check it. The limiter's
@@ -109,8 +131,7 @@ async def answer_fast(request: Request) -> Response | None:
     who = state.get(CALLER)
     if not isinstance(who, ApiKey) or who.role not in ANSWER_ROLES:
         return None
-    query = request.query_params
-    user_id, campaign_ids, at = query.get("user_id"), query.getlist("campaign_id"), query.get("at")
+    user_id, campaign_ids, at = answer_query(request.scope["query_string"])
     if (
         user_id is None
         or not 1 <= len(user_id) <= MAX_USER_ID

@@ -83,6 +83,10 @@ QUERIES: list[tuple[str, bool]] = [
     ("user_id=a&user_id=u2&campaign_id=even&campaign_id=even&at=4102444799999", True),  # last user_id
     ("user_id=" + "u" * 256 + "&campaign_id=even", True),
     ("user_id=u1&" + "&".join(["campaign_id=even"] * 500), True),
+    ("user_id=u+1&campaign_id=ev+en&campaign_id=even", True),  # '+' is a space
+    ("&&user_id=u1&&campaign_id=even&user_id&campaign_id&at", False),  # blanks: an empty at is a 422
+    ("&&user_id=u1&&campaign_id=even&campaign_id&other=x&", True),  # empty pairs, a bare name
+    ("user_id=u1=2&campaign_id=even=odd&CAMPAIGN_ID=no", True),  # '=' in a value, names match exactly
     ("campaign_id=even", False),  # 422 missing user_id
     ("user_id=&campaign_id=even", False),  # 422 empty
     ("user_id=" + "u" * 257 + "&campaign_id=even", False),  # 422 too long

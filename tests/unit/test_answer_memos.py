@@ -5,8 +5,10 @@ and clock changes, in time order and out of it."""
 import random
 from datetime import UTC, datetime
 
+import hiredis
 import pytest
 
+from realtime.client import Packed
 from realtime.keys import Keys
 from serving import AnswerReader
 from shared_logic import Catalog, budget_day
@@ -59,9 +61,12 @@ def test_memoised_keys_are_the_layouts_keys_for_each_day() -> None:
     for day in ("2026-11-01", "2026-11-02", "2026-11-01"):
         for c in cat:
             cid = c.campaign_id
-            shard, triple = reader._budget_keys(cid, day)
+            shard, triple, packed = reader._budget_keys(cid, day)
             assert shard == keys.shard(cid)
             assert triple == (keys.spend_day(cid, day), keys.spend_lifetime(cid), keys.published(cid))
+            # The same keys as MGET's arguments, as hiredis packs them.
+            mget = hiredis.pack_command(("MGET", *triple))
+            assert Packed.of(b"MGET", [packed], 3) == mget
 
 
 def test_an_answer_follows_a_reloaded_catalog_record_and_a_new_published_state() -> None:
