@@ -107,6 +107,17 @@ class _Pool:
             self.freed.notify()
 
 
+async def _at(due: float) -> None:
+    """Return at ``due`` (``time.perf_counter``), never before: the event loop's timers may fire up
+    to a millisecond early, and a request sent before its scheduled time would be timed short
+    (negative, against a fast server)."""
+    for _ in range(1_000):
+        delay = due - time.perf_counter()
+        if delay <= 0:
+            return
+        await asyncio.sleep(delay)
+
+
 def _request(url: str, key: str) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -141,9 +152,7 @@ async def run(url: str, key: str, rate: float, seconds: float) -> dict[str, Any]
     n = int(rate * (seconds + WARMUP_S))
     for i in range(n):
         due = start + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await _at(due)
         task = asyncio.create_task(one(due, i / rate >= WARMUP_S))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -185,9 +194,7 @@ async def run_aiohttp(url: str, key: str, rate: float, seconds: float) -> dict[s
         n = int(rate * (seconds + WARMUP_S))
         for i in range(n):
             due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await _at(due)
             task = asyncio.create_task(one(session, due, i / rate >= WARMUP_S))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
