@@ -31,6 +31,8 @@ WARMUP_S = 1.0
 #: Connections open at most (a server that falls behind gets more requests in flight than this
 #: only as a queue here, still timed from their scheduled times).
 MAX_CONNECTIONS = 256
+#: A request unanswered this long is an error (a hung server does not stall the benchmark).
+REQUEST_TIMEOUT_S = 30.0
 
 
 class _Connection(asyncio.Protocol):
@@ -50,9 +52,17 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._close()  # the parser stays broken: the connection is not used again
             self._fail(exc)
 
+    def _close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
     def on_message_complete(self) -> None:
+        if not self.parser.should_keep_alive():  # "Connection: close": not handed out again
+            self._close()
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(self.parser.get_status_code())
 
@@ -136,7 +146,11 @@ async def run(url: str, key: str, rate: float, seconds: float) -> dict[str, Any]
         try:
             conn = await pool.take()
             try:
-                status = await conn.get(request)
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    status = await conn.get(request)
+            except TimeoutError:  # an OSError, counted below; the answer may still come: not reused
+                conn._close()
+                raise
             finally:
                 await pool.give(conn)
         except (OSError, httptools.HttpParserError) as exc:

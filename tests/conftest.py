@@ -31,7 +31,9 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # the deployed 8 partitions, AQE and code generation, 34 cpu-s and 23.4 s so). None of them changes
 # a result. The Spark cluster test keeps the deployed settings (it drops the `-Dspark.sql.`
 # properties and the partitions), so the product under them is still compared with this session,
-# partition by partition.
+# partition by partition. Most tests that start a product process give it an environment without
+# our `ATTRIBUTION_*` settings (their own lake, catalog, Redis): those processes plan without AQE
+# and code generation but keep the deployed 8 partitions.
 SMALL_PLAN = (
     "-Dspark.sql.adaptive.enabled=false -Dspark.sql.codegen.wholeStage=false "
     "-Dspark.sql.codegen.factoryMode=NO_CODEGEN"
@@ -108,7 +110,8 @@ def spark() -> Iterator[object]:
 
     Tuned for the tests' nights of a few hundred to a few thousand events, with the same results
     by Spark's contract; the product's own processes that the tests start (``attribution batch``,
-    ``demo``, ``live``, the Airflow tasks, the cluster test's driver) keep the deployed settings.
+    ``demo``, ``live``, the Airflow tasks) take the same plan from the environment set above, the
+    cluster test's driver the deployed one.
 
     - Expressions are interpreted, not compiled (no whole-stage code generation): compiling each
       query's Java costs more than running it (measured: 8 nights of the checkpoint traffic in

@@ -39,6 +39,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = b"[]"
         self.send_response(503 if self.path == "/bad" else 200)
         self.send_header("Content-Type", "application/json")
+        if self.path == "/close":
+            self.send_header("Connection", "close")  # http.server then closes the connection
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -104,3 +106,9 @@ def test_non_200_answers_are_errors_named_by_status(server: _Server) -> None:
     assert out["error_count"] == out["sent"]
     assert out["errors"] == ["HTTP 503"] * 5
     assert out["latencies_s"] == []
+
+
+def test_an_answer_that_closes_its_connection_is_not_an_error_of_the_next_request(server: _Server) -> None:
+    out = _load(server, "/close")
+    assert out["error_count"] == 0, out["errors"]
+    assert len(out["latencies_s"]) == int(RATE * SECONDS)  # type: ignore[arg-type]
