@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -128,6 +129,25 @@ async def _at(due: float) -> None:
         await asyncio.sleep(delay)
 
 
+async def _schedule(
+    one: Callable[[float, bool], Awaitable[None]], rate: float, seconds: float
+) -> tuple[int, float]:
+    """``one(due, warm)`` started at each scheduled time (``rate`` a second for the warm-up second,
+    then ``seconds``; ``warm`` after the warm-up), never waiting for the earlier ones; when every one
+    has ended, how many were sent and how long it all took."""
+    tasks: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+    n = int(rate * (seconds + WARMUP_S))
+    for i in range(n):
+        due = start + i / rate
+        await _at(due)
+        task = asyncio.ensure_future(one(due, i / rate >= WARMUP_S))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    return n, time.perf_counter() - start
+
+
 def _request(url: str, key: str) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -161,18 +181,7 @@ async def run(url: str, key: str, rate: float, seconds: float) -> dict[str, Any]
         elif warm:
             latencies.append(time.perf_counter() - due)
 
-    tasks: set[asyncio.Task[None]] = set()
-    start = time.perf_counter()
-    n = int(rate * (seconds + WARMUP_S))
-    for i in range(n):
-        due = start + i / rate
-        await _at(due)
-        task = asyncio.create_task(one(due, i / rate >= WARMUP_S))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        out["sent"] += 1
-    await asyncio.gather(*tasks)
-    out["seconds"] = time.perf_counter() - start
+    out["sent"], out["seconds"] = await _schedule(one, rate, seconds)
     for conn in pool.idle:
         if conn.transport is not None:
             conn.transport.close()
@@ -203,18 +212,9 @@ async def run_aiohttp(url: str, key: str, rate: float, seconds: float) -> dict[s
 
     connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=None)
     async with aiohttp.ClientSession(connector=connector, headers={"X-API-Key": key}) as session:
-        tasks: set[asyncio.Task[None]] = set()
-        start = time.perf_counter()
-        n = int(rate * (seconds + WARMUP_S))
-        for i in range(n):
-            due = start + i / rate
-            await _at(due)
-            task = asyncio.create_task(one(session, due, i / rate >= WARMUP_S))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            out["sent"] += 1
-        await asyncio.gather(*tasks)
-        out["seconds"] = time.perf_counter() - start
+        out["sent"], out["seconds"] = await _schedule(
+            lambda due, warm: one(session, due, warm), rate, seconds
+        )
     out["error_count"] = len(out["errors"])
     out["errors"] = out["errors"][:5]
     return out
