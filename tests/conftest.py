@@ -31,9 +31,9 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # the deployed 8 partitions, AQE and code generation, 34 cpu-s and 23.4 s so). None of them changes
 # a result. The Spark cluster test keeps the deployed settings (it drops the `-Dspark.sql.`
 # properties and the partitions), so the product under them is still compared with this session,
-# partition by partition. Most tests that start a product process give it an environment without
-# our `ATTRIBUTION_*` settings (their own lake, catalog, Redis): those processes plan without AQE
-# and code generation but keep the deployed 8 partitions.
+# partition by partition. Tests that give a product process a world of its own (lake, catalog,
+# Redis) strip our `ATTRIBUTION_*` settings but keep the partitions (`tests.helpers.product_env`);
+# the tests of the defaults keep nothing.
 SMALL_PLAN = (
     "-Dspark.sql.adaptive.enabled=false -Dspark.sql.codegen.wholeStage=false "
     "-Dspark.sql.codegen.factoryMode=NO_CODEGEN"

@@ -4,6 +4,7 @@ in its own process and the shape of its errors, a valid order, a batch metric ro
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -39,6 +40,17 @@ ORDER: dict[str, Any] = {
     "currency": "USD",
     "promo_codes": ["SAVE10"],
 }
+
+#: What a product process keeps of the tests' settings when a test gives it a world of its own
+#: (lake, catalog, Redis): the small plan's shuffle partitions (conftest.py says why).
+PLAN_SETTINGS = ("ATTRIBUTION_SPARK_SHUFFLE_PARTITIONS",)
+
+
+def product_env(*prefixes: str) -> dict[str, str]:
+    """This process's environment without our ``ATTRIBUTION_*`` settings (nor any other prefix
+    named), except :data:`PLAN_SETTINGS`."""
+    drop = ("ATTRIBUTION_", *prefixes)
+    return {k: v for k, v in os.environ.items() if k in PLAN_SETTINGS or not k.startswith(drop)}
 
 
 def markov_row(campaign: Any, dt: str) -> dict[str, Any]:

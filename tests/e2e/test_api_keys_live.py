@@ -5,7 +5,6 @@ restart (the API re-reads its key file when it changes, at most ``RELOAD_S`` sec
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import yaml
 
 from devtools.livetraffic import live_catalog
 from reporting.auth import RELOAD_S, add_key, read_keys
-from tests.helpers import UNTHROTTLED, running_api
+from tests.helpers import UNTHROTTLED, product_env, running_api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 EXE = str(Path(sys.executable).with_name("attribution"))
@@ -32,7 +31,7 @@ def api(tmp_path: Path, redis_server: Any) -> Iterator[dict[str, Any]]:
     catalog = tmp_path / "catalog.yaml"
     records = live_catalog(100, 1, 50).to_records()
     catalog.write_text(yaml.safe_dump({"campaigns": records}, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    env = product_env()
     env.update(
         UNTHROTTLED,
         ATTRIBUTION_API_KEYS_PATH=str(keys_path),

@@ -9,7 +9,6 @@ Rates are tiny (one token per 100 s): a burst is exactly what a test sees, howev
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -25,7 +24,7 @@ from devtools.synthetic import SyntheticConfig, make_catalog
 from reporting.auth import add_key
 from shared_logic.contract import METRICS
 from storage import open_lake, partition
-from tests.helpers import SECURITY_HEADERS, assert_problem, markov_row, running_api
+from tests.helpers import SECURITY_HEADERS, assert_problem, markov_row, product_env, running_api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 BURSTS = {"admin": 5, "advertiser": 3, "ad_server": 7, "anonymous": 4}
@@ -70,7 +69,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, days: tuple[date, str]) -> d
         "ad_server2": add_key(keys_path, "ads 2", "ad_server"),
     }
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")},
+        **product_env(),
         "ATTRIBUTION_LAKE_URL": lake.url,
         "ATTRIBUTION_CATALOG_URL": str(folder / "catalog.yaml"),
         "ATTRIBUTION_API_KEYS_PATH": str(keys_path),

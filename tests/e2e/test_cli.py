@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from devtools.servers import free_port
+from tests.helpers import product_env
 
 pytestmark = pytest.mark.e2e
 EXE = str(Path(sys.executable).with_name("attribution"))
@@ -19,7 +19,7 @@ EXE = str(Path(sys.executable).with_name("attribution"))
 def _run(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    full_env = product_env()
     return subprocess.run(
         [EXE, *args], capture_output=True, text=True, timeout=120, env={**full_env, **(env or {})}, cwd=cwd
     )

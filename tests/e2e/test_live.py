@@ -30,6 +30,7 @@ from cli.live import Backoff, Loop
 from shared_logic.settings import Settings
 from storage import open_lake
 from storage.catalog import open_catalog
+from tests.helpers import product_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -78,7 +79,7 @@ def _live(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]
     """``attribution live`` started in a folder of ``tmp_path``: the process, the folder, its output.
     If the test leaves it running it gets Ctrl-C, then SIGKILL, and so do the parts it leaves."""
     folder, out = tmp_path / "live", tmp_path / "live.out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    env = product_env()
     env["COLUMNS"] = "160"
     started = time.time()
     with out.open("wb") as fh:

@@ -29,6 +29,7 @@ from tests.e2e.test_live import (
     _wait,
     _where,
 )
+from tests.helpers import product_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -49,7 +50,7 @@ def test_make_live_stops_in_order_and_reconciles_exactly_when_its_pipe_is_closed
 ) -> None:
     folder, seen = tmp_path / "live", tmp_path / "seen.out"
     seen.touch()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    env = product_env()
     env["COLUMNS"] = "160"
     started = time.time()
     proc = subprocess.Popen(

@@ -36,7 +36,7 @@ from shared_logic.contract import RAW
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
 from storage import Lake, open_lake, partition
-from tests.helpers import CommitHold, freeze_when, ledger_entries, wait_for
+from tests.helpers import CommitHold, freeze_when, ledger_entries, product_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXE = str(Path(sys.executable).with_name("attribution"))
@@ -59,7 +59,7 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
 
 
 def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    return product_env()
 
 
 # The lake sink SIGKILLed between its files and its commit --------------------------------------

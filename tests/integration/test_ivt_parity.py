@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from dataclasses import asdict
@@ -47,7 +46,7 @@ from shared_logic.contract import BILLING_MODEL, IVT, IVT_MEASURES, METRICS, Ivt
 from shared_logic.ivt import Reason
 from storage import Lake, partition
 from storage.ivt_lists import load_givt_lists
-from tests.helpers import land_and_replay
+from tests.helpers import land_and_replay, product_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -194,7 +193,7 @@ def test_the_report_is_the_same_from_redis_and_from_the_cli_over_the_lake(
     summaries = asyncio.run(speed())
     assert any(s.orders_changed + s.orders_unattributed for s in summaries)
     assert any(s.touches_refused for s in summaries)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    env = product_env()
     out = subprocess.run(
         [
             str(Path(sys.executable).with_name("attribution")),

@@ -4,7 +4,6 @@ exactly as a replay of the same events, whatever the pace of each topic."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 import uuid
@@ -24,7 +23,7 @@ from realtime.routing import route
 from shared_logic.contract import Checkpoint
 from shared_logic.events import EVENT_TYPES
 from shared_logic.settings import Settings
-from tests.helpers import ledger_entries, read_dead_letter_topic, redis_snapshot
+from tests.helpers import ledger_entries, product_env, read_dead_letter_topic, redis_snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -194,7 +193,7 @@ def test_a_slow_touch_topic_changes_nothing(
 def _worker_env(settings: Settings, catalog_path: str) -> dict[str, str]:
 
     cfg = settings.realtime
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    env = product_env()
     return {
         **env,
         "ATTRIBUTION_REDIS_URL": settings.redis.url,

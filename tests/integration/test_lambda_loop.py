@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -38,6 +37,7 @@ from shared_logic.settings import Settings
 from shared_logic.timeutil import utc_hour
 from storage import Lake, open_lake, partition
 from storage.raw import HOURS, landed_hours
+from tests.helpers import product_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -152,7 +152,7 @@ def test_worker_and_lake_sink_feed_the_nightly_job_which_reconciles_at_zero(
     total = sum(ends.values())
 
     sink_metrics, worker_metrics = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    env = product_env()
     env.update(
         ATTRIBUTION_REDIS_URL=redis_url,
         ATTRIBUTION_LAKE_URL=lake_url,

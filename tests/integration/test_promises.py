@@ -33,7 +33,7 @@ from shared_logic.policy import FUTURE_RULE
 from shared_logic.settings import Settings
 from storage import open_lake, partition
 from tests.factories import MIN, campaign, catalog
-from tests.helpers import wait_for
+from tests.helpers import product_env, wait_for
 
 pytestmark = [pytest.mark.integration]
 EXE = str(Path(sys.executable).with_name("attribution"))
@@ -55,7 +55,7 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
 
 
 def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("ATTRIBUTION_")}
+    return product_env()
 
 
 def _click(eid: str, t: int, cid: str = "ad1", user: str = "u1") -> dict[str, Any]:
