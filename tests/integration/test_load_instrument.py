@@ -24,7 +24,9 @@ RATE, SECONDS, STALL_S = 200, 1.0, 0.3
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     keys: list[str]
-    stalled: bool
+    lock: threading.Lock
+    #: Which request (counted from 1, in arrival order) ``/slow`` holds back for STALL_S.
+    stall_at: int
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -32,9 +34,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         server: _Server = self.server  # type: ignore[assignment]
-        server.keys.append(self.headers.get("X-API-Key", ""))
-        if self.path == "/slow" and not server.stalled:
-            server.stalled = True
+        with server.lock:
+            server.keys.append(self.headers.get("X-API-Key", ""))
+            arrived = len(server.keys)
+        if self.path == "/slow" and arrived == server.stall_at:
             time.sleep(STALL_S)
         body = b"[]"
         self.send_response(503 if self.path == "/bad" else 200)
@@ -52,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[_Server]:
     srv = _Server(("127.0.0.1", 0), _Handler)
-    srv.keys, srv.stalled = [], False
+    srv.keys, srv.lock, srv.stall_at = [], threading.Lock(), 1
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -87,14 +90,8 @@ def test_every_request_is_sent_on_time_with_the_key_and_timed_after_the_warm_up(
 
 
 def test_a_held_back_request_shows_its_whole_wait(server: _Server) -> None:
-    server.stalled = True  # the first request is answered at once: warm-up
-    out: dict[str, object] = {}
-
-    def later() -> None:
-        time.sleep(1.3)  # inside the measured second
-        server.stalled = False
-
-    threading.Thread(target=later, daemon=True).start()
+    # Counted, not timed from here: the instrument's own start may take a second on a busy machine.
+    server.stall_at = RATE + RATE // 2  # in the middle of the measured second
     out = _load(server, "/slow")
     latencies = out["latencies_s"]
     assert isinstance(latencies, list)
