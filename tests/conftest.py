@@ -139,32 +139,23 @@ def spark() -> Iterator[object]:
     session.stop()
 
 
-#: Test files handed out ahead of xdist's own order (most tests first, so single-test files go
-#: last), each once that many files have been handed out. The Airflow scheduler test and the Spark
-#: cluster test are one test of several minutes each: xdist handed them out last, and one of them
-#: ran alone on one worker for a minute or more at the end. Both at the start was measured too,
-#: and is worse (side by side they slow each other more than their sum, tests/README.md): the
-#: cluster test goes out about when the scheduler test ends.
-EARLY_FILES = (
-    ("tests/integration/test_airflow_scheduler.py", 0),
-    ("tests/integration/test_spark_cluster.py", 8),
-)
+#: Test files handed out before xdist's own order (most tests first, so single-test files go
+#: last). The Airflow scheduler test is one test of about 5 minutes in the suite: handed out last,
+#: it ran alone on one worker for its last minute or more while the other had nothing left.
+FIRST_FILES = ("tests/integration/test_airflow_scheduler.py",)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    """``--dist loadfile`` (``make test``) with ``EARLY_FILES`` moved up the queue."""
+    """``--dist loadfile`` (``make test``) with ``FIRST_FILES`` at the head of the queue."""
     if config.getoption("dist", None) != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class EarlyFiles(LoadFileScheduling):
-        handed_out = 0
-
+    class FirstFilesFirst(LoadFileScheduling):
         def _assign_work_unit(self, node: object) -> None:
-            for scope, after in reversed(EARLY_FILES):  # the first named ends up first
-                if self.handed_out >= after and scope in self.workqueue:
+            for scope in reversed(FIRST_FILES):
+                if scope in self.workqueue:
                     self.workqueue.move_to_end(scope, last=False)
-            self.handed_out += 1
             super()._assign_work_unit(node)  # type: ignore[arg-type]
 
-    return EarlyFiles(config, log)  # type: ignore[arg-type]
+    return FirstFilesFirst(config, log)  # type: ignore[arg-type]
