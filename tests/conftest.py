@@ -140,22 +140,38 @@ def spark() -> Iterator[object]:
 
 
 #: Test files handed out before xdist's own order (most tests first, so single-test files go
-#: last). The Airflow scheduler test is one test of about 5 minutes in the suite: handed out last,
-#: it ran alone on one worker for its last minute or more while the other had nothing left.
+#: last): the Airflow scheduler test, one test of about 4-5 minutes in the suite, which xdist
+#: handed out last, to run alone on one worker at the end while the other had nothing left.
 FIRST_FILES = ("tests/integration/test_airflow_scheduler.py",)
+#: Then, as soon as every ``FIRST_FILES`` test has finished, these: the Spark cluster test, the
+#: next longest single test (2-3 minutes), which would otherwise be the one left for the end.
+#: Not at the start beside the scheduler test: side by side each slows the other more than their
+#: sum (measured, tests/README.md).
+THEN_FILES = ("tests/integration/test_spark_cluster.py",)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    """``--dist loadfile`` (``make test``) with ``FIRST_FILES`` at the head of the queue."""
+    """``--dist loadfile`` (``make test``) with ``FIRST_FILES``, then ``THEN_FILES``, first."""
     if config.getoption("dist", None) != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class FirstFilesFirst(LoadFileScheduling):
+    class LongFilesFirst(LoadFileScheduling):
+        def _first_done(self) -> bool:
+            if any(scope in self.workqueue for scope in FIRST_FILES):
+                return False
+            return all(
+                all(tests.values())
+                for work in self.assigned_work.values()
+                for scope, tests in work.items()
+                if scope in FIRST_FILES
+            )
+
         def _assign_work_unit(self, node: object) -> None:
-            for scope in reversed(FIRST_FILES):
+            up = (*FIRST_FILES, *(THEN_FILES if self._first_done() else ()))
+            for scope in reversed(up):  # the first named ends up first
                 if scope in self.workqueue:
                     self.workqueue.move_to_end(scope, last=False)
             super()._assign_work_unit(node)  # type: ignore[arg-type]
 
-    return FirstFilesFirst(config, log)  # type: ignore[arg-type]
+    return LongFilesFirst(config, log)  # type: ignore[arg-type]
