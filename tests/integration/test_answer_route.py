@@ -180,8 +180,10 @@ async def test_an_ad_server_key_past_its_burst_gets_429_on_the_fast_path(
     tmp_path: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for client, keys in _client(
-        tmp_path, redis_url, api_rate_ad_server_per_s=0.01, api_rate_ad_server_burst=2
-    ):
+        # a 10 s limiter timeout: on a loaded machine a slow round trip is not taken for an outage
+        tmp_path, redis_url, api_rate_ad_server_per_s=0.01, api_rate_ad_server_burst=2,
+        api_rate_limit_timeout_ms=10_000,
+    ):  # fmt: skip
         taken = _spy(monkeypatch)
         params = {"user_id": "u1", "campaign_id": IDS}
         statuses = [
