@@ -28,6 +28,7 @@ from starlette.types import ASGIApp
 
 from reporting.console import ROUTERS as CONSOLE_ROUTERS
 from reporting.console import ConsoleSessions
+from reporting.lane import AnswerLane
 from reporting.metrics import ApiMetrics
 from reporting.middleware import RateLimits, RecordMetrics, RequestLimits, SecurityHeaders
 from reporting.problems import as_problem_media_type, install
@@ -42,7 +43,8 @@ VERSION = "0.1.0"
 
 class _Api(FastAPI):
     """FastAPI with the security headers and the request metrics outside Starlette's error
-    middleware (so a 500 has them too), and problem details as the media type of its errors."""
+    middleware (so a 500 has them too), the ad server's answer lane between them and the rest
+    (``reporting.lane``), and problem details as the media type of its errors."""
 
     settings: Settings
     metrics: ApiMetrics
@@ -51,7 +53,8 @@ class _Api(FastAPI):
     freeze_gc = False
 
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityHeaders(RecordMetrics(super().build_middleware_stack(), self.metrics))
+        lane = AnswerLane(super().build_middleware_stack(), self)
+        return SecurityHeaders(RecordMetrics(lane, self.metrics))
 
     def openapi(self) -> dict[str, Any]:
         fresh = self.openapi_schema is None

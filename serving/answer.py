@@ -43,9 +43,13 @@ class Reason(StrEnum):
     FREQUENCY_CAPPED = "frequency_capped"
 
 
-@dataclass(frozen=True, slots=True)
+# Neither frozen nor slotted: an ad request builds 50 of these and encodes them, and a frozen
+# dataclass's __init__ (object.__setattr__ per field) took 90 us for 50 against 13, and orjson
+# encodes slotted dataclasses about 4 times slower (55 us for 50 against 15).
+@dataclass
 class AdAnswer:
-    """The engine's answer for one candidate campaign of one ad request.
+    """The engine's answer for one candidate campaign of one ad request (a value: nothing changes
+    it once built).
 
     ``serve_probability`` is 0 when the campaign is not servable; ``remaining_minor`` is what the
     daily and lifetime caps leave (minor units of ``currency``; None without a cap);

@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from starlette.datastructures import QueryParams
 
 from realtime.budget import BudgetReader, BudgetState
 from reporting.auth import ApiKey
 from reporting.errors import CampaignNotFound
-from reporting.middleware import CALLER, DEFERRED, DeferredLimit, Refused
-from reporting.problems import openapi_responses, problem_response
-from reporting.routes.deps import KEYED, Caller, Core, core, visible
+from reporting.middleware import DeferredLimit, Refused
+from reporting.problems import openapi_responses
+from reporting.routes.deps import KEYED, Caller, Core, visible
 from reporting.state import State
 from serving import AdAnswer
 from serving.answer import MAX_CANDIDATES
@@ -64,41 +63,15 @@ async def budget_states(state: State, who: ApiKey, campaign_ids: list[str], at_m
     return await reader.states(ids, at_ms)
 
 
+#: The ad server's hot path: ``reporting.lane.AnswerLane`` answers a plainly valid request before
+#: the framework sees it; ``answer`` below is the endpoint every other request reaches.
+ANSWER_PATH = "/v1/answer"
 #: The roles ``/v1/answer`` serves, and the bounds of its query (the endpoint's ``Query`` rules).
 ANSWER_ROLES = ("admin", "ad_server")
 MAX_USER_ID = 256
 #: ``at`` as the fast path takes it: plain ASCII digits, no sign, no leading zero (12 or 13 digits
 #: hold every value the bounds allow); any other spelling is left to FastAPI's validation.
 _PLAIN_MS = re.compile(r"[1-9][0-9]{11,12}")
-
-
-class AnswerRoute(APIRoute):
-    """``/v1/answer``, the ad server's hot path: FastAPI's route (its matching, its OpenAPI entry,
-    its exception handlers), with a handler that answers a plainly valid request without FastAPI's
-    per-request dependency resolution and query validation (about 100 of the route's 300 µs of
-    framework CPU a request for 50 candidates). Every other request (no key or an unknown one,
-    another role, a query any rule of the endpoint's ``Query`` parameters could refuse) takes
-    FastAPI's own handler, so its 401, 403 and 422 are exactly the endpoint's."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        checked = super().get_route_handler()
-
-        async def handler(request: Request) -> Response:
-            try:
-                fast = await answer_fast(request)
-            except Refused as refused:
-                return problem_response(refused.problem, request.scope["path"])
-            if fast is not None:
-                return fast
-            deferred: DeferredLimit | None = request.scope.get("state", {}).get(DEFERRED)
-            if deferred is not None and not deferred.settled:
-                # The limit first, as the middleware checks it for every other route.
-                problem = await deferred.check()
-                if problem is not None:
-                    return problem_response(problem, request.scope["path"])
-            return await checked(request)
-
-        return handler
 
 
 def answer_query(raw: bytes) -> tuple[str | None, list[str], str | None]:
@@ -122,16 +95,24 @@ def answer_query(raw: bytes) -> tuple[str | None, list[str], str | None]:
     return user_id, campaign_ids, at
 
 
-async def answer_fast(request: Request) -> Response | None:
-    """The answer to a request the endpoint would accept as is (its key identified by the rate
-    limiter, ``reporting.middleware.RateLimits``), or None to let FastAPI check it. The limiter's
-    check, when the middleware left it to the route (``DeferredLimit``), rides in the answer's
-    pipeline; a refusal raises ``Refused`` and nothing is answered."""
-    state = request.scope.get("state", {})
-    who = state.get(CALLER)
+@dataclass(frozen=True, slots=True)
+class PlainAnswer:
+    """An ad request ``/v1/answer`` accepts as it is: an ad-server or admin key, a query no rule of
+    the endpoint's ``Query`` parameters could refuse, ``at`` resolved (now when absent)."""
+
+    who: ApiKey
+    user_id: str
+    campaign_ids: list[str]
+    now_ms: int
+
+
+def plain_answer(who: ApiKey | None, raw_query: bytes) -> PlainAnswer | None:
+    """The request as ``reporting.lane.AnswerLane`` answers it, or None to leave it to FastAPI's
+    handler (``answer``), whose 401, 403 and 422 are then exactly the endpoint's. Pure: it reads
+    nothing and takes no token."""
     if not isinstance(who, ApiKey) or who.role not in ANSWER_ROLES:
         return None
-    user_id, campaign_ids, at = answer_query(request.scope["query_string"])
+    user_id, campaign_ids, at = answer_query(raw_query)
     if (
         user_id is None
         or not 1 <= len(user_id) <= MAX_USER_ID
@@ -144,14 +125,20 @@ async def answer_fast(request: Request) -> Response | None:
         now = int(at)
     else:
         return None
-    reader = core(request).answers
-    deferred: DeferredLimit | None = state.get(DEFERRED)
+    return PlainAnswer(who, user_id, campaign_ids, now)
+
+
+async def answer_plain(state: State, plain: PlainAnswer, deferred: DeferredLimit | None) -> Response:
+    """The answer to a ``plain_answer`` request. The limiter's check, when the caller left it
+    (``DeferredLimit``), rides in the answer's pipeline; a refusal raises ``Refused`` and nothing is
+    answered."""
+    reader = state.answers
     if deferred is not None and not deferred.settled and deferred.limiter.redis is not reader.redis:
         problem = await deferred.check()  # another client: the limit on its own, first
         if problem is not None:
             raise Refused(problem)
     ahead = deferred if deferred is not None and not deferred.settled else None
-    answers = await reader.answer(user_id, campaign_ids, now, ahead)
+    answers = await reader.answer(plain.user_id, plain.campaign_ids, plain.now_ms, ahead)
     return Response(orjson.dumps(answers), media_type="application/json")
 
 
@@ -181,5 +168,4 @@ router.add_api_route(
     methods=["GET"],
     response_model=list[AdAnswer],
     responses={**KEYED, **openapi_responses(403, 422, 503)},
-    route_class_override=AnswerRoute,
 )

@@ -160,20 +160,6 @@ def test_a_cluster_client_keeps_the_limiters_own_call() -> None:
     assert RateLimiter(Redis(), "p").pipelined is True
 
 
-async def test_get_v1_answer_is_routed_to_the_answer_route(tmp_path: Any, redis_url: str) -> None:
-    # The middleware defers the check only for the path that route serves (so the route asks).
-    from starlette.routing import Match
-
-    from reporting.middleware import ANSWER_PATH
-    from reporting.routes.budget import AnswerRoute
-
-    async for client, _keys in _client(tmp_path, redis_url):
-        app = client._transport.app
-        scope = {"type": "http", "path": ANSWER_PATH, "method": "GET", "root_path": ""}
-        first = next(r for r in app.router.routes if r.matches(scope)[0] == Match.FULL)
-        assert isinstance(first, AnswerRoute)
-
-
 async def test_an_idle_connection_the_server_closed_fails_at_most_once_then_is_replaced(
     redis_url: str,
 ) -> None:

@@ -1,7 +1,8 @@
-"""``/v1/answer`` over the app (``reporting.routes.budget.AnswerRoute``): a plainly valid request of
-an ad-server or admin key is answered without FastAPI's dependency resolution and validation, and
-every other request (no key, a wrong one, another role, a query a rule refuses, an unusual spelling)
-gets exactly what FastAPI's own handler answers: the same status, the same problem."""
+"""``/v1/answer`` over the app (``reporting.lane.AnswerLane``): a plainly valid request of an
+ad-server or admin key is answered before the framework's middlewares, router and validation, with
+the same headers and metrics, and every other request (no key, a wrong one, another role, a query a
+rule refuses, an unusual spelling) gets exactly what FastAPI's own handler answers: the same status,
+the same problem."""
 
 from __future__ import annotations
 
@@ -62,16 +63,16 @@ async def api(tmp_path: Any, redis_url: str) -> AsyncIterator[tuple[Any, dict[st
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each request was answered on the fast path (True) or left to FastAPI (False)."""
+    """Whether each request was answered by the lane (True) or left to FastAPI (False)."""
     taken: list[bool] = []
-    fast = budget.answer_fast
+    plain = budget.plain_answer
 
-    async def spy(request: Any) -> Any:
-        response = await fast(request)
-        taken.append(response is not None)
-        return response
+    def spy(*args: Any) -> Any:
+        found = plain(*args)
+        taken.append(found is not None)
+        return found
 
-    monkeypatch.setattr(budget, "answer_fast", spy)
+    monkeypatch.setattr(budget, "plain_answer", spy)
     return taken
 
 
@@ -114,10 +115,10 @@ async def test_fast_and_checked_handlers_answer_every_query_alike(
     checked = []
     with monkeypatch.context() as m:
 
-        async def never(request: Any) -> None:
+        def never(*args: Any) -> None:
             return None
 
-        m.setattr(budget, "answer_fast", never)
+        m.setattr(budget, "plain_answer", never)
         for query, _ in QUERIES:
             checked.append(await client.get(f"/v1/answer?{query}", headers=headers))
     taken = _spy(monkeypatch)
@@ -137,7 +138,7 @@ async def test_fast_and_checked_handlers_answer_every_query_alike(
             assert after.headers["x-content-type-options"] == "nosniff"
 
 
-async def test_a_valid_request_is_answered_on_the_fast_path(
+async def test_a_valid_request_is_answered_by_the_lane(
     api: tuple[Any, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, keys = api
@@ -176,7 +177,7 @@ async def test_no_key_a_wrong_key_or_another_role_is_refused_by_fastapi(
     assert taken == [False]
 
 
-async def test_an_ad_server_key_past_its_burst_gets_429_on_the_fast_path(
+async def test_an_ad_server_key_past_its_burst_gets_429_from_the_lane(
     tmp_path: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for client, keys in _client(
@@ -197,9 +198,9 @@ async def test_an_ad_server_key_past_its_burst_gets_429_on_the_fast_path(
         assert refused.status_code == 429
         assert refused.json()["type"] == RATE_LIMITED
         assert int(refused.headers["retry-after"]) >= 1
-        # The limit rode in the fast path's pipeline: the refusal raised there, answering nothing
-        # (tests/integration/test_answer_limit.py).
-        assert taken == [True, True]
+        # All three were the lane's: the limit rode in the answer's pipeline and the refusal raised
+        # there, answering nothing (tests/integration/test_answer_limit.py).
+        assert taken == [True, True, True]
 
 
 async def test_the_openapi_entry_is_the_endpoints(api: tuple[Any, dict[str, str]]) -> None:
@@ -214,3 +215,45 @@ async def test_the_openapi_entry_is_the_endpoints(api: tuple[Any, dict[str, str]
     assert params["campaign_id"]["schema"]["maxItems"] == 500
     assert {"200", "401", "403", "422", "429"} <= set(op["responses"])
     assert "application/problem+json" in op["responses"]["403"]["content"]
+
+
+async def test_the_lanes_answer_has_the_routes_headers_and_metrics(
+    api: tuple[Any, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lane sits inside the security headers and the request metrics: its answer and FastAPI's
+    # to the same query are the same response, counted under the same route.
+    client, keys = api
+    headers = {"X-API-Key": keys["ad_server"]}
+    params = {"user_id": "u1", "campaign_id": IDS, "at": NOW}
+    with monkeypatch.context() as m:
+        m.setattr(budget, "plain_answer", lambda *args: None)
+        checked = await client.get("/v1/answer", params=params, headers=headers)
+    taken = _spy(monkeypatch)
+    lane = await client.get("/v1/answer", params=params, headers=headers)
+    assert taken == [True]
+    assert lane.status_code == checked.status_code == 200
+    assert lane.content == checked.content
+    assert dict(lane.headers) == dict(checked.headers)
+    assert lane.headers["content-security-policy"].startswith("default-src 'none'")
+    metrics = (await client.get("/metrics", headers={"X-API-Key": keys["admin"]})).text
+    assert 'attribution_api_requests_total{method="GET",route="/v1/answer",status="200"} 2.0' in metrics
+
+
+async def test_a_redis_outage_is_the_same_problem_from_the_lane(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devtools.servers import free_port
+
+    async for client, keys in _client(tmp_path, f"redis://127.0.0.1:{free_port()}/0", api_rate_limit=False):
+        headers = {"X-API-Key": keys["ad_server"]}
+        params = {"user_id": "u1", "campaign_id": IDS, "at": NOW}
+        with monkeypatch.context() as m:
+            m.setattr(budget, "plain_answer", lambda *args: None)
+            checked = await client.get("/v1/answer", params=params, headers=headers)
+        taken = _spy(monkeypatch)
+        lane = await client.get("/v1/answer", params=params, headers=headers)
+        assert taken == [True]
+        assert lane.status_code == checked.status_code == 503
+        assert lane.headers["content-type"] == "application/problem+json"
+        assert lane.json() == checked.json()
+        assert lane.headers["x-frame-options"] == "DENY"
