@@ -28,7 +28,7 @@ from starlette.types import ASGIApp
 
 from reporting.console import ROUTERS as CONSOLE_ROUTERS
 from reporting.console import ConsoleSessions
-from reporting.lane import AnswerLane
+from reporting.lane import AdServerLane
 from reporting.metrics import ApiMetrics
 from reporting.middleware import RateLimits, RecordMetrics, RequestLimits, SecurityHeaders
 from reporting.problems import as_problem_media_type, install
@@ -43,7 +43,7 @@ VERSION = "0.1.0"
 
 class _Api(FastAPI):
     """FastAPI with the security headers and the request metrics outside Starlette's error
-    middleware (so a 500 has them too), the ad server's answer lane between them and the rest
+    middleware (so a 500 has them too), the ad server's lane between them and the rest
     (``reporting.lane``), and problem details as the media type of its errors."""
 
     settings: Settings
@@ -53,7 +53,7 @@ class _Api(FastAPI):
     freeze_gc = False
 
     def build_middleware_stack(self) -> ASGIApp:
-        lane = AnswerLane(super().build_middleware_stack(), self)
+        lane = AdServerLane(super().build_middleware_stack(), self)
         return SecurityHeaders(RecordMetrics(lane, self.metrics))
 
     def openapi(self) -> dict[str, Any]:

@@ -1,17 +1,19 @@
-"""The ad server's hot path, ``GET /v1/answer``, as an ASGI layer of its own (``AnswerLane``).
+"""The ad server's reads, ``GET /v1/answer`` and ``GET /v1/budget``, as an ASGI layer of their own
+(``AdServerLane``).
 
 At 1,000 ad requests a second on two cores, the framework was most of the cost of an answer: a
 request crossed Starlette's error middleware, the console's sessions, the size limits, the rate
-limiter, the exception middleware, the router and FastAPI's route before the answer's own read.
-The lane sits inside the security headers and the request metrics (``reporting.api``), so its
-responses carry exactly their headers and are counted under the route's template, and answers a
-plainly valid request (``reporting.routes.budget.plain_answer``) itself:
+limiter, the exception middleware, the router and FastAPI's route (its dependencies, its query
+validation) before the read itself. The lane sits inside the security headers and the request
+metrics (``reporting.api``), so its responses carry exactly their headers and are counted under the
+route's template, and answers a plainly valid request (``reporting.routes.budget.plain_answer``,
+``plain_budget``) itself:
 
 - the size limits first (``RequestLimits.refusal``: a request they would refuse goes on down);
 - the key identified once, as the rate limiter does;
 - the rate limit as ``RateLimits`` applies it, with its state (the pause after an outage, failing
-  open or closed): on one Redis in the answer's own round trip (``DeferredLimit``), on a cluster
-  its own call first;
+  open or closed): for an answer on one Redis in the answer's own round trip (``DeferredLimit``),
+  otherwise its own call first;
 - any error answered by the app's own exception handler, as the exception middleware (or, for an
   unexpected one, the error middleware, which then raises it again) would.
 
@@ -21,6 +23,7 @@ rule of the endpoint could refuse) goes down the whole stack untouched, and take
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -30,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from reporting.middleware import CALLER, DeferredLimit, RateLimits, Refused, RequestLimits
 from reporting.problems import problem_response
 from reporting.routes import budget
-from reporting.routes.budget import ANSWER_PATH
+from reporting.routes.budget import ANSWER_PATH, BUDGET_PATH
 from reporting.state import State
 
 _Layer = TypeVar("_Layer")
@@ -46,21 +49,40 @@ def layer(stack: Any, kind: type[_Layer]) -> _Layer:
     raise LookupError(f"no {kind.__name__} in the app's middleware stack")
 
 
-class AnswerLane:
-    """Answers a plainly valid ``GET /v1/answer`` before the stack below it (``stack``, the app's
-    own middleware stack, whose limits it applies); passes anything else down."""
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """One read the lane serves: the names in ``reporting.routes.budget`` of the function that
+    takes a request as it is (``plain_*``: the key and the raw query, None to leave it to FastAPI)
+    and of the one that answers it; whether the limiter's check may ride in its round trip."""
+
+    plain: str
+    serve: str
+    deferred: bool
+
+
+READS = {
+    ANSWER_PATH: _Read("plain_answer", "answer_plain", deferred=True),
+    BUDGET_PATH: _Read("plain_budget", "budget_plain", deferred=False),
+}
+
+
+class AdServerLane:
+    """Answers a plainly valid ad-server read (``READS``) before the stack below it (``stack``, the
+    app's own middleware stack, whose limits it applies); passes anything else down."""
 
     def __init__(self, stack: ASGIApp, api: Any) -> None:
         self.app, self.api = stack, api
         self.limits = layer(stack, RateLimits)
         self.sizes = layer(stack, RequestLimits)
-        # The route the metrics name (``RecordMetrics`` reads ``scope["route"]``).
-        self.route = next(r for r in api.router.routes if getattr(r, "path", None) == ANSWER_PATH)
+        # The routes the metrics name (``RecordMetrics`` reads ``scope["route"]``).
+        self.routes = {
+            path: next(r for r in api.router.routes if getattr(r, "path", None) == path) for path in READS
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        read = READS.get(scope["path"]) if scope["type"] == "http" else None
         if (
-            scope["type"] != "http"
-            or scope["path"] != ANSWER_PATH
+            read is None
             or scope["method"] != "GET"
             or scope.get("root_path")
             or self.sizes.refusal(scope) is not None
@@ -71,26 +93,27 @@ class AnswerLane:
         host: State = self.api.state.core
         presented = next((v for k, v in scope["headers"] if k.lower() == b"x-api-key"), None)
         who = host.keyring.identify(presented.decode("latin-1") if presented is not None else None)
-        plain = budget.plain_answer(who, scope["query_string"])
+        # Looked up on the module at each request (the tests watch them there).
+        plain = getattr(budget, read.plain)(who, scope["query_string"])
         if plain is None:  # FastAPI's handler answers it, after the whole stack's checks
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})[CALLER] = who
-        scope["route"] = self.route
+        scope["route"] = self.routes[scope["path"]]
         deferred: DeferredLimit | None = None
         if limits.enabled:
-            if host.limiter.pipelined:
+            if read.deferred and host.limiter.pipelined:
                 deferred = DeferredLimit(limits, host.limiter, who, scope)
             else:
                 problem = await limits.check(host.limiter, who, scope)
                 if problem is not None:
-                    await problem_response(problem, ANSWER_PATH)(scope, receive, send)
+                    await problem_response(problem, scope["path"])(scope, receive, send)
                     return
         request = Request(scope, receive)
         try:
-            response = await budget.answer_plain(host, plain, deferred)
+            response = await getattr(budget, read.serve)(host, plain, deferred)
         except Refused as refused:
-            response = problem_response(refused.problem, ANSWER_PATH)
+            response = problem_response(refused.problem, scope["path"])
         except Exception as exc:
             if deferred is not None and not deferred.settled:
                 await deferred.check()  # failed before its check: the token is taken all the same

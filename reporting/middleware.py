@@ -335,7 +335,7 @@ class RateLimits:
 
 class DeferredLimit:
     """``RateLimits.check`` of a ``GET /v1/answer`` request the answer's lane serves
-    (``reporting.lane.AnswerLane``), left to the answer's read: it sends ``command``
+    (``reporting.lane.AdServerLane``), left to the answer's read: it sends ``command``
     first in the answer's Redis pipeline (``serving.answer.Ahead``) and ``settle`` judges the reply
     exactly as ``check`` would (429, counted; an error counted, the pause, open or closed), raising
     ``Refused`` for a refusal; ``check`` asks on its own, as the middleware would have. Either way

@@ -26,17 +26,23 @@ from serving.answer import MAX_CANDIDATES
 from shared_logic.timeutil import MAX_EPOCH_MS, MIN_EPOCH_MS
 
 router = APIRouter(tags=["budget"])
+#: The ad server's reads: ``reporting.lane.AdServerLane`` answers a plainly valid request to either
+#: before the framework sees it (``plain_budget``, ``plain_answer``); the endpoints below answer
+#: every other request.
+BUDGET_PATH = "/v1/budget"
+ANSWER_PATH = "/v1/answer"
+MAX_BUDGET_IDS = 1000
 
 
 @router.get(
-    "/v1/budget",
+    BUDGET_PATH,
     response_model=list[BudgetState],
     responses={**KEYED, **openapi_responses(404, 422, 503)},
 )
 async def budget(
     who: Caller,
     state: Core,
-    campaign_id: Annotated[list[str], Query(min_length=1, max_length=1000)],
+    campaign_id: Annotated[list[str], Query(min_length=1, max_length=MAX_BUDGET_IDS)],
     at: Annotated[
         int | None,
         Query(
@@ -63,9 +69,6 @@ async def budget_states(state: State, who: ApiKey, campaign_ids: list[str], at_m
     return await reader.states(ids, at_ms)
 
 
-#: The ad server's hot path: ``reporting.lane.AnswerLane`` answers a plainly valid request before
-#: the framework sees it; ``answer`` below is the endpoint every other request reaches.
-ANSWER_PATH = "/v1/answer"
 #: The roles ``/v1/answer`` serves, and the bounds of its query (the endpoint's ``Query`` rules).
 ANSWER_ROLES = ("admin", "ad_server")
 MAX_USER_ID = 256
@@ -107,7 +110,7 @@ class PlainAnswer:
 
 
 def plain_answer(who: ApiKey | None, raw_query: bytes) -> PlainAnswer | None:
-    """The request as ``reporting.lane.AnswerLane`` answers it, or None to leave it to FastAPI's
+    """The request as ``reporting.lane.AdServerLane`` answers it, or None to leave it to FastAPI's
     handler (``answer``), whose 401, 403 and 422 are then exactly the endpoint's. Pure: it reads
     nothing and takes no token."""
     if not isinstance(who, ApiKey) or who.role not in ANSWER_ROLES:
@@ -119,13 +122,47 @@ def plain_answer(who: ApiKey | None, raw_query: bytes) -> PlainAnswer | None:
         or not 1 <= len(campaign_ids) <= MAX_CANDIDATES
     ):
         return None
+    now = _plain_now(at)
+    return None if now is None else PlainAnswer(who, user_id, campaign_ids, now)
+
+
+def _plain_now(at: str | None) -> int | None:
+    """``at`` as both endpoints take it plainly (now when absent), or None to leave it to FastAPI's
+    validation."""
     if at is None:
-        now = int(time.time() * 1000)
-    elif _PLAIN_MS.fullmatch(at) and MIN_EPOCH_MS <= int(at) < MAX_EPOCH_MS:
-        now = int(at)
-    else:
+        return int(time.time() * 1000)
+    if _PLAIN_MS.fullmatch(at) and MIN_EPOCH_MS <= int(at) < MAX_EPOCH_MS:
+        return int(at)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PlainBudget:
+    """A budget read ``/v1/budget`` accepts as it is: a known key, 1 to ``MAX_BUDGET_IDS`` campaign
+    ids, ``at`` resolved (now when absent)."""
+
+    who: ApiKey
+    campaign_ids: list[str]
+    now_ms: int
+
+
+def plain_budget(who: ApiKey | None, raw_query: bytes) -> PlainBudget | None:
+    """The budget read as ``reporting.lane.AdServerLane`` answers it, or None to leave it to
+    FastAPI's handler (``budget``). Pure, as ``plain_answer``."""
+    if not isinstance(who, ApiKey):
         return None
-    return PlainAnswer(who, user_id, campaign_ids, now)
+    _, campaign_ids, at = answer_query(raw_query)
+    if not 1 <= len(campaign_ids) <= MAX_BUDGET_IDS:
+        return None
+    now = _plain_now(at)
+    return None if now is None else PlainBudget(who, campaign_ids, now)
+
+
+async def budget_plain(state: State, plain: PlainBudget, deferred: DeferredLimit | None) -> Response:
+    """The answer to a ``plain_budget`` read, exactly the endpoint's (the limit is checked before:
+    ``deferred`` is always None here)."""
+    states = await budget_states(state, plain.who, plain.campaign_ids, plain.now_ms)
+    return Response(orjson.dumps(states), media_type="application/json")
 
 
 async def answer_plain(state: State, plain: PlainAnswer, deferred: DeferredLimit | None) -> Response:

@@ -1,8 +1,8 @@
-"""``/v1/answer`` over the app (``reporting.lane.AnswerLane``): a plainly valid request of an
-ad-server or admin key is answered before the framework's middlewares, router and validation, with
-the same headers and metrics, and every other request (no key, a wrong one, another role, a query a
-rule refuses, an unusual spelling) gets exactly what FastAPI's own handler answers: the same status,
-the same problem."""
+"""``/v1/answer`` and ``/v1/budget`` over the app (``reporting.lane.AdServerLane``): a plainly valid
+request is answered before the framework's middlewares, router and validation, with the same
+headers and metrics, and every other request (no key, a wrong one, another role, a query a rule
+refuses, an unusual spelling) gets exactly what FastAPI's own handler answers: the same status, the
+same problem."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ async def _client(tmp_path: Any, redis_url: str, **changes: Any) -> AsyncIterato
         "ad_server": add_key(keys_path, "ads", "ad_server"),
         "admin": add_key(keys_path, "root", "admin"),
         "advertiser": add_key(keys_path, "a1", "advertiser", "adv1"),
+        "other_advertiser": add_key(keys_path, "a2", "advertiser", "adv2"),
     }
     settings = load_settings(
         lake_url=f"file://{tmp_path}/lake",
@@ -62,17 +63,17 @@ async def api(tmp_path: Any, redis_url: str) -> AsyncIterator[tuple[Any, dict[st
         yield pair
 
 
-def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+def _spy(monkeypatch: pytest.MonkeyPatch, name: str = "plain_answer") -> list[bool]:
     """Whether each request was answered by the lane (True) or left to FastAPI (False)."""
     taken: list[bool] = []
-    plain = budget.plain_answer
+    plain = getattr(budget, name)
 
     def spy(*args: Any) -> Any:
         found = plain(*args)
         taken.append(found is not None)
         return found
 
-    monkeypatch.setattr(budget, "plain_answer", spy)
+    monkeypatch.setattr(budget, name, spy)
     return taken
 
 
@@ -257,3 +258,73 @@ async def test_a_redis_outage_is_the_same_problem_from_the_lane(
         assert lane.headers["content-type"] == "application/problem+json"
         assert lane.json() == checked.json()
         assert lane.headers["x-frame-options"] == "DENY"
+
+
+BUDGET_QUERIES: list[tuple[str, bool]] = [
+    # (query, answered by the lane)
+    (f"campaign_id=even&at={NOW}", True),
+    (f"campaign_id=even&campaign_id=freq&campaign_id=even&at={NOW}", True),
+    (f"campaign_id=nope&at={NOW}", True),  # 404 from the app's handler, through the lane
+    (f"campaign_id=&at={NOW}", True),  # an empty id: 404 too
+    ("campaign_id=even", True),  # at: now
+    (f"campaign_id=ev%65n&user_id=x&at={NOW}", True),  # escapes, a parameter it does not read
+    ("", False),  # 422 missing campaign_id
+    ("campaign_id=even&at=soon", False),
+    ("campaign_id=even&at=946684799999", False),  # 422 below
+    (f"campaign_id=even&at=0{NOW}", False),  # a spelling left to pydantic
+    ("&".join(["campaign_id=even"] * 1001), False),  # 422 too many
+]
+
+
+@pytest.mark.parametrize("role", ["ad_server", "admin", "advertiser", "other_advertiser", None])
+async def test_the_lanes_budget_read_is_the_endpoints_for_every_query_and_key(
+    tmp_path: Any, redis_url: str, role: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for client, keys in _client(tmp_path, redis_url, api_rate_limit=False):
+        headers = {} if role is None else {"X-API-Key": keys[role]}
+        checked = []
+        with monkeypatch.context() as m:
+            m.setattr(budget, "plain_budget", lambda *args: None)
+            for query, _ in BUDGET_QUERIES:
+                checked.append(await client.get(f"/v1/budget?{query}", headers=headers))
+        taken = _spy(monkeypatch, "plain_budget")
+        for (query, lane), before in zip(BUDGET_QUERIES, checked, strict=True):
+            after = await client.get(f"/v1/budget?{query}", headers=headers)
+            assert taken[-1] is (lane and role is not None), query
+            assert after.status_code == before.status_code, query
+            assert after.headers["content-type"] == before.headers["content-type"], query
+            assert after.headers["x-content-type-options"] == "nosniff"
+            if after.status_code == 200 and "at=" not in query:  # at: now, a moment apart
+                assert [b["campaign_id"] for b in after.json()] == [b["campaign_id"] for b in before.json()]
+            else:
+                assert after.json() == before.json(), query
+        if role == "other_advertiser":  # another advertiser's campaign looks exactly like a missing one
+            assert checked[0].status_code == 404
+        elif role is None:
+            assert {r.status_code for r in checked} == {401}
+        else:
+            assert checked[0].status_code == 200
+
+
+async def test_a_budget_read_past_its_burst_gets_the_limiters_429_from_the_lane(
+    tmp_path: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for client, keys in _client(
+        tmp_path, redis_url, api_rate_ad_server_per_s=0.01, api_rate_ad_server_burst=2,
+        api_rate_limit_timeout_ms=10_000,
+    ):  # fmt: skip
+        taken = _spy(monkeypatch, "plain_budget")
+        headers = {"X-API-Key": keys["ad_server"]}
+        params = {"campaign_id": "even", "at": NOW}
+        statuses = [
+            (await client.get("/v1/budget", params=params, headers=headers)).status_code for _ in range(3)
+        ]
+        assert statuses == [200, 200, 429]
+        assert taken == [True, True, True]
+        refused = await client.get("/v1/budget", params=params, headers=headers)
+        assert refused.json()["type"] == RATE_LIMITED
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert int(refused.headers["retry-after"]) >= 1
+        metrics = (await client.get("/metrics", headers={"X-API-Key": keys["admin"]})).text
+        assert 'attribution_api_requests_total{method="GET",route="/v1/budget",status="429"} 2.0' in metrics
+        assert 'attribution_api_rate_limited_total{role="ad_server"} 2.0' in metrics
