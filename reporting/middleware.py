@@ -10,7 +10,10 @@
   ``Retry-After``.
 
 Starlette's error middleware sits between ``RecordMetrics`` and ``RequestLimits``
-(``reporting.api``), so even an unexpected error is a problem with the headers above.
+(``reporting.api``), so even an unexpected error is a problem with the headers above. The ad
+server's lane (``reporting.lane``) sits between ``RecordMetrics`` and Starlette's error
+middleware: it answers the ad server's two reads itself, applying ``RequestLimits`` and
+``RateLimits`` as they would.
 """
 
 from __future__ import annotations
