@@ -72,7 +72,7 @@ async def budget_states(state: State, who: ApiKey, campaign_ids: list[str], at_m
 #: The roles ``/v1/answer`` serves, and the bounds of its query (the endpoint's ``Query`` rules).
 ANSWER_ROLES = ("admin", "ad_server")
 MAX_USER_ID = 256
-#: ``at`` as the fast path takes it: plain ASCII digits, no sign, no leading zero (12 or 13 digits
+#: ``at`` as the ad server's lane takes it: plain ASCII digits, no sign, no leading zero (12 or 13 digits
 #: hold every value the bounds allow); any other spelling is left to FastAPI's validation.
 _PLAIN_MS = re.compile(r"[1-9][0-9]{11,12}")
 

@@ -78,7 +78,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch, name: str = "plain_answer") -> list[bo
 
 
 QUERIES: list[tuple[str, bool]] = [
-    # (query, answered on the fast path)
+    # (query, answered by the lane)
     (f"user_id=u1&campaign_id=even&campaign_id=freq&campaign_id=nope&at={NOW}", True),
     ("user_id=u1&campaign_id=even", True),  # at: now
     ("user_id=u%201&campaign_id=ev%65n&campaign_id=&at=946684800000", True),  # escapes, an empty id
@@ -100,7 +100,7 @@ QUERIES: list[tuple[str, bool]] = [
     ("user_id=u1&campaign_id=even&at=4102444800000", False),  # 422 at the upper bound
     ("user_id=u1&campaign_id=even&at=-1", False),
     ("user_id=u1&campaign_id=even&at=1.5e12", False),
-    # Spellings the fast path leaves to pydantic, whatever it decides.
+    # Spellings the lane leaves to pydantic, whatever it decides.
     (f"user_id=u1&campaign_id=even&at=0{NOW}", False),
     (f"user_id=u1&campaign_id=even&at=%20{NOW}", False),
     (f"user_id=u1&campaign_id=even&at=%2B{NOW}", False),
@@ -218,19 +218,27 @@ async def test_the_openapi_entry_is_the_endpoints(api: tuple[Any, dict[str, str]
     assert "application/problem+json" in op["responses"]["403"]["content"]
 
 
-async def test_the_lanes_answer_has_the_routes_headers_and_metrics(
-    api: tuple[Any, dict[str, str]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The lane sits inside the security headers and the request metrics: its answer and FastAPI's
-    # to the same query are the same response, counted under the same route.
-    client, keys = api
-    headers = {"X-API-Key": keys["ad_server"]}
+async def _checked_then_lane(
+    client: Any, monkeypatch: pytest.MonkeyPatch, headers: dict[str, str]
+) -> tuple[Any, Any, list[bool]]:
+    """One answer request as FastAPI's handler answers it, then as the lane does, and whether the
+    lane took each request after the first."""
     params = {"user_id": "u1", "campaign_id": IDS, "at": NOW}
     with monkeypatch.context() as m:
         m.setattr(budget, "plain_answer", lambda *args: None)
         checked = await client.get("/v1/answer", params=params, headers=headers)
     taken = _spy(monkeypatch)
     lane = await client.get("/v1/answer", params=params, headers=headers)
+    return checked, lane, taken
+
+
+async def test_the_lanes_answer_has_the_routes_headers_and_metrics(
+    api: tuple[Any, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lane sits inside the security headers and the request metrics: its answer and FastAPI's
+    # to the same query are the same response, counted under the same route.
+    client, keys = api
+    checked, lane, taken = await _checked_then_lane(client, monkeypatch, {"X-API-Key": keys["ad_server"]})
     assert taken == [True]
     assert lane.status_code == checked.status_code == 200
     assert lane.content == checked.content
@@ -246,13 +254,7 @@ async def test_a_redis_outage_is_the_same_problem_from_the_lane(
     from devtools.servers import free_port
 
     async for client, keys in _client(tmp_path, f"redis://127.0.0.1:{free_port()}/0", api_rate_limit=False):
-        headers = {"X-API-Key": keys["ad_server"]}
-        params = {"user_id": "u1", "campaign_id": IDS, "at": NOW}
-        with monkeypatch.context() as m:
-            m.setattr(budget, "plain_answer", lambda *args: None)
-            checked = await client.get("/v1/answer", params=params, headers=headers)
-        taken = _spy(monkeypatch)
-        lane = await client.get("/v1/answer", params=params, headers=headers)
+        checked, lane, taken = await _checked_then_lane(client, monkeypatch, {"X-API-Key": keys["ad_server"]})
         assert taken == [True]
         assert lane.status_code == checked.status_code == 503
         assert lane.headers["content-type"] == "application/problem+json"

@@ -1,4 +1,4 @@
-"""The answer's fast path reads its query as Starlette's ``QueryParams`` does, whatever the bytes."""
+"""The ad server's lane reads its query as Starlette's ``QueryParams`` does, whatever the bytes."""
 
 from __future__ import annotations
 
